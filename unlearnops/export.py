@@ -1,0 +1,86 @@
+"""ONNX export with a dynamic batch dimension, checked by ``onnx.checker`` and by ONNX Runtime parity."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from unlearnops.model import file_sha256, predict_logits
+
+PARITY_BATCH_SIZES = (1, 7, 64)
+
+
+@dataclass
+class OnnxExport:
+    path: Path
+    sha256: str
+    max_abs_diff: float
+    providers: list[str]
+    batch_sizes: tuple[int, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "max_abs_diff": self.max_abs_diff,
+            "providers": self.providers,
+            "batch_sizes": list(self.batch_sizes),
+        }
+
+
+def available_providers() -> list[str]:
+    """CUDA first only when both onnxruntime and torch can really use it; CPU always last."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers() and torch.cuda.is_available():
+        providers.insert(0, "CUDAExecutionProvider")
+    return providers
+
+
+def inference_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), sess_options=options, providers=available_providers())
+
+
+def export_onnx(model: nn.Module, sample: np.ndarray, path: Path) -> OnnxExport:
+    """Export ``model`` (input shaped like ``sample`` without its batch dimension) and check parity."""
+    import onnx
+
+    model = model.to("cpu").eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.as_tensor(np.asarray(sample[:2]), dtype=torch.float32)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = inference_session(path)
+    rng = np.random.default_rng(0)
+    max_diff = 0.0
+    for size in PARITY_BATCH_SIZES:
+        idx = rng.integers(0, len(sample), size=size)
+        x = np.ascontiguousarray(np.asarray(sample)[idx], dtype=np.float32)
+        expected = predict_logits(model, x).numpy()
+        (got,) = session.run(["logits"], {"input": x})
+        max_diff = max(max_diff, float(np.abs(got - expected).max()))
+    return OnnxExport(path, file_sha256(path), max_diff, session.get_providers(), PARITY_BATCH_SIZES)

@@ -1,0 +1,118 @@
+"""The MLflow model registry of a workspace: register versions with lineage tags, move aliases, load models.
+
+Embedded default: sqlite at ``.unlearnops/mlflow.db`` with artifacts under ``.unlearnops/mlartifacts``;
+``MLFLOW_TRACKING_URI`` points at a real ``mlflow server`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearnops.workspace import Workspace
+
+EXPERIMENT = "unlearnops"
+TAG_PREFIX = "unlearnops."
+
+
+@dataclass
+class RegisteredVersion:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+
+
+def client(ws: Workspace):
+    """An MlflowClient bound to the workspace registry (also sets the process-wide URIs)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(ws.tracking_uri)
+    mlflow.set_registry_uri(ws.tracking_uri)
+    return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
+
+
+def _experiment_id(ws: Workspace) -> str:
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(EXPERIMENT, artifact_location=ws.mlflow_artifacts.as_uri())
+
+
+def register_model(
+    ws: Workspace,
+    model,
+    *,
+    run_name: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    artifacts: list[Path] = (),
+    aliases: tuple[str, ...] = (),
+) -> RegisteredVersion:
+    """Log ``model`` in a new run, register it as the next version of the workspace's model, tag the
+    version with ``tags`` (prefixed ``unlearnops.``) and point ``aliases`` at it."""
+    import mlflow
+    import torch
+
+    mlflow_client = client(ws)
+    name = ws.settings.project.model_name
+    with mlflow.start_run(experiment_id=_experiment_id(ws), run_name=run_name) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        mlflow.set_tags({TAG_PREFIX + k: v for k, v in tags.items()})
+        for path in artifacts:
+            mlflow.log_artifact(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            info = mlflow.pytorch.log_model(
+                model.to("cpu"),
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "unlearnops"],
+                registered_model_name=name,
+            )
+    version = str(info.registered_model_version)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, TAG_PREFIX + key, value)
+    for alias in aliases:
+        mlflow_client.set_registered_model_alias(name, alias, version)
+    return RegisteredVersion(name=name, version=version, run_id=run.info.run_id, model_uri=info.model_uri)
+
+
+def load_model(ws: Workspace, alias_or_version: str = "champion"):
+    """Load a registered model by alias (``champion``) or version number."""
+    import mlflow
+
+    client(ws)
+    name = ws.settings.project.model_name
+    ref = f"{name}/{alias_or_version}" if alias_or_version.isdigit() else f"{name}@{alias_or_version}"
+    return mlflow.pytorch.load_model(f"models:/{ref}", map_location="cpu")
+
+
+def resolve_version(ws: Workspace, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(ws).get_model_version_by_alias(ws.settings.project.model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def download_run_artifact(ws: Workspace, run_id: str, path: str, destination: Path) -> Path:
+    import mlflow
+
+    client(ws)
+    destination.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))

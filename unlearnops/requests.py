@@ -1,0 +1,220 @@
+"""Deletion requests: one validated schema, a durable sqlite store, and the request lifecycle.
+
+States: ``received`` → ``located`` → ``processed`` (dataset revision, model version) | ``failed``
+(retryable, with attempts). Malformed or unknown requests are refused before anything is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import sqlite3
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+MAX_TARGETS = 100_000
+
+State = Literal["received", "located", "processed", "failed"]
+PENDING_STATES = ("received", "located", "failed")
+
+
+class RequestRejected(ValueError):
+    """The request is invalid or names nothing that exists; nothing was stored."""
+
+
+class DeletionRequest(BaseModel):
+    """What to forget. At least one of ``subject_ids``, ``sample_ids``, ``content_sha256``."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    subject_ids: list[str] = Field(default_factory=list, max_length=MAX_TARGETS)
+    sample_ids: list[str] = Field(default_factory=list, max_length=MAX_TARGETS)
+    content_sha256: list[str] = Field(default_factory=list, max_length=MAX_TARGETS)
+    reason: str = Field("erasure", min_length=1, max_length=500)
+    idempotency_key: str | None = Field(None, pattern=ID_PATTERN)
+
+    @field_validator("subject_ids", "sample_ids")
+    @classmethod
+    def _ids_are_plain(cls, values: list[str]) -> list[str]:
+        import re
+
+        bad = [v for v in values if not re.fullmatch(ID_PATTERN, v)]
+        if bad:
+            raise ValueError(
+                f"malformed id {bad[0]!r}: ids are 1-128 characters of letters, digits and . _ : @ -"
+            )
+        return sorted(set(values))
+
+    @field_validator("content_sha256")
+    @classmethod
+    def _hashes_are_hex(cls, values: list[str]) -> list[str]:
+        import re
+
+        values = [v.lower() for v in values]
+        bad = [v for v in values if not re.fullmatch(SHA256_PATTERN, v)]
+        if bad:
+            raise ValueError(f"malformed sha256 {bad[0]!r}: expected 64 hex digits")
+        return sorted(set(values))
+
+    @model_validator(mode="after")
+    def _names_something(self) -> "DeletionRequest":
+        if not (self.subject_ids or self.sample_ids or self.content_sha256):
+            raise ValueError("a request must name at least one subject id, sample id or content hash")
+        return self
+
+
+class StoredRequest(BaseModel):
+    id: str
+    created_at: str
+    updated_at: str
+    state: State
+    request: DeletionRequest
+    located_sample_ids: list[str] = Field(default_factory=list)
+    dataset_rev: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+    attempts: int = 0
+
+
+def keyed_hash(key: bytes, value: str) -> str:
+    """Pseudonymise a personal identifier for tags and certificates (HMAC-SHA256, hex, 32 chars)."""
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    state TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    located_json TEXT NOT NULL DEFAULT '[]',
+    dataset_rev TEXT,
+    model_version TEXT,
+    error TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class RequestStore:
+    """Durable request store (sqlite, one transaction per change)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            db.executescript(_SCHEMA)
+        finally:
+            db.close()
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        finally:
+            db.close()
+
+    @staticmethod
+    def _row(row: sqlite3.Row) -> StoredRequest:
+        return StoredRequest(
+            id=row["id"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            state=row["state"],
+            request=DeletionRequest.model_validate_json(row["request_json"]),
+            located_sample_ids=json.loads(row["located_json"]),
+            dataset_rev=row["dataset_rev"],
+            model_version=row["model_version"],
+            error=row["error"],
+            attempts=row["attempts"],
+        )
+
+    def add(self, request: DeletionRequest) -> tuple[StoredRequest, bool]:
+        """Store a validated request; returns (stored, created). A repeated idempotency key returns the
+        original request unchanged with ``created=False``."""
+        with self._connect() as db:
+            if request.idempotency_key:
+                row = db.execute(
+                    "SELECT * FROM requests WHERE idempotency_key = ?", (request.idempotency_key,)
+                ).fetchone()
+                if row:
+                    return self._row(row), False
+            request_id = "req-" + uuid.uuid4().hex[:12]
+            now = _now()
+            db.execute(
+                "INSERT INTO requests (id, created_at, updated_at, state, request_json, idempotency_key)"
+                " VALUES (?, ?, ?, 'received', ?, ?)",
+                (request_id, now, now, request.model_dump_json(), request.idempotency_key),
+            )
+            row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+            return self._row(row), True
+
+    def get(self, request_id: str) -> StoredRequest:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no request {request_id!r}")
+        return self._row(row)
+
+    def list(self, states: tuple[str, ...] | None = None) -> list[StoredRequest]:
+        with self._connect() as db:
+            if states:
+                marks = ",".join("?" * len(states))
+                rows = db.execute(
+                    f"SELECT * FROM requests WHERE state IN ({marks}) ORDER BY created_at, id", states
+                ).fetchall()
+            else:
+                rows = db.execute("SELECT * FROM requests ORDER BY created_at, id").fetchall()
+        return [self._row(r) for r in rows]
+
+    def pending(self) -> list[StoredRequest]:
+        return self.list(PENDING_STATES)
+
+    def mark_located(self, located: dict[str, list[str]]) -> None:
+        with self._connect() as db:
+            for request_id, sample_ids in located.items():
+                db.execute(
+                    "UPDATE requests SET state='located', located_json=?, updated_at=?, error=NULL WHERE id=?",
+                    (json.dumps(sorted(sample_ids)), _now(), request_id),
+                )
+
+    def mark_processed(self, request_ids: list[str], dataset_rev: str, model_version: str | None) -> None:
+        with self._connect() as db:
+            for request_id in request_ids:
+                db.execute(
+                    "UPDATE requests SET state='processed', dataset_rev=?, model_version=?, updated_at=?,"
+                    " error=NULL WHERE id=?",
+                    (dataset_rev, model_version, _now(), request_id),
+                )
+
+    def mark_failed(self, request_ids: list[str], error: str) -> None:
+        with self._connect() as db:
+            for request_id in request_ids:
+                db.execute(
+                    "UPDATE requests SET state='failed', error=?, attempts=attempts+1, updated_at=? WHERE id=?",
+                    (error[:2000], _now(), request_id),
+                )

@@ -1,0 +1,83 @@
+"""The DVC stages of a workspace (``python -m unlearnops.stages prepare|train|evaluate``, run by
+``dvc repro`` in the workspace root): prepare the splits, train the base model, evaluate it."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from unlearnops.data import load_dataset
+from unlearnops.datasets import SPLITS
+from unlearnops.workspace import Workspace
+
+PREPARED = Path("prepared")
+BASE_WEIGHTS = Path("models/base.pt")
+METRICS = Path("metrics.json")
+
+
+def prepare(ws: Workspace) -> None:
+    dataset = load_dataset(ws.data_dir, mmap=False)
+    out = ws.root / PREPARED
+    out.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        part = dataset.split(split)
+        np.savez(out / f"{split}.npz", features=part.features, labels=part.labels)
+
+
+def _load_split(ws: Workspace, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(ws.root / PREPARED / f"{split}.npz") as arrays:
+        return arrays["features"], arrays["labels"]
+
+
+def train(ws: Workspace) -> None:
+    from unlearnops.model import resolve, save_weights, train_model
+
+    params = ws.params.train
+    features, labels = _load_split(ws, "train")
+    started = time.perf_counter()
+
+    def progress(epoch: int, loss: float) -> None:
+        print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
+
+    model = train_model(
+        resolve(ws.settings.project.model_factory)(),
+        features,
+        labels,
+        epochs=params.epochs,
+        batch_size=params.batch_size,
+        lr=params.lr,
+        seed=params.seed,
+        progress=progress,
+    )
+    save_weights(model, ws.root / BASE_WEIGHTS)
+    print(f"train: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+
+
+def evaluate(ws: Workspace) -> None:
+    from unlearnops.model import evaluate as evaluate_model
+    from unlearnops.model import load_weights
+
+    model = load_weights(ws.settings.project.model_factory, ws.root / BASE_WEIGHTS)
+    metrics = {}
+    for split in SPLITS:
+        features, labels = _load_split(ws, split)
+        metrics[f"{split}_accuracy"] = evaluate_model(model, features, labels).accuracy
+    (ws.root / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+STAGES = {"prepare": prepare, "train": train, "evaluate": evaluate}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in STAGES:
+        raise SystemExit(f"usage: python -m unlearnops.stages {{{'|'.join(STAGES)}}}")
+    STAGES[argv[0]](Workspace(Path.cwd()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,408 @@
+"""The steps of the deletion flow as plain functions (the Prefect flow in ``pipelines/deletion.py`` is a thin
+wrapper). Each step reads and writes the batch record ``runs/<run_id>/batch.json`` so that a step can be run,
+tested or retried on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from unlearnops import certificate, data, gates, registry
+from unlearnops.data import load_dataset
+from unlearnops.gates import GateResult
+from unlearnops.locate import locate
+from unlearnops.requests import RequestStore, keyed_hash
+from unlearnops.workspace import Workspace
+
+FORGET_FILE = "forget.npz"
+
+
+class NothingToDo(Exception):
+    pass
+
+
+class Batch(BaseModel):
+    """Everything one run of the deletion flow decided and measured; persisted after every step."""
+
+    run_id: str
+    created_at: str
+    request_ids: list[str]
+    forget_ids: list[str]
+    forget_hashes: list[str]
+    subject_hashes: list[str]
+    parent_version: str
+    method: str
+    method_config: dict[str, Any] = Field(default_factory=dict)
+    device: str | None = None
+    dataset_before: dict[str, Any]
+    dataset_after: dict[str, Any] | None = None
+    unlearn: dict[str, Any] | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    gates: list[GateResult] = Field(default_factory=list)
+    status: str | None = None
+    onnx: dict[str, Any] | None = None
+    weights_sha256: str | None = None
+    registered_version: str | None = None
+    step_seconds: dict[str, float] = Field(default_factory=dict)
+
+    def run_dir(self, ws: Workspace) -> Path:
+        return ws.runs_dir / self.run_id
+
+    def save(self, ws: Workspace) -> None:
+        path = self.run_dir(ws) / "batch.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, ws: Workspace, run_id: str) -> "Batch":
+        return cls.model_validate_json((ws.runs_dir / run_id / "batch.json").read_text())
+
+
+@contextmanager
+def timed(batch: Batch, step: str, ws: Workspace):
+    started = time.perf_counter()
+    yield
+    batch.step_seconds[step] = round(time.perf_counter() - started, 3)
+    batch.save(ws)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- 1. locate -----------------------------------------------------------------------------------------
+
+
+def locate_pending(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
+    """Gather every pending request, find its samples in the current dataset, open a batch."""
+    from unlearnops.project import subject_key
+
+    started = time.perf_counter()
+    store = RequestStore(ws.requests_db)
+    pending = store.pending()
+    if not pending:
+        raise NothingToDo("no pending deletion requests")
+    parent = registry.resolve_version(ws, "champion")
+    if parent is None:
+        raise RuntimeError("no champion model: run `unlearnops train` first")
+    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+    located: dict[str, list[str]] = {}
+    for stored in pending:
+        # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
+        found = locate(stored.request, manifest).sample_ids | set(stored.located_sample_ids)
+        located[stored.id] = sorted(found)
+    store.mark_located(located)
+    forget_ids = sorted(set().union(*located.values()))
+    hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
+    key = subject_key(ws)
+    subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids})
+    batch = Batch(
+        run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        created_at=_now(),
+        request_ids=[r.id for r in pending],
+        forget_ids=forget_ids,
+        forget_hashes=sorted(set(hashes)),
+        subject_hashes=subjects,
+        parent_version=parent,
+        method=method or ws.settings.unlearn.method,
+        method_config=method_config or {},
+        dataset_before=data.current_version(ws).to_dict(),
+    )
+    batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
+    batch.save(ws)
+    return batch
+
+
+# -- 2. dataset version --------------------------------------------------------------------------------
+
+
+def cut_dataset_version(ws: Workspace, batch: Batch) -> Batch:
+    """Keep the forget samples for unlearning in the run directory, then commit a dataset version
+    without them (DVC add + push to the workspace remote + git commit of ``data.dvc``)."""
+    with timed(batch, "dataset_version", ws):
+        dataset = load_dataset(ws.data_dir, mmap=False)
+        present = dataset.manifest["sample_id"].isin(batch.forget_ids).to_numpy()
+        forget_path = batch.run_dir(ws) / FORGET_FILE
+        if present.any() and not forget_path.is_file():
+            forget = dataset.select(present)
+            np.savez(
+                forget_path,
+                features=forget.features,
+                labels=forget.labels,
+                sample_ids=forget.manifest["sample_id"].to_numpy(dtype=str),
+                split=forget.manifest["split"].to_numpy(dtype=str),
+            )
+        if present.any():
+            data.save_dataset(ws.data_dir, dataset.select(~present))
+            version = data.commit_dataset_version(
+                ws, f"remove {int(present.sum())} samples for {', '.join(batch.request_ids)} (run {batch.run_id})"
+            )
+        else:
+            version = data.current_version(ws)
+        batch.dataset_after = version.to_dict()
+    return batch
+
+
+# -- 3. unlearn -----------------------------------------------------------------------------------------
+
+
+def _forget_samples(ws: Workspace, batch: Batch):
+    """The deleted samples that the parent model was trained on."""
+    from unlearnops.methods import Samples
+
+    path = batch.run_dir(ws) / FORGET_FILE
+    if not path.is_file():
+        return Samples(np.zeros((0,)), np.zeros((0,), dtype=np.int64), [])
+    with np.load(path, allow_pickle=False) as arrays:
+        train = arrays["split"] == "train"
+        return Samples(arrays["features"][train], arrays["labels"][train], list(arrays["sample_ids"][train]))
+
+
+def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: int = 0):
+    from unlearnops.methods import Samples
+
+    part = load_dataset(ws.data_dir).split(split)
+    idx = np.arange(len(part))
+    if limit is not None and limit < len(part):
+        idx = np.sort(np.random.default_rng(seed).choice(len(part), size=limit, replace=False))
+    return Samples(
+        np.asarray(part.features[idx]), part.labels[idx], part.manifest["sample_id"].astype(str).iloc[idx].tolist()
+    )
+
+
+def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
+    """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
+    from unlearnops.methods import UnlearnInputs, load_methods, parse_config, run_method
+    from unlearnops.model import pick_device, save_weights, seed_everything
+
+    with timed(batch, "unlearn", ws):
+        registry_ = load_methods()
+        method = registry_.get(batch.method)
+        config = parse_config(method, {"seed": ws.settings.unlearn.seed, **batch.method_config})
+        seed_everything(config.seed if hasattr(config, "seed") else 0)
+        torch_device = pick_device(device)
+        forget = _forget_samples(ws, batch)
+        settings = ws.settings
+        inputs = UnlearnInputs(
+            forget=forget,
+            retain=_split_samples(ws, "train", settings.unlearn.retain_sample, settings.unlearn.seed),
+            holdout=_split_samples(ws, "holdout"),
+            utility_max_drop=settings.gates.utility_max_drop,
+        )
+        model = registry.load_model(ws, batch.parent_version)
+        if len(forget) == 0:
+            changed, details, seconds = {}, {"skipped": "no forgotten sample was in the training split"}, 0.0
+        else:
+            result = run_method(method, model, inputs, config, torch_device)
+            model, changed, details, seconds = result.model, result.changed_parameters, result.details, result.seconds
+        batch.weights_sha256 = save_weights(model, batch.run_dir(ws) / "unlearned.pt")
+        batch.device = str(torch_device)
+        batch.method_config = config.model_dump()
+        batch.unlearn = {
+            "method": method.name,
+            "method_version": method.version,
+            "source": registry_.sources[method.name],
+            "changed_parameters": changed,
+            "seconds": seconds,
+            "n_forget_trained": len(forget),
+            "details": details,
+        }
+    return batch
+
+
+def _unlearned_model(ws: Workspace, batch: Batch):
+    from unlearnops.model import load_weights
+
+    return load_weights(ws.settings.project.model_factory, batch.run_dir(ws) / "unlearned.pt")
+
+
+# -- 4. gates -------------------------------------------------------------------------------------------
+
+
+def run_gates(ws: Workspace, batch: Batch) -> Batch:
+    """Data (GX), membership inference, forget accuracy and utility gates; before/after metrics."""
+    import dvc.api
+
+    from unlearnops.model import evaluate
+
+    with timed(batch, "gates", ws):
+        settings = ws.settings.gates
+        parent = registry.load_model(ws, batch.parent_version)
+        unlearned = _unlearned_model(ws, batch)
+        forget = _forget_samples(ws, batch)
+        holdout = _split_samples(ws, "holdout")
+        test = _split_samples(ws, "test")
+
+        with dvc.api.open(f"data/{data.MANIFEST_FILE}", repo=str(ws.root), rev=batch.dataset_before["git_rev"],
+                          mode="rb") as fh:
+            manifest_before = pd.read_parquet(fh)
+        manifest_after = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+        data_result, validation = gates.data_gate(
+            manifest_before, manifest_after, batch.forget_ids, batch.forget_hashes, settings
+        )
+        (batch.run_dir(ws) / "gx_validation.json").write_text(json.dumps(validation, indent=2, default=str))
+
+        metrics: dict[str, float] = {}
+        evaluations = {}
+        for tag, model in (("before", parent), ("after", unlearned)):
+            ev = {name: evaluate(model, s.features, s.labels) for name, s in
+                  (("forget", forget), ("holdout", holdout), ("test", test))}
+            evaluations[tag] = ev
+            for name, e in ev.items():
+                metrics[f"{name}_accuracy_{tag}"] = e.accuracy
+            if len(forget):
+                metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
+                    ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
+                )
+        after = evaluations["after"]
+        results = [data_result]
+        if len(forget):
+            results.append(gates.mia_gate(after["forget"].phi, forget.labels, after["holdout"].phi,
+                                          holdout.labels, settings, seed=ws.settings.unlearn.seed))
+        results.append(gates.forget_accuracy_gate(after["forget"].correct, after["holdout"].accuracy, settings))
+        results.append(gates.utility_gate(metrics["test_accuracy_before"], metrics["test_accuracy_after"], settings))
+        batch.metrics = metrics
+        batch.gates = results
+        batch.status = gates.overall_status(results)
+    return batch
+
+
+# -- 5. export -------------------------------------------------------------------------------------------
+
+
+def export(ws: Workspace, batch: Batch) -> Batch:
+    from unlearnops.export import export_onnx
+
+    with timed(batch, "export", ws):
+        holdout = _split_samples(ws, "holdout", limit=256)
+        result = export_onnx(_unlearned_model(ws, batch), holdout.features, batch.run_dir(ws) / "model.onnx")
+        batch.onnx = result.to_dict()
+        batch.onnx["path"] = "model.onnx"
+    return batch
+
+
+# -- 6. certify and register -----------------------------------------------------------------------------
+
+
+def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
+    return {
+        "issued_at": _now(),
+        "run_id": batch.run_id,
+        "status": "certified" if batch.status == "pass" else f"not-certified ({batch.status})",
+        "requests": batch.request_ids,
+        "subjects_hmac_sha256": batch.subject_hashes,
+        "samples_removed": len(batch.forget_ids),
+        "dataset_before": batch.dataset_before,
+        "dataset_after": batch.dataset_after,
+        "parent_model_version": batch.parent_version,
+        "method": {
+            "name": batch.method,
+            "version": (batch.unlearn or {}).get("method_version"),
+            "source": (batch.unlearn or {}).get("source"),
+            "config": batch.method_config,
+            "changed_parameters": (batch.unlearn or {}).get("changed_parameters"),
+        },
+        "device": batch.device,
+        "gates": [g.model_dump() for g in batch.gates],
+        "metrics": batch.metrics,
+        "weights_sha256": batch.weights_sha256,
+        "onnx": {k: v for k, v in (batch.onnx or {}).items() if k != "path"},
+    }
+
+
+def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
+    """Sign the certificate and register the unlearned model as a new version. Alias ``candidate`` moves
+    to it only when every gate passed."""
+    from unlearnops.certificate import load_or_create_signing_key, sign, write
+
+    with timed(batch, "register", ws):
+        run_dir = batch.run_dir(ws)
+        signed = sign(build_certificate(ws, batch), load_or_create_signing_key(ws.keys_dir))
+        write(signed, run_dir / "certificate.json")
+        (run_dir / "unlearn.json").write_text(json.dumps(batch.unlearn, indent=2, default=str))
+        certified = batch.status == "pass"
+        registered = registry.register_model(
+            ws,
+            _unlearned_model(ws, batch),
+            run_name=f"unlearn-{batch.run_id}",
+            params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
+            metrics=batch.metrics,
+            tags={
+                "kind": "unlearned",
+                "parent_version": batch.parent_version,
+                "dataset_rev": batch.dataset_after["git_rev"],
+                "dataset_md5": batch.dataset_after["dvc_md5"],
+                "requests": ",".join(batch.request_ids)[:5000],
+                "method": batch.method,
+                "certificate_status": signed["status"],
+                "weights_sha256": batch.weights_sha256 or "",
+                "onnx_sha256": (batch.onnx or {}).get("sha256", ""),
+                "run_id": batch.run_id,
+            },
+            artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json", "unlearn.json")],
+            aliases=("candidate",) if certified else (),
+        )
+        batch.registered_version = registered.version
+    return batch
+
+
+# -- 7. finalize ------------------------------------------------------------------------------------------
+
+
+def finalize(ws: Workspace, batch: Batch) -> Batch:
+    """Mark the batch's requests processed and delete the copy of the forgotten samples."""
+    RequestStore(ws.requests_db).mark_processed(
+        batch.request_ids, batch.dataset_after["git_rev"], batch.registered_version
+    )
+    (batch.run_dir(ws) / FORGET_FILE).unlink(missing_ok=True)
+    batch.save(ws)
+    return batch
+
+
+def mark_failed(ws: Workspace, batch: Batch | None, error: BaseException) -> None:
+    store = RequestStore(ws.requests_db)
+    ids = batch.request_ids if batch else [r.id for r in store.pending()]
+    store.mark_failed(ids, f"{type(error).__name__}: {error}")
+
+
+def summary(batch: Batch) -> dict[str, Any]:
+    """The flat summary the demo prints (and ``--json`` emits)."""
+    m = batch.metrics
+    return {
+        "run_id": batch.run_id,
+        "requests": batch.request_ids,
+        "samples_removed": len(batch.forget_ids),
+        "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
+        "method": batch.method,
+        "device": batch.device,
+        "changed_parameters": (batch.unlearn or {}).get("changed_parameters"),
+        "forget_accuracy_before": m.get("forget_accuracy_before"),
+        "forget_accuracy_after": m.get("forget_accuracy_after"),
+        "holdout_accuracy_before": m.get("holdout_accuracy_before"),
+        "holdout_accuracy_after": m.get("holdout_accuracy_after"),
+        "test_accuracy_before": m.get("test_accuracy_before"),
+        "test_accuracy_after": m.get("test_accuracy_after"),
+        "mia_auc_before": m.get("mia_auc_before"),
+        "mia_auc_after": m.get("mia_auc_after"),
+        "gates": {g.name: g.status for g in batch.gates},
+        "certificate_status": "certified" if batch.status == "pass" else f"not-certified ({batch.status})",
+        "onnx_max_abs_diff": (batch.onnx or {}).get("max_abs_diff"),
+        "onnx_providers": (batch.onnx or {}).get("providers"),
+        "registered_version": batch.registered_version,
+        "parent_version": batch.parent_version,
+        "dataset_rev_before": batch.dataset_before["git_rev"],
+        "dataset_rev_after": (batch.dataset_after or {}).get("git_rev"),
+        "step_seconds": batch.step_seconds,
+    }
