@@ -19,6 +19,9 @@ from unlearnops import hookspecs
 #: Built-in plugin modules, registered like external ones but without needing an installed entry point.
 BUILTIN_PLUGINS = ("unlearnops.plugins.slug",)
 
+#: Plugins registered at run time with :func:`register_plugin` (programmatic use, tests).
+_RUNTIME_PLUGINS: dict[str, object] = {}
+
 #: Comma-separated names of external entry points allowed to load; empty string loads none. Unset: all.
 PLUGINS_ENV = "UNLEARNOPS_PLUGINS"
 
@@ -74,12 +77,23 @@ class MethodRegistry:
         return self.methods[name]
 
 
+def register_plugin(plugin: object, name: str) -> None:
+    """Register a plugin object or module for this process, as if it came from an entry point."""
+    _RUNTIME_PLUGINS[name] = plugin
+
+
+def unregister_plugin(name: str) -> None:
+    _RUNTIME_PLUGINS.pop(name, None)
+
+
 def plugin_manager() -> tuple[pluggy.PluginManager, list[str]]:
     """A plugin manager with the built-ins and the allowed external plugins; returns load errors too."""
     pm = pluggy.PluginManager("unlearnops")
     pm.add_hookspecs(hookspecs)
     for module_name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
+    for name, plugin in _RUNTIME_PLUGINS.items():
+        pm.register(plugin, name=name)
     errors = []
     allowed = os.environ.get(PLUGINS_ENV)
     allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}

@@ -262,6 +262,7 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
             evaluations[tag] = ev
             for name, e in ev.items():
                 metrics[f"{name}_accuracy_{tag}"] = e.accuracy
+                metrics[f"{name}_loss_{tag}"] = float(np.mean(e.loss)) if len(e.loss) else float("nan")
             if len(forget):
                 metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
                     ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
@@ -388,6 +389,8 @@ def summary(batch: Batch) -> dict[str, Any]:
         "method": batch.method,
         "device": batch.device,
         "changed_parameters": (batch.unlearn or {}).get("changed_parameters"),
+        "forget_loss_before": m.get("forget_loss_before"),
+        "forget_loss_after": m.get("forget_loss_after"),
         "forget_accuracy_before": m.get("forget_accuracy_before"),
         "forget_accuracy_after": m.get("forget_accuracy_after"),
         "holdout_accuracy_before": m.get("holdout_accuracy_before"),

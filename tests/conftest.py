@@ -1,0 +1,77 @@
+"""Shared fixtures: one Prefect test harness, one tiny trained workspace, one processed deletion batch.
+
+The tiny configuration (1500 real MNIST digits, 15 epochs) trains in a few seconds on 2 CPU cores and still
+memorizes its training set, so forgetting is measurable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for key, value in {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "UNLEARNOPS_PLUGINS": "",  # no externally installed plugin may change what the tests see
+}.items():
+    os.environ.setdefault(key, value)
+
+TEST_LIMIT = 1500
+TEST_EPOCHS = 15
+TEST_SUBJECTS = 12
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_workspace(root: Path, limit: int = TEST_LIMIT, epochs: int = TEST_EPOCHS):
+    from unlearnops.project import init_workspace
+    from unlearnops.workspace import Params, Workspace
+
+    ws = Workspace(root)
+    params = Params()
+    params.train.epochs = epochs
+    init_workspace(ws, params=params, limit=limit)
+    ws.activate()
+    return ws
+
+
+@pytest.fixture(scope="session")
+def trained_workspace(tmp_path_factory):
+    """A workspace with dataset version 1 and the base model registered as champion (v1)."""
+    from unlearnops.project import train_base
+
+    ws = make_workspace(tmp_path_factory.mktemp("trained") / "ws")
+    train_base(ws)
+    return ws
+
+
+@pytest.fixture(scope="session")
+def processed(trained_workspace, prefect_harness):
+    """The trained workspace after one real Prefect run of the deletion flow over a subject request."""
+    from unlearnops.demo import demo_subjects
+    from unlearnops.intake import submit
+    from unlearnops.pipelines.deletion import deletion_flow
+
+    ws = trained_workspace
+    subjects = demo_subjects(ws, TEST_SUBJECTS)
+    stored, _ = submit(ws, {"subject_ids": subjects, "reason": "test"})
+    summary = deletion_flow(str(ws.root))
+    return ws, summary, stored, subjects
+
+
+@pytest.fixture
+def fresh_workspace(tmp_path):
+    """An untrained workspace with a small dataset (for intake and CLI tests)."""
+    return make_workspace(tmp_path / "ws", limit=300, epochs=1)

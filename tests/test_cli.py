@@ -1,0 +1,56 @@
+import json
+
+from typer.testing import CliRunner
+
+from unlearnops.cli import app
+from unlearnops.requests import RequestStore
+
+runner = CliRunner()
+
+
+def test_submit_and_list_json(fresh_workspace):
+    import pandas as pd
+
+    subject = pd.read_parquet(fresh_workspace.data_dir / "manifest.parquet").subject_id.iloc[0]
+    ws = str(fresh_workspace.root)
+    result = runner.invoke(app, ["request", "submit", "--subject", subject, "--idempotency-key", "k1",
+                                 "--workspace", ws, "--json"])
+    assert result.exit_code == 0, result.output
+    receipt = json.loads(result.stdout)
+    assert receipt["state"] == "received" and receipt["created"] is True
+    again = json.loads(runner.invoke(app, ["request", "submit", "--subject", subject, "--idempotency-key", "k1",
+                                           "--workspace", ws, "--json"]).stdout)
+    assert again["id"] == receipt["id"] and again["created"] is False
+    listed = json.loads(runner.invoke(app, ["request", "list", "--workspace", ws, "--json"]).stdout)
+    assert [r["id"] for r in listed] == [receipt["id"]]
+
+
+def test_rejected_request_exit_code_and_nothing_stored(fresh_workspace):
+    ws = str(fresh_workspace.root)
+    result = runner.invoke(app, ["request", "submit", "--subject", "subject-9999", "--workspace", ws, "--json"])
+    assert result.exit_code == 1
+    assert "unknown subject id: subject-9999" in json.loads(result.stdout)["error"]
+    result = runner.invoke(app, ["request", "submit", "--samples", "bad id!", "--workspace", ws])
+    assert result.exit_code == 1 and "malformed id" in result.output
+    assert RequestStore(fresh_workspace.requests_db).list() == []
+
+
+def test_run_refuses_bad_method_config_before_touching_anything(fresh_workspace):
+    ws = str(fresh_workspace.root)
+    result = runner.invoke(app, ["run", "--config", "initial_step=-3", "--workspace", ws, "--json"])
+    assert result.exit_code == 2 and "initial_step" in json.loads(result.stdout)["error"]
+    result = runner.invoke(app, ["run", "--method", "nope", "--workspace", ws])
+    assert result.exit_code == 2 and "unknown unlearning method" in result.output
+
+
+def test_missing_workspace_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["request", "list", "--workspace", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "no workspace" in result.output
+
+
+def test_plugins_list_json():
+    result = runner.invoke(app, ["plugins", "list", "--json"])
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)["plugins"]
+    assert {"kind": "method", "name": "slug", "version": "0.1.0", "source": "built-in", "needs_retain": True,
+            "supports_gpu": True} in rows

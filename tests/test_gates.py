@@ -1,0 +1,100 @@
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from unlearnops import gates
+from unlearnops.workspace import GateSettings
+
+SETTINGS = GateSettings(bootstrap=200)
+
+
+def test_class_matched_auc_equals_roc_auc_within_one_class():
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(1, 1, 50), rng.normal(0, 1, 80)
+    expected = roc_auc_score(np.r_[np.ones(50), np.zeros(80)], np.r_[m, n])
+    assert gates.class_matched_auc(m, np.zeros(50), n, np.zeros(80)) == pytest.approx(expected)
+
+
+def test_class_matching_removes_class_mix_confound():
+    # Class 1 is easier (higher scores) for everyone; members are mostly class 1. Unmatched AUC is high,
+    # class-matched AUC is at chance because within a class members and non-members look the same.
+    rng = np.random.default_rng(1)
+    m_labels = np.r_[np.zeros(20), np.ones(180)]
+    n_labels = np.r_[np.zeros(500), np.ones(500)]
+    m = rng.normal(3 * m_labels, 1)
+    n = rng.normal(3 * n_labels, 1)
+    assert roc_auc_score(np.r_[np.ones(200), np.zeros(1000)], np.r_[m, n]) > 0.6
+    assert abs(gates.class_matched_auc(m, m_labels, n, n_labels) - 0.5) < 0.06
+
+
+def _mia(member_shift, n_members=400, seed=0):
+    rng = np.random.default_rng(seed)
+    labels_m, labels_n = rng.integers(0, 3, n_members), rng.integers(0, 3, 2000)
+    return gates.mia_gate(rng.normal(member_shift, 1, n_members), labels_m, rng.normal(0, 1, 2000), labels_n,
+                          SETTINGS)
+
+
+def test_mia_gate_three_outcomes_and_both_sides():
+    assert _mia(0.0).status == "pass"
+    still_member = _mia(1.0)
+    assert still_member.status == "fail" and "member" in still_member.summary
+    over = _mia(-1.0)
+    assert over.status == "fail" and "over-forgetting" in over.summary
+    assert _mia(0.0, n_members=8).status == "inconclusive"
+    assert abs(_mia(0.0).metrics["reference_auc"] - 0.5) < 0.1
+
+
+def test_forget_accuracy_gate_fails_a_no_op_and_passes_held_out_level():
+    no_op = gates.forget_accuracy_gate(np.ones(100, dtype=bool), 0.93, SETTINGS)
+    assert no_op.status == "fail"
+    at_level = gates.forget_accuracy_gate(np.r_[np.ones(93), np.zeros(7)].astype(bool), 0.93, SETTINGS)
+    assert at_level.status == "pass"
+    over = gates.forget_accuracy_gate(np.r_[np.ones(40), np.zeros(60)].astype(bool), 0.93, SETTINGS)
+    assert over.status == "fail" and "over-forgetting" in over.summary
+    small = gates.forget_accuracy_gate(np.ones(5, dtype=bool), 0.93, SETTINGS)
+    assert small.status == "inconclusive"
+
+
+def test_utility_gate_bound():
+    assert gates.utility_gate(0.97, 0.96, SETTINGS).status == "pass"
+    assert gates.utility_gate(0.97, 0.94, SETTINGS).status == "fail"
+
+
+def test_overall_status():
+    def result(status):
+        return gates.GateResult(name="x", status=status, summary="", metrics={}, thresholds={})
+
+    assert gates.overall_status([result("pass"), result("pass")]) == "pass"
+    assert gates.overall_status([result("pass"), result("inconclusive")]) == "inconclusive"
+    assert gates.overall_status([result("inconclusive"), result("fail")]) == "fail"
+
+
+def _manifest(n=200):
+    from unlearnops.datasets import build_manifest
+
+    rng = np.random.default_rng(0)
+    features = rng.random((n, 4), dtype=np.float32)
+    ids = [f"s-{i:04d}" for i in range(n)]
+    return build_manifest(ids, [f"p-{i // 5}" for i in range(n)], np.arange(n) % 3, features)
+
+
+def test_data_gate_with_great_expectations():
+    before = _manifest()
+    removed = before.iloc[:10]
+    after = before.iloc[10:].reset_index(drop=True)
+    ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()
+    ok, validation = gates.data_gate(before, after, ids, hashes, SETTINGS)
+    assert ok.status == "pass" and validation["success"] is True
+
+    leaked = pd.concat([after, removed.iloc[:1]], ignore_index=True)
+    bad, _ = gates.data_gate(before, leaked, ids, hashes, SETTINGS)
+    assert bad.status == "fail"
+    assert "expect_column_values_to_not_be_in_set" in bad.metrics["failed"]
+    assert "expect_table_row_count_to_equal" in bad.metrics["failed"]
+
+    skewed = after[after.label != 0].reset_index(drop=True)
+    kept_ids = set(skewed.sample_id)
+    dropped = before[~before.sample_id.isin(kept_ids)]
+    skew, _ = gates.data_gate(before, skewed, dropped.sample_id.tolist(), dropped.content_sha256.tolist(), SETTINGS)
+    assert skew.status == "fail" and "expect_column_distinct_values_to_equal_set" in skew.metrics["failed"]
