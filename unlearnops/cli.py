@@ -4,6 +4,7 @@ commands that report take ``--json`` for scripts (one JSON document on stdout, n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -28,6 +29,18 @@ err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory [env UNLEARNOPS_WORKSPACE; "
                                f"default ./{DEFAULT_WORKSPACE}].")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
+
+
+@app.callback()
+def _configure_logging() -> None:
+    """Libraries log through the root logger at WARNING and above, on stderr; a root handler installed
+    here first also stops a library's own ``logging.basicConfig`` from echoing every INFO record."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
 
 
 class ExitCode:

@@ -113,6 +113,7 @@ def init_repository(ws: Workspace) -> None:
             conf["remote"]["local"] = {"url": str(ws.dvc_remote)}
             conf["core"]["remote"] = "local"
             conf["core"]["analytics"] = False
+            conf["core"]["autostage"] = True
 
 
 def dvc_md5(ws: Workspace) -> str:
