@@ -34,14 +34,13 @@ def locate_task(workspace: str, method: str | None, method_config: dict | None) 
 cut_dataset_version_task = _step("dataset-version", steps.cut_dataset_version)
 
 
-@task(name="unlearn", cache_policy=NO_CACHE, persist_result=False)
+@task(name="unlearn-and-gate", cache_policy=NO_CACHE, persist_result=False)
 def unlearn_task(workspace: str, run_id: str, device: str | None = None) -> str:
     ws = Workspace(workspace)
-    steps.unlearn(ws, steps.Batch.load(ws, run_id), device=device)
+    steps.unlearn_with_escalation(ws, steps.Batch.load(ws, run_id), device=device)
     return run_id
 
 
-gates_task = _step("gates", steps.run_gates)
 export_task = _step("export-onnx", steps.export)
 register_task = _step("certify-register", steps.certify_and_register)
 finalize_task = _step("finalize", steps.finalize)
@@ -60,7 +59,6 @@ def deletion_flow(
     try:
         cut_dataset_version_task(workspace, run_id)
         unlearn_task(workspace, run_id, device=device)
-        gates_task(workspace, run_id)
         export_task(workspace, run_id)
         register_task(workspace, run_id)
         finalize_task(workspace, run_id)

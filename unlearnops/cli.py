@@ -202,7 +202,9 @@ def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device
 
 @app.command()
 def run(
-    method: Optional[str] = typer.Option(None, help="Unlearning method (see `unlearnops plugins list`)."),
+    method: Optional[str] = typer.Option(
+        None, help="Use only this method (see `unlearnops plugins list`); default: the workspace's ladder."
+    ),
     config: list[str] = typer.Option([], "--config", help="Method config override key=value; repeatable."),
     device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
     workspace: Optional[Path] = WorkspaceOption,
@@ -214,8 +216,10 @@ def run(
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
     try:  # refuse a bad method or config before anything is touched
-        chosen = load_methods().get(method or ws.settings.unlearn.method)
-        parse_config(chosen, overrides)
+        registered = load_methods()
+        ladder = [method] if method else ws.settings.unlearn.ladder
+        rungs = [registered.get(name) for name in ladder]
+        parse_config(rungs[0], overrides)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
     with stdout_to_stderr(as_json):
@@ -260,8 +264,11 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
                   f"({summary['forget_samples_trained']} were training samples)")
+    console.print(f"rungs tried: {'; '.join(summary['rungs'])}")
     console.print(f"method {summary['method']} on {summary['device']}; changed: {summary['changed_parameters']}")
     console.print(f"gates: {summary['gates']} → [bold]{summary['certificate_status']}[/bold]")
+    for caveat in summary.get("caveats") or []:
+        console.print(f"caveat: {caveat}")
     console.print(f"registered version {summary['registered_version']} (parent {summary['parent_version']}); "
                   f"dataset {summary['dataset_rev_before'][:10]} → {(summary['dataset_rev_after'] or '')[:10]}")
     console.print(f"ONNX max |diff| vs torch: {summary['onnx_max_abs_diff']:.2e} on {summary['onnx_providers']}")
@@ -271,7 +278,7 @@ def print_summary(summary: dict) -> None:
 @app.command()
 def demo(
     workspace: Optional[Path] = WorkspaceOption,
-    subjects: int = typer.Option(12, min=1, help="How many subjects ask to be forgotten."),
+    subjects: int = typer.Option(30, min=1, help="How many subjects ask to be forgotten."),
     limit: Optional[int] = typer.Option(None, min=100, help="Use only the first N samples (quick trials)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Base-model training epochs."),
     as_json: bool = JsonOption,

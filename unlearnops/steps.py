@@ -41,8 +41,14 @@ class Batch(BaseModel):
     forget_hashes: list[str]
     subject_hashes: list[str]
     parent_version: str
+    #: Methods to try in order; each rung starts again from the parent's weights.
+    ladder: list[str]
+    #: Config overrides asked for the first rung (``unlearnops run --config``).
+    requested_config: dict[str, Any] = Field(default_factory=dict)
+    #: The rung being (or last) run, and its validated config.
     method: str
     method_config: dict[str, Any] = Field(default_factory=dict)
+    rungs: list[dict[str, Any]] = Field(default_factory=list)
     device: str | None = None
     dataset_before: dict[str, Any]
     dataset_after: dict[str, Any] | None = None
@@ -50,6 +56,7 @@ class Batch(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: list[GateResult] = Field(default_factory=list)
     status: str | None = None
+    caveats: list[str] = Field(default_factory=list)
     onnx: dict[str, Any] | None = None
     weights_sha256: str | None = None
     registered_version: str | None = None
@@ -74,7 +81,7 @@ class Batch(BaseModel):
 def timed(batch: Batch, step: str, ws: Workspace):
     started = time.perf_counter()
     yield
-    batch.step_seconds[step] = round(time.perf_counter() - started, 3)
+    batch.step_seconds[step] = round(batch.step_seconds.get(step, 0.0) + time.perf_counter() - started, 3)
     batch.save(ws)
 
 
@@ -116,8 +123,9 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
-        method=method or ws.settings.unlearn.method,
-        method_config=method_config or {},
+        ladder=[method] if method else list(ws.settings.unlearn.ladder),
+        requested_config=method_config or {},
+        method=method or ws.settings.unlearn.ladder[0],
         dataset_before=data.current_version(ws).to_dict(),
     )
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
@@ -185,12 +193,13 @@ def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: in
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
     from unlearnops.methods import UnlearnInputs, load_methods, parse_config, run_method
-    from unlearnops.model import pick_device, save_weights, seed_everything
+    from unlearnops.model import pick_device, resolve, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
         registry_ = load_methods()
         method = registry_.get(batch.method)
         config = parse_config(method, {"seed": ws.settings.unlearn.seed, **batch.method_config})
+        batch.method_config = config.model_dump()
         seed_everything(config.seed if hasattr(config, "seed") else 0)
         torch_device = pick_device(device)
         forget = _forget_samples(ws, batch)
@@ -200,6 +209,9 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             retain=_split_samples(ws, "train", settings.unlearn.retain_sample, settings.unlearn.seed),
             holdout=_split_samples(ws, "holdout"),
             utility_max_drop=settings.gates.utility_max_drop,
+            retain_full=_split_samples(ws, "train"),
+            model_factory=resolve(settings.project.model_factory),
+            train_params=ws.params.train.model_dump(),
         )
         model = registry.load_model(ws, batch.parent_version)
         if len(forget) == 0:
@@ -209,7 +221,6 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             model, changed, details, seconds = result.model, result.changed_parameters, result.details, result.seconds
         batch.weights_sha256 = save_weights(model, batch.run_dir(ws) / "unlearned.pt")
         batch.device = str(torch_device)
-        batch.method_config = config.model_dump()
         batch.unlearn = {
             "method": method.name,
             "method_version": method.version,
@@ -267,16 +278,49 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
                 metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
                     ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
                 )
-        after = evaluations["after"]
+        before, after = evaluations["before"], evaluations["after"]
         results = [data_result]
         if len(forget):
-            results.append(gates.mia_gate(after["forget"].phi, forget.labels, after["holdout"].phi,
-                                          holdout.labels, settings, seed=ws.settings.unlearn.seed))
-        results.append(gates.forget_accuracy_gate(after["forget"].correct, after["holdout"].accuracy, settings))
+            results.append(gates.mia_gate(
+                after["forget"].phi, forget.labels, after["holdout"].phi, holdout.labels, settings,
+                parent_forget_phi=before["forget"].phi, parent_holdout_phi=before["holdout"].phi,
+                seed=ws.settings.unlearn.seed,
+            ))
+        results.append(gates.forget_accuracy_gate(
+            after["forget"].correct, after["holdout"].correct, before["forget"].correct, before["holdout"].correct,
+            settings,
+        ))
         results.append(gates.utility_gate(metrics["test_accuracy_before"], metrics["test_accuracy_after"], settings))
         batch.metrics = metrics
         batch.gates = results
-        batch.status = gates.overall_status(results)
+        batch.status, batch.caveats = gates.overall_status(results, settings)
+    return batch
+
+
+def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
+    """Climb the batch's ladder: unlearn with each method from the parent's weights and run the gates,
+    stopping at the first rung that passes. Every rung tried is recorded (and certified with the batch)."""
+    batch.rungs = []
+    for index, name in enumerate(batch.ladder):
+        batch.method = name
+        batch.method_config = dict(batch.requested_config) if index == 0 else {}
+        started = time.perf_counter()
+        unlearn(ws, batch, device=device)
+        run_gates(ws, batch)
+        batch.rungs.append(
+            {
+                "method": name,
+                "config": batch.method_config,
+                "status": batch.status,
+                "gates": {g.name: g.status for g in batch.gates},
+                "caveats": batch.caveats,
+                "changed_parameters": len((batch.unlearn or {}).get("changed_parameters") or {}),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        batch.save(ws)
+        if batch.status == "pass":
+            break
     return batch
 
 
@@ -297,6 +341,19 @@ def export(ws: Workspace, batch: Batch) -> Batch:
 # -- 6. certify and register -----------------------------------------------------------------------------
 
 
+def software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in ("unlearnops", "torch", "mlflow", "dvc", "prefect", "great-expectations", "onnx",
+                 "onnxruntime-gpu", "pluggy", "numpy", "scikit-learn"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
 def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     return {
         "issued_at": _now(),
@@ -308,6 +365,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
+        "rungs": batch.rungs,
         "method": {
             "name": batch.method,
             "version": (batch.unlearn or {}).get("method_version"),
@@ -317,6 +375,10 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         },
         "device": batch.device,
         "gates": [g.model_dump() for g in batch.gates],
+        "caveats": batch.caveats,
+        "gate_settings": ws.settings.gates.model_dump(),
+        "seed": ws.settings.unlearn.seed,
+        "software": software_versions(),
         "metrics": batch.metrics,
         "weights_sha256": batch.weights_sha256,
         "onnx": {k: v for k, v in (batch.onnx or {}).items() if k != "path"},
@@ -387,6 +449,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "samples_removed": len(batch.forget_ids),
         "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
         "method": batch.method,
+        "rungs": [f"{r['method']}: {r['status']}" for r in batch.rungs],
         "device": batch.device,
         "changed_parameters": (batch.unlearn or {}).get("changed_parameters"),
         "forget_loss_before": m.get("forget_loss_before"),
@@ -400,6 +463,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "mia_auc_before": m.get("mia_auc_before"),
         "mia_auc_after": m.get("mia_auc_after"),
         "gates": {g.name: g.status for g in batch.gates},
+        "caveats": batch.caveats,
         "certificate_status": "certified" if batch.status == "pass" else f"not-certified ({batch.status})",
         "onnx_max_abs_diff": (batch.onnx or {}).get("max_abs_diff"),
         "onnx_providers": (batch.onnx or {}).get("providers"),

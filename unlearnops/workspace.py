@@ -36,7 +36,11 @@ class ProjectSettings(_Strict):
 
 
 class UnlearnSettings(_Strict):
-    method: str = "slug"
+    ladder: list[str] = Field(
+        ["slug", "retrain"],
+        min_length=1,
+        description="Methods tried in order, each from the parent's weights, until one passes every gate.",
+    )
     seed: int = 0
     retain_sample: int = Field(512, ge=1, description="Retain samples used for gradients and utility checks.")
 
@@ -48,6 +52,11 @@ class GateSettings(_Strict):
     )
     forget_accuracy_margin: float = Field(
         0.01, ge=0, le=1, description="Allowed distance of forget accuracy from held-out accuracy."
+    )
+    certify_without_mia_power: bool = Field(
+        True,
+        description="Certify when the only open gate is a membership attack that could not detect the parent's "
+        "membership either, and forget accuracy passed with power (recorded as a caveat).",
     )
     bootstrap: int = Field(500, ge=50, description="Bootstrap resamples for confidence intervals.")
     confidence: float = Field(0.95, gt=0.5, lt=1)
