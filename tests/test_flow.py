@@ -129,27 +129,8 @@ def test_nothing_pending_is_a_no_op(processed):
     assert deletion_flow(str(ws.root)) is None
 
 
-class NoOp:
-    """An 'unlearning' method that changes nothing: the gates must refuse to certify it."""
-
-    name = "noop"
-    version = "0"
-    needs_retain = False
-    supports_gpu = True
-
-    from pydantic import BaseModel as _Base
-
-    class Config(_Base):
-        seed: int = 0
-
-    def unlearn(self, model, inputs, config, device):
-        from unlearnops.methods import UnlearnResult
-
-        return UnlearnResult(model=model, method=self.name, changed_parameters={}, seconds=0.0)
-
-
 def test_a_no_op_method_is_not_certified(processed):
-    from unlearnops import hookimpl
+    from noop_plugin import NoOpPlugin
     from unlearnops.demo import demo_subjects
     from unlearnops.intake import submit
     from unlearnops.methods import register_plugin, unregister_plugin
@@ -157,12 +138,7 @@ def test_a_no_op_method_is_not_certified(processed):
 
     ws, *_ = processed
 
-    class Plugin:
-        @hookimpl
-        def register_methods(self, register):
-            register(NoOp())
-
-    register_plugin(Plugin(), "noop-plugin")
+    register_plugin(NoOpPlugin(), "noop-plugin")
     try:
         submit(ws, {"subject_ids": demo_subjects(ws, 30), "reason": "no-op check"})
         summary = deletion_flow(str(ws.root), method="noop")

@@ -24,6 +24,8 @@ request_app = typer.Typer(help="Submit and inspect deletion requests.", no_args_
 plugins_app = typer.Typer(help="Inspect unlearning-method plugins.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
 app.add_typer(plugins_app, name="plugins")
+certificate_app = typer.Typer(help="Check certificates of registered versions.", no_args_is_help=True)
+app.add_typer(certificate_app, name="certificate")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory [env UNLEARNOPS_WORKSPACE; "
@@ -252,6 +254,30 @@ def plugins_list(as_json: bool = JsonOption) -> None:
     Console().print(table)
     for e in registry.errors:
         err.print(f"[yellow]warning:[/yellow] {e}")
+
+
+@certificate_app.command("verify")
+def certificate_verify(
+    version: str = typer.Argument(..., help="Registered model version number."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags.
+    Exit 0 verified, 1 refused (problems listed), 2 error."""
+    from unlearnops.verification import verify_version
+
+    ws = _workspace(workspace)
+    with stdout_to_stderr(as_json):
+        result = verify_version(ws, version)
+    if as_json:
+        emit_json(result.to_dict())
+    elif result.ok:
+        err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}")
+    else:
+        err.print(f"[red]version {version}: NOT verified[/red]")
+        for problem in result.problems:
+            err.print(f"  - {problem}")
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.REFUSED)
 
 
 def print_summary(summary: dict) -> None:

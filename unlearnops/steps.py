@@ -21,6 +21,7 @@ from unlearnops import certificate, data, gates, registry
 from unlearnops.data import load_dataset
 from unlearnops.gates import GateResult
 from unlearnops.locate import locate
+from unlearnops.report import SCORES_FILE, write_report
 from unlearnops.requests import RequestStore, keyed_hash
 from unlearnops.workspace import Workspace
 
@@ -279,6 +280,9 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
                     ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
                 )
         before, after = evaluations["before"], evaluations["after"]
+        np.savez(batch.run_dir(ws) / SCORES_FILE,
+                 **{f"{split}_phi_{tag}": evaluations[tag][split].phi
+                    for tag in ("before", "after") for split in ("forget", "holdout")})
         results = [data_result]
         if len(forget):
             results.append(gates.mia_gate(
@@ -315,6 +319,7 @@ def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = No
                 "gates": {g.name: g.status for g in batch.gates},
                 "caveats": batch.caveats,
                 "changed_parameters": len((batch.unlearn or {}).get("changed_parameters") or {}),
+                "details": (batch.unlearn or {}).get("details"),
                 "seconds": round(time.perf_counter() - started, 3),
             }
         )
@@ -395,6 +400,10 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
         signed = sign(build_certificate(ws, batch), load_or_create_signing_key(ws.keys_dir))
         write(signed, run_dir / "certificate.json")
         (run_dir / "unlearn.json").write_text(json.dumps(batch.unlearn, indent=2, default=str))
+        with np.load(run_dir / SCORES_FILE) as arrays:
+            scores = {k: arrays[k] for k in arrays.files}
+        explained = next((r["details"] for r in batch.rungs if (r.get("details") or {}).get("candidates")), {})
+        write_report(run_dir / "report.html", signed, scores, explained)
         certified = batch.status == "pass"
         registered = registry.register_model(
             ws,
@@ -414,7 +423,8 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
                 "onnx_sha256": (batch.onnx or {}).get("sha256", ""),
                 "run_id": batch.run_id,
             },
-            artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json", "unlearn.json")],
+            artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json", "unlearn.json",
+                                             "report.html")],
             aliases=("candidate",) if certified else (),
         )
         batch.registered_version = registered.version

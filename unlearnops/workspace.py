@@ -3,7 +3,8 @@ store and the orchestration state of one project.
 
 Every location derives from the workspace root; the settings live in ``unlearnops.toml`` (pipeline, gates)
 and ``params.yaml`` (training, read by ``dvc repro``). ``UNLEARNOPS_WORKSPACE`` names the default workspace;
-``MLFLOW_TRACKING_URI`` and ``PREFECT_API_URL`` switch the embedded defaults to real servers.
+``UNLEARNOPS_TRACKING_URI`` (MLflow; not ``MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` itself
+rewrites) and ``PREFECT_API_URL`` switch the embedded defaults to real servers.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+        return os.environ.get("UNLEARNOPS_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
 
     def exists(self) -> bool:
         return (self.root / CONFIG_FILE).is_file() and (self.root / ".git").is_dir()
