@@ -256,6 +256,46 @@ def plugins_list(as_json: bool = JsonOption) -> None:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
 
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("bench/results/results.json"), help="JSON rows; a .md table and .png beside it."),
+    quick: bool = typer.Option(False, help="Fewer epochs, CNN and MLP only, one seed (under 10 min on 2 cores)."),
+    methods: str = typer.Option("slug,retrain", help="Comma-separated methods; retrain is always the reference."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated: cnn,resnet,mlp [quick: cnn,mlp]."),
+    scenarios: str = typer.Option("random_1pct,random_10pct,subjects_10,class", help="Comma-separated."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds [quick: 0; full: 0,1,2]."),
+    device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Benchmark methods against retraining from scratch; writes JSON rows, a markdown table and a plot."""
+    from unlearnops.bench.harness import MODELS, SCENARIOS, markdown_table, run, write_outputs
+    from unlearnops.methods import PluginError, load_methods
+
+    model_list = (models or ("cnn,mlp" if quick else "cnn,resnet,mlp")).split(",")
+    scenario_list = scenarios.split(",")
+    unknown = [m for m in model_list if m not in MODELS] + [s for s in scenario_list if s not in SCENARIOS]
+    if unknown:
+        fail(f"unknown model or scenario: {', '.join(unknown)}", ExitCode.ERROR, as_json)
+    seed_list = [int(s) for s in (seeds or ("0" if quick else "0,1,2")).split(",")]
+    try:
+        registered = load_methods()
+        for name in methods.split(","):
+            registered.get(name)
+    except PluginError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    started = time.perf_counter()
+    with stdout_to_stderr(as_json):
+        rows = run(model_list, scenario_list, methods.split(","), seed_list, quick=quick, device=device,
+                   progress=lambda message: err.print(f"[dim]{time.perf_counter() - started:7.1f}s[/dim] {message}"))
+        paths = write_outputs(rows, out)
+    if as_json:
+        emit_json({"rows": rows, "outputs": {k: str(v) for k, v in paths.items()},
+                   "seconds": round(time.perf_counter() - started, 1)})
+    else:
+        sys.stdout.write(markdown_table(rows))
+        err.print(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.0f} s")
+
+
 @certificate_app.command("verify")
 def certificate_verify(
     version: str = typer.Argument(..., help="Registered model version number."),
