@@ -296,6 +296,56 @@ def bench(
         err.print(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.0f} s")
 
 
+@app.command(name="promote")
+def promote_command(
+    version: Optional[str] = typer.Argument(None, help="Version to promote [default: alias 'candidate']."),
+    check: bool = typer.Option(False, "--check", help="Only decide; change nothing."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify a candidate (certificate, hashes, gates, ONNX parity, lineage, taint) and move `champion` to it.
+    Exit 0 promoted (or promotable, with --check), 1 refused with the reasons, 2 error."""
+    from unlearnops.pipelines.promote import promote_flow
+    from unlearnops.promote import PromotionError
+
+    ws = _workspace(workspace)
+    try:
+        with stdout_to_stderr(as_json):
+            decision = promote_flow(str(ws.root), version, check)
+    except PromotionError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(decision)
+    elif decision["promotable"]:
+        verb = "promotable" if check else "promoted to champion"
+        err.print(f"version {decision['version']}: {verb} ({', '.join(decision['checked'])})")
+        if decision["tainted"]:
+            err.print(f"tainted (trained on since-deleted data): {', '.join(decision['tainted'])}")
+    else:
+        err.print(f"[red]version {decision['version']}: refused[/red]")
+        for reason in decision["reasons"]:
+            err.print(f"  - {reason}")
+    raise typer.Exit(ExitCode.OK if decision["promotable"] else ExitCode.REFUSED)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8080, min=1, max=65535),
+    poll_seconds: float = typer.Option(5.0, min=0.1, help="How often to look for a new champion."),
+    max_batch: int = typer.Option(256, min=1, help="Largest batch /predict accepts."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model)."""
+    import uvicorn
+
+    from unlearnops.deploy.serve import create_app
+
+    ws = _workspace(workspace)
+    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds), host=host, port=port,
+                log_level="warning")
+
+
 @certificate_app.command("verify")
 def certificate_verify(
     version: str = typer.Argument(..., help="Registered model version number."),
