@@ -53,6 +53,8 @@ class Batch(BaseModel):
     onnx: dict[str, Any] | None = None
     weights_sha256: str | None = None
     registered_version: str | None = None
+    #: Failures of after-certification plugin hooks (reported, not fatal: the version is registered).
+    hook_errors: list[str] = Field(default_factory=list)
     step_seconds: dict[str, float] = Field(default_factory=dict)
 
     def run_dir(self, ws: Workspace) -> Path:
@@ -82,6 +84,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _method_and_config(ws: Workspace, name: str, overrides: dict | None):
+    """The loaded plugins, the method called ``name`` and its validated config (workspace seed by default)."""
+    from unlearnops.methods import load_plugins, parse_config
+
+    plugins = load_plugins()
+    method = plugins.get(name)
+    return plugins, method, parse_config(method, {"seed": ws.settings.unlearn.seed, **(overrides or {})})
+
+
 # -- 1. locate -----------------------------------------------------------------------------------------
 
 
@@ -94,6 +105,13 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
+    from unlearnops.methods import PluginError
+
+    try:  # a missing or broken method fails the requests before the dataset is touched
+        _method_and_config(ws, method or ws.settings.unlearn.method, method_config)
+    except PluginError as exc:
+        store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
+        raise
     parent = registry.resolve_version(ws, "champion")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
@@ -184,14 +202,13 @@ def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: in
 
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
-    from unlearnops.methods import UnlearnInputs, load_methods, parse_config, run_method
+    from unlearnops.methods import UnlearnInputs, run_method
     from unlearnops.model import pick_device, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
-        registry_ = load_methods()
-        method = registry_.get(batch.method)
-        config = parse_config(method, {"seed": ws.settings.unlearn.seed, **batch.method_config})
-        seed_everything(config.seed if hasattr(config, "seed") else 0)
+        plugins, method, config = _method_and_config(ws, batch.method, batch.method_config)
+        source = plugins.sources[method.name]
+        seed_everything(config.seed)
         torch_device = pick_device(device)
         forget = _forget_samples(ws, batch)
         settings = ws.settings
@@ -202,6 +219,11 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             utility_max_drop=settings.gates.utility_max_drop,
         )
         model = registry.load_model(ws, batch.parent_version)
+        plugins.before_unlearn({
+            "run_id": batch.run_id, "request_ids": batch.request_ids, "method": method.name,
+            "method_version": method.version, "method_source": source, "config": config.model_dump(),
+            "device": str(torch_device), "n_forget": len(forget), "dataset_after": batch.dataset_after,
+        })
         if len(forget) == 0:
             changed, details, seconds = {}, {"skipped": "no forgotten sample was in the training split"}, 0.0
         else:
@@ -213,7 +235,7 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
         batch.unlearn = {
             "method": method.name,
             "method_version": method.version,
-            "source": registry_.sources[method.name],
+            "source": source,
             "changed_parameters": changed,
             "seconds": seconds,
             "n_forget_trained": len(forget),
@@ -356,6 +378,12 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
             aliases=("candidate",) if certified else (),
         )
         batch.registered_version = registered.version
+        from unlearnops.methods import load_plugins
+
+        batch.hook_errors = load_plugins().after_certify({
+            "run_id": batch.run_id, "request_ids": batch.request_ids, "registered_version": registered.version,
+            "status": signed["status"], "certificate": signed,
+        })
     return batch
 
 
@@ -408,4 +436,5 @@ def summary(batch: Batch) -> dict[str, Any]:
         "dataset_rev_before": batch.dataset_before["git_rev"],
         "dataset_rev_after": (batch.dataset_after or {}).get("git_rev"),
         "step_seconds": batch.step_seconds,
+        "hook_errors": batch.hook_errors,
     }
