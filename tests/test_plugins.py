@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
@@ -128,6 +129,79 @@ def test_objects_that_break_the_contract_register_nothing():
     assert any("contract-breaker" in e and "gate None" in e for e in plugins.errors)
 
 
+class NoOp(Method):
+    name, version = "noop", "0"
+
+    def unlearn(self, model, inputs, config, device):
+        return UnlearnResult(model=model, method=self.name, changed_parameters={})
+
+
+# -- what run_method guarantees --------------------------------------------------------------------------
+
+
+def _run(method, **inputs_changes):
+    import dataclasses
+
+    import torch
+
+    from unlearnops.methods import parameter_snapshot, parse_config, run_method
+    from unlearnops.testing import tiny_task
+
+    task = tiny_task()
+    inputs = dataclasses.replace(task.inputs, **inputs_changes)
+    before = parameter_snapshot(task.model)
+    return task.model, before, run_method(method, task.model, inputs, parse_config(method, {}), torch.device("cpu"))
+
+
+def test_run_method_leaves_the_callers_model_untouched_and_measures_the_change():
+    import torch
+
+    from unlearnops.methods import parameter_snapshot
+
+    slug = load_plugins().get("slug")  # changes the model it gets in place
+    model, snapshot, result = _run(slug)
+    assert result.model is not model
+    assert all(torch.equal(p, snapshot[n]) for n, p in parameter_snapshot(model).items())
+    (name,) = result.changed_parameters
+    after = dict(result.model.named_parameters())[name].detach()
+    assert result.changed_parameters[name] == pytest.approx(float((after - snapshot[name]).norm()
+                                                                  / snapshot[name].norm()), rel=1e-6)
+    assert result.seconds > 0
+
+
+class Misreporting(NoOp):
+    name = "misreporting"
+
+    def unlearn(self, model, inputs, config, device):
+        import torch
+
+        with torch.no_grad():
+            model[0].bias.add_(1.0)
+        return super().unlearn(model, inputs, config, device)
+
+
+class CnnOnly(NoOp):
+    name = "cnn-only"
+    model_families = ("SmallCNN",)
+
+
+class NeedsRetain(NoOp):
+    name = "needs-retain"
+    needs_retain = True
+
+
+def test_run_method_refuses_false_accounts_and_unmet_needs():
+    from unlearnops.methods import Samples
+
+    with pytest.raises(PluginError, match=r"'misreporting' reported changing \[\] but changed \['0.bias'\]"):
+        _run(Misreporting())
+    with pytest.raises(PluginError, match=r"'cnn-only' handles model families \['SmallCNN'\], not Sequential"):
+        _run(CnnOnly())
+    empty = Samples(np.zeros((0, 16), dtype=np.float32), np.zeros(0, dtype=np.int64))
+    with pytest.raises(PluginError, match="'needs-retain' needs retain samples"):
+        _run(NeedsRetain(), retain=empty)
+
+
 # -- conformance -------------------------------------------------------------------------------------------
 
 
@@ -140,13 +214,6 @@ def test_conformance_passes_on_the_installed_example(use_plugins):
     use_plugins(["example"])
     report = assert_conformant(load_plugins().get("neggrad-plus"))
     assert report.metrics["gap_closed"] >= 0.5
-
-
-class NoOp(Method):
-    name, version = "noop", "0"
-
-    def unlearn(self, model, inputs, config, device):
-        return UnlearnResult(model=model, method=self.name, changed_parameters={})
 
 
 class Mutating(NoOp):
@@ -223,6 +290,7 @@ def test_broken_plugins_leave_requests_failed_and_register_nothing(small_workspa
     ws = small_workspace
     use_plugins(["broken-import"])
     store = RequestStore(ws.requests_db)
+    versions, candidate = _model_versions(ws), registry.resolve_version(ws, "candidate")
     request_id = _submit(ws, demo_subjects(ws, 1))
 
     # A method from a plugin that failed to import: refused before the dataset is touched.
@@ -246,8 +314,8 @@ def test_broken_plugins_leave_requests_failed_and_register_nothing(small_workspa
         if method != "slug":
             assert f"method {method!r}" in failed.error
     assert {r.state for r in store.list()} == {"failed"} and len(store.list()) == 4
-    assert _model_versions(ws) == [1]
-    assert registry.resolve_version(ws, "candidate") is None
+    assert _model_versions(ws) == versions
+    assert registry.resolve_version(ws, "candidate") == candidate
 
 
 def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, use_plugins):
