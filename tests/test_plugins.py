@@ -307,8 +307,8 @@ def test_broken_plugins_leave_requests_failed_and_register_nothing(small_workspa
                                    ("slug", "'broken-veto' stopped the batch", "broken-veto")):
         use_plugins([plugin])
         request_id = _submit(ws, demo_subjects(ws, 1))
-        with pytest.raises(PluginError):
-            deletion_flow(str(ws.root), method=method)
+        result = runner.invoke(app, ["run", "--method", method, "--workspace", str(ws.root), "--json"])
+        assert result.exit_code == 2 and reason in json.loads(result.stdout)["error"]
         failed = store.get(request_id)
         assert failed.state == "failed" and reason in failed.error, failed.error
         if method != "slug":

@@ -305,6 +305,8 @@ def print_summary(summary: dict) -> None:
                   f"dataset {summary['dataset_rev_before'][:10]} → {(summary['dataset_rev_after'] or '')[:10]}")
     console.print(f"ONNX max |diff| vs torch: {summary['onnx_max_abs_diff']:.2e} on {summary['onnx_providers']}")
     console.print("step seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["step_seconds"].items()))
+    for error in summary.get("hook_errors") or []:
+        err.print(f"[yellow]warning:[/yellow] {error}")
 
 
 @app.command()
