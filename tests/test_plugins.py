@@ -234,6 +234,17 @@ def test_conformance_fails_on_a_no_op():
         assert_conformant(NoOp())
 
 
+def test_conformance_refuses_a_task_without_memorization():
+    import dataclasses
+
+    from unlearnops.testing import tiny_task
+
+    task = tiny_task()
+    task.inputs = dataclasses.replace(task.inputs, forget=task.test)  # non-members: nothing to forget
+    with pytest.raises(ValueError, match="does not memorize its forget set"):
+        check_method(NoOp(), task=task)
+
+
 def test_conformance_catches_modified_inputs():
     assert "inputs_untouched" in [c.name for c in check_method(Mutating()).failures]
 
