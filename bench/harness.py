@@ -22,7 +22,7 @@ import torch
 from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k, sklearn_digits
 from unlearnops.gates import class_matched_auc
-from unlearnops.methods import Samples, UnlearnInputs, load_methods, parse_config, run_method
+from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
 from unlearnops.model import ResNetSmall, SmallCNN, TabularMLP, evaluate, pick_device, train_model
 
 SCENARIOS = ("random_1pct", "random_10pct", "subjects_10", "class")
@@ -99,7 +99,7 @@ def run(
     device: str | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
-    registry = load_methods()
+    registry = load_plugins()
     methods = [m for m in methods if m != "retrain"]
     for name in methods:
         registry.get(name)  # fail before any training on an unknown method

@@ -6,26 +6,37 @@ cannot be certified. Costs a full training run.
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from unlearnops import hookimpl
-from unlearnops.methods import UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, MethodConfig, UnlearnInputs, UnlearnResult
 from unlearnops.model import train_model
 
 
-class RetrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+#: Used where the caller gives no training parameters (the workspace always does).
+DEFAULT_TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
 
-    seed: int = 0
+
+def _reinitialized(model):
+    """A copy of ``model`` with every layer's parameters drawn afresh (when no factory is given)."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh
+
+
+class RetrainConfig(MethodConfig):
     epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
     batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
     lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
 
 
-class Retrain:
+class Retrain(Method):
     name = "retrain"
     version = "0.1.0"
     Config = RetrainConfig
@@ -33,14 +44,13 @@ class Retrain:
     supports_gpu = True
 
     def unlearn(self, model, inputs: UnlearnInputs, config: RetrainConfig, device) -> UnlearnResult:
-        if inputs.retain_full is None or inputs.model_factory is None:
-            raise ValueError("retrain needs the full retain set and the model factory")
         started = time.perf_counter()
-        params = inputs.train_params
+        params = {**DEFAULT_TRAINING, **inputs.train_params}
+        retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
         fresh = train_model(
-            inputs.model_factory(),
-            inputs.retain_full.features,
-            inputs.retain_full.labels,
+            inputs.model_factory() if inputs.model_factory else _reinitialized(model),
+            retain.features,
+            retain.labels,
             epochs=config.epochs or params["epochs"],
             batch_size=config.batch_size or params["batch_size"],
             lr=config.lr or params["lr"],
@@ -57,7 +67,8 @@ class Retrain:
             method=self.name,
             changed_parameters=changed,
             seconds=time.perf_counter() - started,
-            details={"trained_on": len(inputs.retain_full), "epochs": config.epochs or params["epochs"]},
+            details={"trained_on": len(retain), "epochs": config.epochs or params["epochs"],
+                     "from": "model factory" if inputs.model_factory else "re-initialized copy"},
         )
 
 

@@ -25,19 +25,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Samples, UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult
 
 
-class SlugConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
+class SlugConfig(MethodConfig):
     eligible: Literal["weights", "all"] = Field(
         "weights", description="'weights': tensors with ≥2 dims (no biases/norms); 'all': every parameter."
     )
@@ -215,7 +212,7 @@ def _rank(entry: dict) -> tuple:
     return (1, chosen.get("auc", chosen.get("class_accuracy", 1.0)))
 
 
-class Slug:
+class Slug(Method):
     name = "slug"
     version = "0.2.0"
     Config = SlugConfig

@@ -51,6 +51,16 @@ def test_missing_workspace_is_a_clear_error(tmp_path):
 def test_plugins_list_json():
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
-    rows = json.loads(result.stdout)["plugins"]
-    assert {"kind": "method", "name": "slug", "version": "0.2.0", "source": "built-in", "needs_retain": True,
-            "supports_gpu": True} in rows
+    listed = json.loads(result.stdout)
+    assert listed["errors"] == []
+    rows = {(r["kind"], r["name"]): r for r in listed["plugins"]}
+    slug = rows["method", "slug"]
+    assert (slug["version"], slug["source"]) == ("0.2.0", "built-in")
+    assert rows["method", "retrain"]["source"] == "built-in"
+    assert slug["capabilities"] == {"needs_retain": True, "needs_labels": True, "model_families": ["Module"],
+                                    "supports_gpu": True}
+    assert slug["config"]["seed"] == 0
+    assert {name for kind, name in rows if kind == "gate"} == {"data", "membership_inference", "forget_accuracy",
+                                                               "utility"}
+    assert {name for kind, name in rows if kind == "locator"} == {"sample_id", "subject_id", "content_sha256"}
+    assert rows["exporter", "onnx"]["source"] == "built-in"

@@ -145,6 +145,8 @@ def test_a_no_op_method_is_not_certified(processed):
     finally:
         unregister_plugin("noop-plugin")
     assert summary["forget_accuracy_after"] == summary["forget_accuracy_before"]
-    assert summary["gates"]["forget_accuracy"] == "fail"
+    # "fail" when the forget set is large enough to refute a no-op, "inconclusive" otherwise — never "pass"
+    # (tests/test_certify.py pins "fail" on the default demo data).
+    assert summary["gates"]["forget_accuracy"] in {"fail", "inconclusive"}
     assert summary["certificate_status"] != "certified"
     assert registry.resolve_version(ws, "candidate") != summary["registered_version"]

@@ -14,7 +14,7 @@ from unlearnops.methods import (
     Samples,
     UnlearnInputs,
     UnlearnResult,
-    load_methods,
+    load_plugins,
     parse_config,
     register_plugin,
     run_method,
@@ -25,20 +25,20 @@ from unlearnops.plugins.slug import pareto_front
 
 
 def test_builtin_slug_is_registered_like_a_plugin():
-    registry = load_methods()
+    registry = load_plugins()
     assert registry.sources["slug"] == "built-in"
     slug = registry.get("slug")
     assert slug.needs_retain and slug.supports_gpu
 
 
 def test_bad_config_names_the_field():
-    slug = load_methods().get("slug")
+    slug = load_plugins().get("slug")
     with pytest.raises(PluginError, match="initial_step"):
         parse_config(slug, {"initial_step": "-1"})
     with pytest.raises(PluginError, match="no_such_option"):
         parse_config(slug, {"no_such_option": "1"})
     with pytest.raises(PluginError, match="unknown unlearning method 'nope'"):
-        load_methods().get("nope")
+        load_plugins().get("nope")
 
 
 def test_pareto_front():
@@ -81,7 +81,7 @@ def _accuracy(model, samples):
 def test_slug_changes_one_layer_from_the_original_and_forgets(toy):
     model, inputs = toy
     assert _accuracy(model, inputs.forget) > 0.9  # the flipped labels were memorized
-    slug = load_methods().get("slug")
+    slug = load_plugins().get("slug")
     config = parse_config(slug, {"max_step": 16})
     result = run_method(slug, copy.deepcopy(model), inputs, config, torch.device("cpu"))
     assert len(result.changed_parameters) == 1
@@ -136,7 +136,7 @@ def test_plugin_that_raises_at_registration_is_reported_not_fatal():
 
     register_plugin(Plugin(), "bad-plugin")
     try:
-        registry = load_methods()
+        registry = load_plugins()
     finally:
         unregister_plugin("bad-plugin")
     assert "slug" in registry.methods

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from unlearnops.methods import Samples, UnlearnInputs, load_methods, parse_config, run_method
+from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
 from unlearnops.model import evaluate, seed_everything, train_model
 
 
@@ -39,7 +39,7 @@ def class_task():
 
 
 def _slug(**overrides):
-    method = load_methods().get("slug")
+    method = load_plugins().get("slug")
     return method, parse_config(method, overrides)
 
 

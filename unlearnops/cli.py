@@ -21,7 +21,7 @@ from unlearnops.workspace import DEFAULT_WORKSPACE, Workspace
 app = typer.Typer(help="Production machine unlearning: deletion requests in, certified models out.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 request_app = typer.Typer(help="Submit and inspect deletion requests.", no_args_is_help=True)
-plugins_app = typer.Typer(help="Inspect unlearning-method plugins.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Inspect plugins and start a new one.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
 app.add_typer(plugins_app, name="plugins")
 certificate_app = typer.Typer(help="Check certificates of registered versions.", no_args_is_help=True)
@@ -213,19 +213,22 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Run the deletion flow once over all pending requests (a Prefect flow run)."""
-    from unlearnops.methods import PluginError, load_methods, parse_config
+    from unlearnops.methods import PluginError, load_plugins, parse_config
 
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
     try:  # refuse a bad method or config before anything is touched
-        registered = load_methods()
+        registered = load_plugins()
         ladder = [method] if method else ws.settings.unlearn.ladder
         rungs = [registered.get(name) for name in ladder]
         parse_config(rungs[0], overrides)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
-    with stdout_to_stderr(as_json):
-        result = run_deletion_flow(ws, method, overrides, device)
+    try:
+        with stdout_to_stderr(as_json):
+            result = run_deletion_flow(ws, method, overrides, device)
+    except PluginError as exc:  # the batch's requests are marked failed (retryable) with this reason
+        fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json(result or {"result": "no pending deletion requests"})
     elif result is None:
@@ -234,23 +237,44 @@ def run(
         print_summary(result)
 
 
+def _plugin_row(entry) -> dict[str, Any]:
+    obj = entry.obj
+    row: dict[str, Any] = {"kind": entry.kind, "name": entry.name, "version": entry.version,
+                           "source": entry.source, "plugin": entry.plugin}
+    if entry.kind == "method":
+        row["capabilities"] = {
+            "needs_retain": obj.needs_retain,
+            "needs_labels": getattr(obj, "needs_labels", True),
+            "model_families": list(getattr(obj, "model_families", ("Module",))),
+            "supports_gpu": obj.supports_gpu,
+        }
+        row["config"] = obj.Config().model_dump(mode="json")
+    elif entry.kind == "gate":
+        row["description"] = obj.description
+    elif entry.kind == "locator":
+        row["request_field"] = obj.request_field
+    else:
+        row["suffix"] = obj.suffix
+    return row
+
+
 @plugins_app.command("list")
 def plugins_list(as_json: bool = JsonOption) -> None:
-    """List registered unlearning methods with their source and version."""
-    from unlearnops.methods import load_methods
+    """List registered methods, gates, locators and exporters with their source and version, and every
+    plugin that failed to load or register (with the reason)."""
+    from unlearnops.methods import load_plugins
 
-    registry = load_methods()
-    rows = [
-        {"kind": "method", "name": name, "version": m.version, "source": registry.sources[name],
-         "needs_retain": m.needs_retain, "supports_gpu": m.supports_gpu}
-        for name, m in sorted(registry.methods.items())
-    ]
+    registry = load_plugins()
+    rows = [_plugin_row(e) for kind in registry.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
     if as_json:
         emit_json({"plugins": rows, "errors": registry.errors})
         return
-    table = Table("kind", "name", "version", "source", "needs retain", "GPU")
+    table = Table("kind", "name", "version", "source", "details")
     for r in rows:
-        table.add_row(r["kind"], r["name"], r["version"], r["source"], str(r["needs_retain"]), str(r["supports_gpu"]))
+        details = r.get("capabilities") or r.get("description") or r.get("request_field") or r.get("suffix")
+        if isinstance(details, dict):
+            details = ", ".join(f"{k}={v}" for k, v in details.items())
+        table.add_row(r["kind"], r["name"], r["version"], r["source"], str(details))
     Console().print(table)
     for e in registry.errors:
         err.print(f"[yellow]warning:[/yellow] {e}")
@@ -269,7 +293,7 @@ def bench(
 ) -> None:
     """Benchmark methods against retraining from scratch; writes JSON rows, a markdown table and a plot."""
     from unlearnops.bench.harness import MODELS, SCENARIOS, markdown_table, run, write_outputs
-    from unlearnops.methods import PluginError, load_methods
+    from unlearnops.methods import PluginError, load_plugins
 
     model_list = (models or ("cnn,mlp" if quick else "cnn,resnet,mlp")).split(",")
     scenario_list = scenarios.split(",")
@@ -278,7 +302,7 @@ def bench(
         fail(f"unknown model or scenario: {', '.join(unknown)}", ExitCode.ERROR, as_json)
     seed_list = [int(s) for s in (seeds or ("0" if quick else "0,1,2")).split(",")]
     try:
-        registered = load_methods()
+        registered = load_plugins()
         for name in methods.split(","):
             registered.get(name)
     except PluginError as exc:
@@ -370,6 +394,21 @@ def certificate_verify(
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.REFUSED)
 
 
+@plugins_app.command("new")
+def plugins_new(
+    name: str = typer.Argument(..., help="Method name, e.g. 'my-method' (letters, digits, '-', '_')."),
+    directory: Optional[Path] = typer.Option(None, "--dir", help="Where to write the package [./unlearnops-NAME]."),
+) -> None:
+    """Write a ready plugin package: pyproject with the entry point, the method module, a conformance test."""
+    from unlearnops.kit import new_plugin
+
+    try:
+        written = new_plugin(name, directory)
+    except (ValueError, FileExistsError) as exc:
+        fail(str(exc), ExitCode.REFUSED)
+    err.print(f"plugin package {written}: pip install -e {written} && pytest {written}")
+
+
 def print_summary(summary: dict) -> None:
     table = Table("metric", "before", "after", title=f"deletion run {summary['run_id']}")
     for label, key in (("forget accuracy", "forget_accuracy"), ("held-out accuracy", "holdout_accuracy"),
@@ -389,6 +428,8 @@ def print_summary(summary: dict) -> None:
                   f"dataset {summary['dataset_rev_before'][:10]} → {(summary['dataset_rev_after'] or '')[:10]}")
     console.print(f"ONNX max |diff| vs torch: {summary['onnx_max_abs_diff']:.2e} on {summary['onnx_providers']}")
     console.print("step seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["step_seconds"].items()))
+    for error in summary.get("hook_errors") or []:
+        err.print(f"[yellow]warning:[/yellow] {error}")
 
 
 @app.command()

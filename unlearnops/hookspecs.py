@@ -6,7 +6,12 @@ the ``unlearnops`` entry-point group of its distribution::
     [project.entry-points.unlearnops]
     my_method = "my_package.my_module"
 
-Built-in methods in ``plugins/`` register through exactly these hooks.
+Built-in methods, gates, locators and exporters in ``plugins/`` register through exactly these hooks.
+``UNLEARNOPS_PLUGINS=name,name`` limits which entry points load (empty: none; unset: all).
+
+Every registered object needs ``name: str`` (unique within its kind) and ``version: str``. A plugin that
+fails to import, raises while registering, or registers an object that breaks its contract is reported
+by name (``unlearnops plugins list`` shows the reason) and contributes nothing.
 """
 
 from __future__ import annotations
@@ -23,16 +28,85 @@ hookimpl = pluggy.HookimplMarker("unlearnops")
 def register_methods(register: Callable[[object], None]) -> None:
     """Register unlearning methods by calling ``register(method)`` once per method.
 
-    A method is an object with:
+    A method is an object (subclassing :class:`unlearnops.methods.Method` gives the defaults) with:
 
-    * ``name: str`` — unique, used by ``unlearnops run --method NAME``;
-    * ``version: str``;
-    * ``Config`` — a pydantic model class; its defaults are the method's defaults, and
-      ``unlearnops run --config key=value`` is validated against it;
+    * ``name: str`` — unique, used by ``unlearnops run --method NAME``; ``version: str``;
+    * ``Config`` — a pydantic model class with an integer ``seed`` field
+      (:class:`unlearnops.methods.MethodConfig` is a base with ``seed`` and unknown keys forbidden); its
+      defaults are the method's defaults, and ``unlearnops run --config key=value`` is validated against it;
     * ``needs_retain: bool`` — whether ``inputs.retain`` must hold samples;
-    * ``supports_gpu: bool`` — whether ``unlearn`` honours a CUDA ``device``;
-    * ``unlearn(model, inputs, config, device) -> UnlearnResult`` — change ``model`` (already on
-      ``device``) so that it forgets ``inputs.forget``; ``inputs`` is an
-      :class:`unlearnops.methods.UnlearnInputs` with ``forget``, ``retain`` and ``holdout`` arrays and the
-      gate settings, ``config`` an instance of ``Config``. Must be deterministic for ``config.seed``.
+    * ``needs_labels: bool`` (default True) — whether the method reads ``labels`` (False: features only);
+    * ``model_families: tuple[str, ...]`` (default ``("Module",)``: any torch module) — class names of the
+      models it handles, matched against the model's class and its bases;
+    * ``supports_gpu: bool`` — whether ``unlearn`` honours a CUDA ``device`` (if not, it runs on CPU);
+    * ``unlearn(model, inputs, config, device) -> UnlearnResult``.
+
+    ``unlearn`` receives a private copy of the caller's model, already on ``device``, and may change it in
+    place; it must leave every parameter and buffer on ``device``, keep the parameter names, and return an
+    :class:`unlearnops.methods.UnlearnResult` whose ``changed_parameters`` names exactly the parameters it
+    changed (the runner measures and records how far each moved, and how long the call took). ``inputs``
+    (:class:`unlearnops.methods.UnlearnInputs`: ``forget``, ``retain``, ``holdout`` samples and the
+    allowed utility drop) must not be modified. The result must be identical for the same ``config.seed``.
+    Any exception, another return type, a parameter left on another device or non-finite weights fail
+    the batch with an error naming the method; its requests stay retryable and nothing is registered.
+    ``unlearnops.testing.assert_conformant(method)`` checks all of this on a tiny real task.
+    """
+
+
+@hookspec
+def register_gates(register: Callable[[object], None]) -> None:
+    """Register gates (checks a candidate model must pass to be certified) by calling ``register(gate)``.
+
+    A gate has ``name``, ``version``, ``description: str`` and
+    ``check(evidence, settings) -> unlearnops.gates.GateResult`` where ``evidence`` is an
+    :class:`unlearnops.methods.GateEvidence` (manifests before/after, deleted ids and hashes, per-sample
+    evaluations of the parent and the unlearned model on the forget, held-out and test sets) and
+    ``settings`` the workspace's :class:`unlearnops.workspace.GateSettings`. The result's ``status`` is
+    ``pass``, ``fail`` or ``inconclusive``; only a batch whose gates all pass is certified. ``check`` must
+    not change the evidence.
+    """
+
+
+@hookspec
+def register_locators(register: Callable[[object], None]) -> None:
+    """Register sample locators by calling ``register(locator)``.
+
+    A locator has ``name``, ``version``, ``request_field: str`` (the
+    :class:`unlearnops.requests.DeletionRequest` field it resolves, e.g. ``"subject_ids"``) and
+    ``locate(request, manifest) -> set[str]``: the ``sample_id`` values of the dataset manifest (a pandas
+    DataFrame with the columns of :data:`unlearnops.datasets.MANIFEST_COLUMNS`) that the request touches.
+    It must not modify the manifest and must return only ids present in it.
+    """
+
+
+@hookspec
+def register_exporters(register: Callable[[object], None]) -> None:
+    """Register model exporters by calling ``register(exporter)``.
+
+    An exporter has ``name``, ``version``, ``suffix: str`` (file extension, e.g. ``".onnx"``) and
+    ``export(model, sample, path) -> dict``: write ``model`` (an ``nn.Module`` on CPU, in eval mode) to
+    ``path`` using ``sample`` (a float32 batch of real inputs) to trace and to check the exported file
+    against the torch outputs; return a JSON-serialisable record with at least ``sha256`` of the file.
+    """
+
+
+@hookspec
+def before_unlearn(event: dict) -> None:
+    """Called once per batch just before the unlearning method runs (audit, notification, policy).
+
+    ``event`` holds ``run_id``, ``request_ids``, ``method``, ``method_version``, ``method_source``,
+    ``config`` (dict), ``device``, ``n_forget`` and ``dataset_after`` (the new dataset version). Raising
+    vetoes the batch: the method does not run, the requests become ``failed`` (retryable) with this
+    plugin's name in the error, and nothing is registered.
+    """
+
+
+@hookspec
+def after_certify(event: dict) -> None:
+    """Called once per batch after the model version is registered with its signed certificate.
+
+    ``event`` holds ``run_id``, ``request_ids``, ``registered_version``, ``status`` (``certified`` or
+    ``not-certified (...)``) and ``certificate`` (the signed certificate dict; do not modify). The version
+    is registered whatever this hook does: an exception here is reported — logged, kept in the batch
+    record's ``hook_errors`` and in the run summary — but does not undo the registration.
     """

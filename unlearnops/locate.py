@@ -31,7 +31,8 @@ def locate(request: DeletionRequest, manifest: pd.DataFrame) -> Located:
         wanted = getattr(request, request_field)
         if not wanted:
             continue
-        hits = manifest.loc[manifest[column].isin(wanted), ["sample_id", column]]
+        columns = list(dict.fromkeys(["sample_id", column]))  # the sample_id locator needs it once
+        hits = manifest.loc[manifest[column].isin(wanted), columns]
         for sample_id in hits["sample_id"]:
             result.sample_ids.add(str(sample_id))
             result.found_by.setdefault(str(sample_id), locator)

@@ -1,24 +1,40 @@
-"""The public types unlearning methods work with, and the registry that collects them through pluggy."""
+"""The public plugin API (the types methods and gates work with, base classes for authors) and the registry
+that collects methods, gates, locators and exporters from built-ins and entry points through pluggy."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
 import pluggy
 import torch
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from unlearnops import hookspecs
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from unlearnops.model import Evaluation
+
+log = logging.getLogger(__name__)
+
 #: Built-in plugin modules, registered like external ones but without needing an installed entry point.
-BUILTIN_PLUGINS = ("unlearnops.plugins.slug", "unlearnops.plugins.retrain")
+BUILTIN_PLUGINS = (
+    "unlearnops.plugins.slug",
+    "unlearnops.plugins.retrain",
+    "unlearnops.plugins.builtin_gates",
+    "unlearnops.plugins.builtin_locators",
+    "unlearnops.plugins.builtin_exporters",
+)
 
 #: Plugins registered at run time with :func:`register_plugin` (programmatic use, tests).
 _RUNTIME_PLUGINS: dict[str, object] = {}
@@ -41,6 +57,8 @@ class Samples:
 
 @dataclass
 class UnlearnInputs:
+    """What a method gets to work with; it must not modify any of it."""
+
     forget: Samples
     retain: Samples
     #: Held-out non-members: the level the forget set should fall to for sample-level forgetting.
@@ -63,27 +81,130 @@ class UnlearnResult:
 
     model: nn.Module
     method: str
-    #: parameter name -> relative change ‖W_new − W_old‖ / ‖W_old‖, only for parameters that changed.
+    #: parameter name -> relative change ‖W_new − W_old‖ / ‖W_old‖, only for parameters that changed. The
+    #: method names the parameters it changed; :func:`run_method` checks the names and measures the values.
     changed_parameters: dict[str, float]
-    seconds: float
+    #: Wall-clock seconds of the ``unlearn`` call (set by :func:`run_method`).
+    seconds: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
+
+
+class MethodConfig(BaseModel):
+    """Base for a method's ``Config``: a ``seed`` and no unknown keys (a typo is an error naming it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+
+
+class Method:
+    """Optional base class for unlearning methods: the declarations with their defaults.
+
+    Subclasses set ``name``, ``version`` and ``Config`` and implement ``unlearn`` (see
+    :func:`unlearnops.hookspecs.register_methods` for the contract).
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_retain: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = True
+    model_families: ClassVar[tuple[str, ...]] = ("Module",)
+    supports_gpu: ClassVar[bool] = False
+
+
+@dataclass
+class GateEvidence:
+    """What gates judge a candidate on (see :func:`unlearnops.hookspecs.register_gates`)."""
+
+    manifest_before: pd.DataFrame
+    manifest_after: pd.DataFrame
+    forget_ids: list[str]
+    forget_hashes: list[str]
+    forget_labels: np.ndarray
+    holdout_labels: np.ndarray
+    #: ``"forget"``, ``"holdout"``, ``"test"`` -> per-sample evaluation of the parent model.
+    before: dict[str, Evaluation]
+    #: The same for the unlearned model.
+    after: dict[str, Evaluation]
+    seed: int = 0
+    #: Gates may leave named JSON-serializable records here; they are stored with the version.
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
 
 
 class PluginError(RuntimeError):
     """A plugin could not be loaded, was misconfigured, or misbehaved; the message names it."""
 
 
-class MethodRegistry:
-    def __init__(self) -> None:
-        self.methods: dict[str, Any] = {}
-        self.sources: dict[str, str] = {}
+#: kind -> (registration hook, attributes every registered object of that kind must have)
+KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "method": ("register_methods", ("Config", "needs_retain", "supports_gpu", "unlearn")),
+    "gate": ("register_gates", ("description", "check")),
+    "locator": ("register_locators", ("request_field", "locate")),
+    "exporter": ("register_exporters", ("suffix", "export")),
+}
+
+
+@dataclass
+class Registered:
+    """One registered method, gate, locator or exporter and where it came from."""
+
+    kind: str
+    name: str
+    version: str
+    obj: Any
+    #: ``built-in``, ``runtime`` (:func:`register_plugin`) or the distribution that provided it ("dist 1.0").
+    source: str
+    #: The pluggy plugin name: built-in module, entry-point name or runtime name.
+    plugin: str
+
+
+class Registry:
+    """Everything the loaded plugins registered, by kind, plus the reason for every plugin that failed."""
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self.entries: dict[str, dict[str, Registered]] = {kind: {} for kind in KINDS}
         self.errors: list[str] = []
 
+    @property
+    def methods(self) -> dict[str, Any]:
+        return {name: e.obj for name, e in self.entries["method"].items()}
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Method name -> source."""
+        return {name: e.source for name, e in self.entries["method"].items()}
+
     def get(self, name: str):
-        if name not in self.methods:
-            known = ", ".join(sorted(self.methods)) or "none"
-            raise PluginError(f"unknown unlearning method {name!r} (registered: {known})")
-        return self.methods[name]
+        """The method called ``name``; an unknown name is a :class:`PluginError` that also lists plugin
+        load failures (the method may have been in a plugin that failed)."""
+        if name not in self.entries["method"]:
+            known = ", ".join(sorted(self.entries["method"])) or "none"
+            problems = f"; plugin problems: {' | '.join(self.errors)}" if self.errors else ""
+            raise PluginError(f"unknown unlearning method {name!r} (registered: {known}){problems}")
+        return self.entries["method"][name].obj
+
+    def before_unlearn(self, event: dict) -> None:
+        """Call every ``before_unlearn`` hook; the first that raises vetoes with a :class:`PluginError`."""
+        for impl in self.pm.hook.before_unlearn.get_hookimpls():
+            try:
+                impl.function(event=event)
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} stopped the batch in before_unlearn: {exc!r}") from exc
+
+    def after_certify(self, event: dict) -> list[str]:
+        """Call every ``after_certify`` hook; returns (and logs) one message per hook that raised."""
+        errors = []
+        for impl in self.pm.hook.after_certify.get_hookimpls():
+            try:
+                impl.function(event=event)
+            except Exception as exc:
+                errors.append(f"plugin {impl.plugin_name!r} raised in after_certify: {exc!r}")
+                log.warning(errors[-1])
+        return errors
 
 
 def register_plugin(plugin: object, name: str) -> None:
@@ -95,48 +216,99 @@ def unregister_plugin(name: str) -> None:
     _RUNTIME_PLUGINS.pop(name, None)
 
 
-def plugin_manager() -> tuple[pluggy.PluginManager, list[str]]:
-    """A plugin manager with the built-ins and the allowed external plugins; returns load errors too."""
+def allowed_external_plugins() -> set[str] | None:
+    """Entry-point names allowed by ``UNLEARNOPS_PLUGINS``; None when unset (all allowed)."""
+    allowed = os.environ.get(PLUGINS_ENV)
+    return None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
+
+
+def plugin_manager() -> tuple[pluggy.PluginManager, dict[str, str], list[str]]:
+    """A plugin manager with the built-ins, runtime plugins and the allowed entry points.
+
+    Returns the manager, plugin name -> source, and one message per entry point that failed to load.
+    """
     pm = pluggy.PluginManager("unlearnops")
     pm.add_hookspecs(hookspecs)
+    sources: dict[str, str] = {}
+    errors: list[str] = []
     for module_name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(module_name), name=module_name)
+        sources[module_name] = "built-in"
     for name, plugin in _RUNTIME_PLUGINS.items():
         pm.register(plugin, name=name)
-    errors = []
-    allowed = os.environ.get(PLUGINS_ENV)
-    allowed_names = None if allowed is None else {n.strip() for n in allowed.split(",") if n.strip()}
-    from importlib.metadata import entry_points
-
+        sources[name] = "runtime"
+    allowed = allowed_external_plugins()
     for ep in entry_points(group="unlearnops"):
-        if allowed_names is not None and ep.name not in allowed_names:
+        if allowed is not None and ep.name not in allowed:
             continue
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else ep.value
         try:
             pm.register(ep.load(), name=ep.name)
         except Exception as exc:  # a broken plugin is reported, never fatal for the others
-            errors.append(f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}")
-    return pm, errors
+            errors.append(f"plugin {ep.name!r} ({dist}) failed to load: {exc!r}")
+            continue
+        sources[ep.name] = dist
+    return pm, sources, errors
 
 
-def load_methods() -> MethodRegistry:
-    pm, errors = plugin_manager()
-    registry = MethodRegistry()
+def contract_problems(kind: str, obj: object) -> list[str]:
+    """What is missing or ill-typed in a registered object, by the contract of its kind (empty: fine)."""
+    problems = []
+    for attr in ("name", "version"):
+        value = getattr(obj, attr, None)
+        if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+            problems.append(f"{attr} must be a non-empty string without spaces, got {value!r}")
+    problems += [f"missing {attr!r}" for attr in KINDS[kind][1] if not hasattr(obj, attr)]
+    if problems:
+        return problems
+    callables = {"method": "unlearn", "gate": "check", "locator": "locate", "exporter": "export"}
+    if not callable(getattr(obj, callables[kind])):
+        problems.append(f"{callables[kind]} is not callable")
+    if kind == "method":
+        config = obj.Config
+        if not (isinstance(config, type) and issubclass(config, BaseModel)):
+            problems.append("Config must be a pydantic BaseModel subclass")
+        elif "seed" not in config.model_fields:
+            problems.append("Config must have a 'seed' field")
+        for flag in ("needs_retain", "needs_labels", "supports_gpu"):
+            if not isinstance(getattr(obj, flag, True), bool):
+                problems.append(f"{flag} must be a bool")
+        families = getattr(obj, "model_families", ("Module",))
+        if not (isinstance(families, tuple) and families and all(isinstance(f, str) for f in families)):
+            problems.append("model_families must be a non-empty tuple of class names")
+    return problems
+
+
+def load_plugins() -> Registry:
+    """Load built-in, runtime and allowed external plugins and collect what they register.
+
+    Registration is all-or-nothing per plugin and hook: a plugin whose hook raises, or that registers an
+    object breaking its kind's contract or a name already taken, contributes nothing for that kind and
+    is reported in ``errors``.
+    """
+    pm, sources, errors = plugin_manager()
+    registry = Registry(pm)
     registry.errors.extend(errors)
-    for impl in pm.hook.register_methods.get_hookimpls():
-        source = "built-in" if impl.plugin_name in BUILTIN_PLUGINS else impl.plugin_name
-
-        def register(method, _source=source):
-            name = getattr(method, "name", None)
-            if not name or name in registry.methods:
-                registry.errors.append(f"{_source}: method name {name!r} missing or already registered")
-                return
-            registry.methods[name] = method
-            registry.sources[name] = _source
-
-        try:
-            impl.function(register=register)
-        except Exception as exc:
-            registry.errors.append(f"plugin {impl.plugin_name!r} raised in register_methods: {exc!r}")
+    for kind, (hook_name, _) in KINDS.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            plugin, source = impl.plugin_name, sources.get(impl.plugin_name, impl.plugin_name)
+            offered: list[object] = []
+            try:
+                impl.function(register=offered.append)
+            except Exception as exc:
+                registry.errors.append(f"plugin {plugin!r} ({source}) raised in {hook_name}: {exc!r}")
+                continue
+            problems = []
+            names = [getattr(obj, "name", None) for obj in offered]
+            for obj, name in zip(offered, names):
+                problems += [f"{kind} {name!r}: {p}" for p in contract_problems(kind, obj)]
+                if name in registry.entries[kind] or names.count(name) > 1:
+                    problems.append(f"{kind} name {name!r} is already registered")
+            if problems:
+                registry.errors.append(f"plugin {plugin!r} ({source}) registered nothing: {'; '.join(problems)}")
+                continue
+            for obj in offered:
+                registry.entries[kind][obj.name] = Registered(kind, obj.name, obj.version, obj, source, plugin)
     return registry
 
 
@@ -149,23 +321,61 @@ def parse_config(method, overrides: dict[str, Any]) -> BaseModel:
         raise PluginError(f"invalid config for method {method.name!r}: {problems}") from exc
 
 
+def parameter_snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every parameter, to compare against with :func:`changed_parameters`."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()}
+
+
+def changed_parameters(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Parameter name -> relative change ‖W − W₀‖ / ‖W₀‖ since ``snapshot``, for those that changed."""
+    changed = {}
+    for name, p in model.named_parameters():
+        new, old = p.detach().cpu(), snapshot[name]
+        if not torch.equal(new, old):
+            changed[name] = float((new - old).norm() / old.norm().clamp_min(1e-12))
+    return changed
+
+
 def run_method(method, model: nn.Module, inputs: UnlearnInputs, config: BaseModel, device: torch.device):
-    """Call a method and check its result; any misbehaviour becomes a :class:`PluginError` naming it."""
+    """Run a method on a private copy of ``model`` (which stays untouched) and check the result.
+
+    Any misbehaviour becomes a :class:`PluginError` naming the method: an exception, another return type,
+    different parameter names, a parameter or buffer off the target device, non-finite weights, or
+    ``changed_parameters`` naming other parameters than those that changed. The result's
+    ``changed_parameters`` holds the measured relative change of each, ``seconds`` the call's duration.
+    """
+    name = method.name
     if device.type == "cuda" and not method.supports_gpu:
         device = torch.device("cpu")
-    model = copy.deepcopy(model).to(device)  # the caller's model is never changed
+    families = getattr(method, "model_families", ("Module",))
+    if not {cls.__name__ for cls in type(model).__mro__} & set(families):
+        raise PluginError(f"method {name!r} handles model families {list(families)}, not {type(model).__name__}")
+    if method.needs_retain and len(inputs.retain) == 0:
+        raise PluginError(f"method {name!r} needs retain samples and got none")
+    original = parameter_snapshot(model)
+    working = copy.deepcopy(model).to(device)
     started = time.perf_counter()
     try:
-        result = method.unlearn(model, inputs, config, device)
+        result = method.unlearn(working, inputs, config, device)
     except Exception as exc:
-        raise PluginError(f"method {method.name!r} raised: {exc!r}") from exc
+        raise PluginError(f"method {name!r} raised: {exc!r}") from exc
+    seconds = time.perf_counter() - started
     if not isinstance(result, UnlearnResult) or not isinstance(result.model, nn.Module):
-        raise PluginError(f"method {method.name!r} returned {type(result).__name__}, not an UnlearnResult")
-    devices = {p.device.type for p in result.model.parameters()}
+        raise PluginError(f"method {name!r} returned {type(result).__name__}, not an UnlearnResult")
+    params = dict(result.model.named_parameters())
+    if set(params) != set(original):
+        raise PluginError(f"method {name!r} returned a model with other parameters than the one it was given")
+    devices = {t.device.type for t in [*params.values(), *result.model.buffers()]}
     if devices != {device.type}:
-        raise PluginError(f"method {method.name!r} left parameters on {sorted(devices)}, expected {device.type}")
-    for name, p in result.model.named_parameters():
+        raise PluginError(f"method {name!r} left parameters on {sorted(devices)}, expected {device.type}")
+    for pname, p in params.items():
         if not torch.isfinite(p).all():
-            raise PluginError(f"method {method.name!r} produced non-finite values in {name}")
-    result.seconds = result.seconds or (time.perf_counter() - started)
+            raise PluginError(f"method {name!r} produced non-finite values in {pname}")
+    changed = changed_parameters(result.model, original)
+    claimed = result.changed_parameters
+    if not isinstance(claimed, dict) or set(claimed) != set(changed):
+        reported = sorted(claimed) if isinstance(claimed, dict) else claimed
+        raise PluginError(f"method {name!r} reported changing {reported!r} but changed {sorted(changed)}")
+    result.changed_parameters = changed
+    result.seconds = seconds
     return result

@@ -63,6 +63,8 @@ class Batch(BaseModel):
     onnx: dict[str, Any] | None = None
     weights_sha256: str | None = None
     registered_version: str | None = None
+    #: Failures of after-certification plugin hooks (reported, not fatal: the version is registered).
+    hook_errors: list[str] = Field(default_factory=list)
     step_seconds: dict[str, float] = Field(default_factory=dict)
 
     def run_dir(self, ws: Workspace) -> Path:
@@ -92,6 +94,15 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _method_and_config(ws: Workspace, name: str, overrides: dict | None):
+    """The loaded plugins, the method called ``name`` and its validated config (workspace seed by default)."""
+    from unlearnops.methods import load_plugins, parse_config
+
+    plugins = load_plugins()
+    method = plugins.get(name)
+    return plugins, method, parse_config(method, {"seed": ws.settings.unlearn.seed, **(overrides or {})})
+
+
 # -- 1. locate -----------------------------------------------------------------------------------------
 
 
@@ -104,6 +115,14 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
+    from unlearnops.methods import PluginError
+
+    try:  # a missing or broken method fails the requests before the dataset is touched
+        for index, name in enumerate([method] if method else ws.settings.unlearn.ladder):
+            _method_and_config(ws, name, method_config if index == 0 else None)
+    except PluginError as exc:
+        store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
+        raise
     parent = registry.resolve_version(ws, "champion")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
@@ -196,15 +215,14 @@ def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: in
 
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
-    from unlearnops.methods import UnlearnInputs, load_methods, parse_config, run_method
+    from unlearnops.methods import UnlearnInputs, run_method
     from unlearnops.model import pick_device, resolve, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
-        registry_ = load_methods()
-        method = registry_.get(batch.method)
-        config = parse_config(method, {"seed": ws.settings.unlearn.seed, **batch.method_config})
+        plugins, method, config = _method_and_config(ws, batch.method, batch.method_config)
         batch.method_config = config.model_dump()
-        seed_everything(config.seed if hasattr(config, "seed") else 0)
+        source = plugins.sources[method.name]
+        seed_everything(config.seed)
         torch_device = pick_device(device)
         forget = _forget_samples(ws, batch)
         settings = ws.settings
@@ -221,6 +239,11 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             train_params=ws.params.train.model_dump(),
         )
         model = registry.load_model(ws, batch.parent_version)
+        plugins.before_unlearn({
+            "run_id": batch.run_id, "request_ids": batch.request_ids, "method": method.name,
+            "method_version": method.version, "method_source": source, "config": config.model_dump(),
+            "device": str(torch_device), "n_forget": len(forget), "dataset_after": batch.dataset_after,
+        })
         if len(forget) == 0:
             changed, details, seconds = {}, {"skipped": "no forgotten sample was in the training split"}, 0.0
         else:
@@ -231,7 +254,7 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
         batch.unlearn = {
             "method": method.name,
             "method_version": method.version,
-            "source": registry_.sources[method.name],
+            "source": source,
             "changed_parameters": changed,
             "seconds": seconds,
             "n_forget_trained": len(forget),
@@ -253,6 +276,7 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
     """Data (GX), membership inference, forget accuracy and utility gates; before/after metrics."""
     import dvc.api
 
+    from unlearnops.methods import GateEvidence, PluginError, load_plugins
     from unlearnops.model import evaluate
 
     with timed(batch, "gates", ws):
@@ -267,10 +291,6 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
                           mode="rb") as fh:
             manifest_before = pd.read_parquet(fh)
         manifest_after = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
-        data_result, validation = gates.data_gate(
-            manifest_before, manifest_after, batch.forget_ids, batch.forget_hashes, settings
-        )
-        (batch.run_dir(ws) / "gx_validation.json").write_text(json.dumps(validation, indent=2, default=str))
 
         metrics: dict[str, float] = {}
         evaluations = {}
@@ -285,22 +305,26 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
                 metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
                     ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
                 )
-        before, after = evaluations["before"], evaluations["after"]
         np.savez(batch.run_dir(ws) / SCORES_FILE,
                  **{f"{split}_phi_{tag}": evaluations[tag][split].phi
                     for tag in ("before", "after") for split in ("forget", "holdout")})
-        results = [data_result]
-        if len(forget):
-            results.append(gates.mia_gate(
-                after["forget"].phi, forget.labels, after["holdout"].phi, holdout.labels, settings,
-                parent_forget_phi=before["forget"].phi, parent_holdout_phi=before["holdout"].phi,
-                seed=ws.settings.unlearn.seed,
-            ))
-        results.append(gates.forget_accuracy_gate(
-            after["forget"].correct, after["holdout"].correct, before["forget"].correct, before["holdout"].correct,
-            settings,
-        ))
-        results.append(gates.utility_gate(metrics["test_accuracy_before"], metrics["test_accuracy_after"], settings))
+        evidence = GateEvidence(
+            manifest_before=manifest_before, manifest_after=manifest_after, forget_ids=batch.forget_ids,
+            forget_hashes=batch.forget_hashes, forget_labels=forget.labels, holdout_labels=holdout.labels,
+            before=evaluations["before"], after=evaluations["after"], seed=ws.settings.unlearn.seed,
+        )
+        results = []
+        for name, entry in load_plugins().entries["gate"].items():
+            try:
+                result = entry.obj.check(evidence, settings)
+            except Exception as exc:
+                raise PluginError(f"gate {name!r} ({entry.source}) raised: {exc!r}") from exc
+            if not isinstance(result, GateResult):
+                raise PluginError(f"gate {name!r} ({entry.source}) returned {type(result).__name__}, "
+                                  "not a GateResult")
+            results.append(result)
+        for artifact, content in evidence.artifacts.items():
+            (batch.run_dir(ws) / artifact).write_text(json.dumps(content, indent=2, default=str))
         batch.metrics = metrics
         batch.gates = results
         batch.status, batch.caveats = gates.overall_status(results, settings)
@@ -434,6 +458,12 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
             aliases=("candidate",) if certified else (),
         )
         batch.registered_version = registered.version
+        from unlearnops.methods import load_plugins
+
+        batch.hook_errors = load_plugins().after_certify({
+            "run_id": batch.run_id, "request_ids": batch.request_ids, "registered_version": registered.version,
+            "status": signed["status"], "certificate": signed,
+        })
     return batch
 
 
@@ -488,4 +518,5 @@ def summary(batch: Batch) -> dict[str, Any]:
         "dataset_rev_before": batch.dataset_before["git_rev"],
         "dataset_rev_after": (batch.dataset_after or {}).get("git_rev"),
         "step_seconds": batch.step_seconds,
+        "hook_errors": batch.hook_errors,
     }

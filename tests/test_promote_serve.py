@@ -1,0 +1,167 @@
+"""CI-gated promotion and ONNX serving on a workspace with several real deletion batches."""
+
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from conftest import make_workspace
+from unlearnops import registry
+from unlearnops.cli import app
+
+runner = CliRunner()
+
+
+def process_batch(ws, subjects, method=None):
+    """One deletion batch through the plain step functions the Prefect flow wraps."""
+    from unlearnops import steps
+    from unlearnops.intake import submit
+
+    submit(ws, {"subject_ids": subjects, "reason": "promotion test"})
+    batch = steps.locate_pending(ws, method=method)
+    for step in (steps.cut_dataset_version, steps.unlearn_with_escalation, steps.export,
+                 steps.certify_and_register, steps.finalize):
+        step(ws, batch)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def lineage(tmp_path_factory):
+    """v1 base; v2 and v3 both unlearned from v1 (two batches before any promotion)."""
+    from noop_plugin import NoOpPlugin
+    from unlearnops.demo import demo_subjects
+    from unlearnops.methods import register_plugin, unregister_plugin
+    from unlearnops.project import train_base
+
+    ws = make_workspace(tmp_path_factory.mktemp("promote") / "ws")
+    train_base(ws)
+    subjects = demo_subjects(ws, 120)
+    v2 = process_batch(ws, subjects[:40])
+    v3 = process_batch(ws, subjects[40:80])
+    register_plugin(NoOpPlugin(), "noop-plugin")
+    try:
+        v4 = process_batch(ws, subjects[80:120], method="noop")
+    finally:
+        unregister_plugin("noop-plugin")
+    assert (v2.registered_version, v3.registered_version, v4.registered_version) == ("2", "3", "4")
+    assert v2.status == "pass", [(g.name, g.status, g.summary) for g in v2.gates]
+    return ws
+
+
+def _promote(ws, *args):
+    result = runner.invoke(app, ["promote", *args, "--workspace", str(ws.root), "--json"])
+    return result.exit_code, json.loads(result.stdout)
+
+
+def test_check_changes_nothing_then_promotion_moves_champion_and_taints(lineage):
+    ws = lineage
+    code, decision = _promote(ws, "2", "--check")
+    assert code == 0 and decision["promotable"] and not decision["promoted"]
+    assert {"signature", "weights_sha256", "onnx_sha256", "tags", "certified", "lineage", "onnx_parity"} <= set(
+        decision["checked"])
+    assert registry.resolve_version(ws, "champion") == "1"
+    code, decision = _promote(ws, "2")
+    assert code == 0 and decision["promoted"] and decision["tainted"] == ["1"]
+    assert registry.resolve_version(ws, "champion") == "2"
+    tags = registry.client(ws).get_model_version(ws.settings.project.model_name, "1").tags
+    assert tags["unlearnops.tainted"] == "true"
+
+
+def test_refusals_name_their_reasons(lineage):
+    ws = lineage
+    if registry.resolve_version(ws, "champion") != "2":
+        _promote(ws, "2")
+    code, decision = _promote(ws, "3", "--check")  # certified, but from v1: would undo v2's deletions
+    assert code == 1 and any("is not the champion" in r for r in decision["reasons"])
+    code, decision = _promote(ws, "4", "--check")  # the no-op batch
+    assert code == 1 and any("not 'certified'" in r for r in decision["reasons"])
+    code, decision = _promote(ws, "1", "--check")
+    assert code == 1 and any(r.startswith("tainted") for r in decision["reasons"])
+    assert any("not newer" in r for r in decision["reasons"])
+    bad = runner.invoke(app, ["promote", "77", "--check", "--workspace", str(ws.root), "--json"])
+    assert bad.exit_code == 1
+
+
+def test_tampered_candidate_is_refused(lineage, tmp_path):
+    ws = lineage
+    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, "3")
+    (cert_path,) = ws.mlflow_artifacts.glob(f"**/{mv.run_id}/artifacts/certificate.json")
+    original = cert_path.read_bytes()
+    cert = json.loads(original)
+    cert["status"] = "certified" if cert["status"] != "certified" else "certified "
+    cert_path.write_text(json.dumps(cert))
+    try:
+        code, decision = _promote(ws, "3", "--check")
+    finally:
+        cert_path.write_bytes(original)
+    assert code == 1 and any("contents were changed" in r for r in decision["reasons"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(lineage):
+    from unlearnops.deploy.serve import create_app
+
+    ws = lineage
+    if registry.resolve_version(ws, "champion") != "2":
+        _promote(ws, "2")
+    port = _free_port()
+    config = uvicorn.Config(create_app(ws, max_batch=32, poll_seconds=0.5), host="127.0.0.1", port=port,
+                            log_level="warning")
+    instance = uvicorn.Server(config)
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    yield ws, base
+    instance.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_serving_predicts_rejects_bad_input_and_follows_the_champion(server):
+    from unlearnops.demo import demo_subjects
+
+    ws, base = server
+    info = httpx.get(base + "/model").json()
+    assert info["version"] == "2" and info["certificate"]["status"] == "certified"
+    assert info["input_shape"] == [1, 28, 28] and "CPUExecutionProvider" in info["providers"]
+    sample = [[[[0.0] * 28] * 28]]
+    answer = httpx.post(base + "/predict", json={"inputs": sample * 3})
+    assert answer.status_code == 200 and len(answer.json()["predictions"]) == 3
+
+    wrong_shape = httpx.post(base + "/predict", json={"inputs": [[1.0, 2.0]]})
+    assert wrong_shape.status_code == 422 and "shape [1, 28, 28]" in wrong_shape.json()["detail"]
+    assert httpx.post(base + "/predict", json={"inputs": [["a"]]}).status_code == 422
+    assert httpx.post(base + "/predict", json={"inputs": sample * 33}).status_code == 413
+
+    # A new certified version from the champion, promoted while the service keeps answering.
+    batch = process_batch(ws, demo_subjects(ws, 40))
+    assert batch.status == "pass"
+    code, _ = _promote(ws, batch.registered_version)
+    assert code == 0
+    served, failures = set(), 0
+    deadline = time.time() + 30
+    while time.time() < deadline and batch.registered_version not in served:
+        response = httpx.post(base + "/predict", json={"inputs": sample})
+        failures += response.status_code != 200
+        served.add(response.json().get("version"))
+        time.sleep(0.05)
+    assert batch.registered_version in served and failures == 0
+    assert httpx.get(base + "/health").json()["version"] == batch.registered_version
