@@ -42,6 +42,7 @@ class Retrain(Method):
     Config = RetrainConfig
     needs_retain = True
     supports_gpu = True
+    exact = True
 
     def unlearn(self, model, inputs: UnlearnInputs, config: RetrainConfig, device) -> UnlearnResult:
         started = time.perf_counter()

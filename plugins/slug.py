@@ -53,6 +53,16 @@ class SlugConfig(MethodConfig):
         0.5, gt=0, le=1, description="Share of the utility gate's allowed drop the search may spend."
     )
     max_candidates: int = Field(4, ge=1, description="Pareto-front layers searched, most important first.")
+    extra_candidates: int = Field(
+        1, ge=0, description="Layers off the front also searched: the best by importance × (1 − alignment)."
+    )
+    search: Literal["double-bisect", "log-grid"] = Field(
+        "double-bisect",
+        description="'double-bisect' (the reference's search, assumes the criteria grow with λ) or 'log-grid' "
+        "(a logarithmic grid from initial_step to max_step, then bisection below the first feasible point; "
+        "no monotonicity assumed).",
+    )
+    grid_points: int = Field(10, ge=2, le=64)
     joint: bool = Field(True, description="With several request groups: one update per group, applied jointly.")
     batch_size: int = Field(1024, ge=1)
 
@@ -175,6 +185,8 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
         trace.append(result)
         return result
 
+    if config.search == "log-grid":
+        return _grid_search(try_step, param, original, config), trace
     best, low, high = None, 0.0, None
     step = config.initial_step
     while step <= config.max_step:
@@ -201,6 +213,31 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     with torch.no_grad():
         param.copy_(original)
     return best, trace
+
+
+def _grid_search(try_step, param, original, config: SlugConfig) -> dict | None:
+    """Every point of a logarithmic grid, then bisection between the first feasible point (target reached,
+    utility intact) and the grid point below it; with no feasible point, the grid point with the lowest
+    attack AUC / class accuracy among those that keep utility."""
+    grid = np.geomspace(config.initial_step, config.max_step, config.grid_points)
+    results = [try_step(float(step)) for step in grid]
+    feasible = [i for i, r in enumerate(results) if r["reached"] and r["utility_ok"]]
+    if feasible:
+        first = feasible[0]
+        best, low, high = results[first], (float(grid[first - 1]) if first else 0.0), float(grid[first])
+        for _ in range(config.bisect_steps):
+            mid = (low + high) / 2
+            result = try_step(mid)
+            if result["reached"] and result["utility_ok"]:
+                best, high = result, mid
+            else:
+                low = mid
+    else:
+        intact = [r for r in results if r["utility_ok"]]
+        best = min(intact, key=lambda r: r.get("auc", r.get("class_accuracy", 1.0))) if intact else None
+    with torch.no_grad():
+        param.copy_(original)
+    return best
 
 
 def _rank(entry: dict) -> tuple:
@@ -282,7 +319,9 @@ class Slug(Method):
         front = pareto_front(importance, alignment)
         judge = _Judge(model, group, holdout, mode, config, inputs.utility_max_drop, n_classes)
         tried = []
-        for name in front[: config.max_candidates]:
+        combined = sorted((n for n in params if n not in front),
+                          key=lambda n: -importance[n] * (1 - alignment[n]))
+        for name in front[: config.max_candidates] + combined[: config.extra_candidates]:
             original = params[name].detach().clone()
             direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
             chosen, trace = _search_step(params[name], original, direction, judge, config)

@@ -73,6 +73,22 @@ def test_forget_accuracy_gate_fails_a_no_op_and_passes_held_out_level():
     assert over.status == "fail" and "over-forgetting" in over.summary
 
 
+def test_a_parent_already_at_held_out_level_gives_no_power():
+    at_level = _correct(200, 0.96)
+    no_op = gates.forget_accuracy_gate(at_level, HOLDOUT, at_level, HOLDOUT, SETTINGS)
+    assert no_op.status == "inconclusive" and no_op.metrics["power"] is False
+
+
+def test_exact_methods_are_not_blocked_by_powerless_forgetting_gates():
+    pending = [_result("membership_inference", "inconclusive", power=False),
+               _result("forget_accuracy", "inconclusive", power=False), _result("utility", "pass")]
+    assert gates.overall_status(pending, SETTINGS)[0] == "inconclusive"
+    status, caveats = gates.overall_status(pending, SETTINGS, exact=True)
+    assert status == "pass" and len(caveats) == 2 and all("by construction" in c for c in caveats)
+    assert gates.overall_status([_result("utility", "inconclusive")], SETTINGS, exact=True)[0] == "inconclusive"
+    assert gates.overall_status([_result("forget_accuracy", "fail")], SETTINGS, exact=True)[0] == "fail"
+
+
 def test_forget_accuracy_gate_without_power_is_inconclusive():
     # 40 memorized samples at 100 % vs 96.4 % held-out is not significant: a no-op cannot be refuted, so
     # neither the no-op nor a real change may pass.

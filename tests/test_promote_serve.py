@@ -50,6 +50,7 @@ def lineage(tmp_path_factory):
         unregister_plugin("noop-plugin")
     assert (v2.registered_version, v3.registered_version, v4.registered_version) == ("2", "3", "4")
     assert v2.status == "pass", [(g.name, g.status, g.summary) for g in v2.gates]
+    assert v4.status != "pass", [(g.name, g.status, g.summary, g.metrics) for g in v4.gates]
     return ws
 
 
@@ -79,7 +80,7 @@ def test_refusals_name_their_reasons(lineage):
     code, decision = _promote(ws, "3", "--check")  # certified, but from v1: would undo v2's deletions
     assert code == 1 and any("is not the champion" in r for r in decision["reasons"])
     code, decision = _promote(ws, "4", "--check")  # the no-op batch
-    assert code == 1 and any("not 'certified'" in r for r in decision["reasons"])
+    assert code == 1 and any("not 'certified'" in r for r in decision["reasons"]), decision["reasons"]
     code, decision = _promote(ws, "1", "--check")
     assert code == 1 and any(r.startswith("tainted") for r in decision["reasons"])
     assert any("not newer" in r for r in decision["reasons"])

@@ -121,3 +121,21 @@ def test_joint_update_applies_one_step_per_request_on_the_original(two_requests)
     for mask in inputs.forget_groups:
         after = evaluate(joint.model, inputs.forget.features[mask], inputs.forget.labels[mask]).loss
         assert after.mean() > before[mask].mean()
+
+
+def test_log_grid_search_and_off_front_candidates(class_task):
+    model, inputs = class_task
+    method, config = _slug(search="log-grid", grid_points=8, bisect_steps=3, extra_candidates=1)
+    result = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
+    (group,) = result.details["groups"]
+    tried = [c["layer"] for c in group["candidates"]]
+    off_front = [name for name in tried if name not in group["front"]]
+    assert len(off_front) == min(1, len(group["layers"]) - len(group["front"]))
+    for candidate in group["candidates"]:
+        steps = [e["step"] for e in candidate["trace"]]
+        assert np.allclose(steps[:8], np.geomspace(config.initial_step, config.max_step, 8))
+        assert len(steps) <= 8 + config.bisect_steps
+        ok = [e["step"] for e in candidate["trace"] if e["reached"] and e["utility_ok"]]
+        if ok:
+            assert candidate["chosen"]["step"] == min(ok)
+    assert result.details["target_reached"]

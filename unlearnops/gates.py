@@ -30,16 +30,23 @@ class GateResult(BaseModel):
     thresholds: dict[str, Any]
 
 
-def overall_status(results: list[GateResult], settings: GateSettings) -> tuple[Status, list[str]]:
-    """The certification verdict and its caveats: every gate must pass, with one exception recorded as a
-    caveat — a membership-inference gate without power (it could not see the parent's membership either)
-    does not block when ``certify_without_mia_power`` is set and the forget-accuracy gate passed with power.
+FORGETTING_GATES = ("membership_inference", "forget_accuracy")
+
+
+def overall_status(results: list[GateResult], settings: GateSettings, exact: bool = False) -> tuple[Status, list[str]]:
+    """The certification verdict and its caveats. Every gate must pass, with two exceptions recorded as
+    caveats: a membership-inference gate without power (it could not see the parent's membership either)
+    does not block when ``certify_without_mia_power`` is set and the forget-accuracy gate passed with power;
+    and for an exact method (retraining without the data) an inconclusive forgetting gate does not block,
+    since forgetting holds by construction — a failing one still does.
     """
     if any(r.status == "fail" for r in results):
         return "fail", []
     pending = [r for r in results if r.status == "inconclusive"]
     if not pending:
         return "pass", []
+    if exact and all(r.name in FORGETTING_GATES for r in pending):
+        return "pass", [f"{r.name}: {r.summary} (exact method: forgetting holds by construction)" for r in pending]
     forget_accuracy_passed = any(r.name == "forget_accuracy" and r.status == "pass" for r in results)
     only_powerless_mia = all(r.name.startswith("membership") and r.metrics.get("power") is False for r in pending)
     if settings.certify_without_mia_power and forget_accuracy_passed and only_powerless_mia:
@@ -236,8 +243,8 @@ def forget_accuracy_gate(
     """Forget accuracy should sit at the held-out level (Fisher's exact test, forget vs held-out).
 
     Fail when it is significantly above ``holdout + margin`` (not forgotten) or below ``holdout - margin``
-    (over-forgetting). Pass when neither, provided the same test flags the parent model's forget accuracy
-    (or the parent was already at the held-out level); otherwise the set is too small to tell a no-op from
+    (over-forgetting). Pass when neither, provided the same test flags the parent model's forget accuracy;
+    otherwise (too few samples, or a parent already at the held-out level) nothing tells a no-op from
     forgetting and the verdict is inconclusive.
     """
     n = int(len(forget_correct))
@@ -253,8 +260,7 @@ def forget_accuracy_gate(
     p_above = _fisher(forget_correct, holdout_correct, "greater")
     p_below = _fisher(forget_correct, holdout_correct, "less")
     parent_p_above = _fisher(parent_forget_correct, parent_holdout_correct, "greater")
-    parent_at_level = parent_accuracy <= float(np.mean(parent_holdout_correct)) + margin
-    power = parent_p_above < alpha or parent_at_level
+    power = parent_p_above < alpha
     if accuracy > holdout_accuracy + margin and p_above < alpha:
         status, summary = "fail", "forget accuracy significantly above held-out accuracy"
     elif accuracy < holdout_accuracy - margin and p_below < alpha:

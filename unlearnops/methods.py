@@ -111,6 +111,8 @@ class Method:
     needs_labels: ClassVar[bool] = True
     model_families: ClassVar[tuple[str, ...]] = ("Module",)
     supports_gpu: ClassVar[bool] = False
+    #: True only for methods whose result never saw the forgotten data (retraining without it).
+    exact: ClassVar[bool] = False
 
 
 @dataclass

@@ -255,6 +255,7 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             "method": method.name,
             "method_version": method.version,
             "source": source,
+            "exact": bool(getattr(method, "exact", False)),
             "changed_parameters": changed,
             "seconds": seconds,
             "n_forget_trained": len(forget),
@@ -327,7 +328,8 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
             (batch.run_dir(ws) / artifact).write_text(json.dumps(content, indent=2, default=str))
         batch.metrics = metrics
         batch.gates = results
-        batch.status, batch.caveats = gates.overall_status(results, settings)
+        batch.status, batch.caveats = gates.overall_status(results, settings,
+                                                           exact=bool((batch.unlearn or {}).get("exact")))
     return batch
 
 
