@@ -1,5 +1,5 @@
-"""The scheduled deletion flow: every pending request → located → new dataset version → unlearned →
-gated → exported → certified and registered. Each task runs one plain step of ``unlearnops.steps``.
+"""The scheduled deletion flow: every pending request → located → new dataset version → unlearned and
+gated (climbing the method ladder) → exported → certified and registered. Each task runs one plain step of ``unlearnops.steps``.
 
 The flow holds the workspace lock for its whole run, so two runs never touch one workspace at once (the
 second returns ``{"skipped": ...}`` at once, or after waiting ``wait`` seconds), and it first resumes the
@@ -19,8 +19,12 @@ from unlearnops.durable import WorkspaceBusy, workspace_lock
 from unlearnops.workspace import Workspace
 
 
+TASK_NAMES = {"dataset_version": "dataset-version", "unlearn": "unlearn-and-gate", "export": "export-onnx",
+              "register": "certify-register", "finalize": "finalize"}
+
+
 def _step_task(step: str):
-    @task(name=step.replace("_", "-"), cache_policy=NO_CACHE, persist_result=False)
+    @task(name=TASK_NAMES[step], cache_policy=NO_CACHE, persist_result=False)
     def run(workspace: str, run_id: str, device: str | None = None) -> str:
         ws = Workspace(workspace)
         steps.run_step(ws, steps.Batch.load(ws, run_id), step, device=device)

@@ -23,7 +23,7 @@ for key, value in {
 
 TEST_LIMIT = 1500
 TEST_EPOCHS = 15
-TEST_SUBJECTS = 12
+TEST_SUBJECTS = 30
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,6 @@ FAULT_CHAIN = [
     "dataset_version.committed",
     "dataset_version",
     "unlearn",
-    "gates",
     "export",
     "register.version_created",
     "register",
@@ -47,7 +46,7 @@ def test_the_chain_visits_every_fault_point():
 def subprocess_env() -> dict[str, str]:
     """This process's environment without what points at another workspace or Prefect server."""
     return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")
-            and k not in ("MLFLOW_TRACKING_URI", "UNLEARNOPS_FAULT_AFTER")}
+            and k not in ("UNLEARNOPS_TRACKING_URI", "UNLEARNOPS_FAULT_AFTER")}
 
 
 def cli(ws, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -103,16 +102,9 @@ def ws(tmp_path_factory):
     from tests.conftest import make_workspace
     from unlearnops.project import train_base
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
     workspace = make_workspace(tmp_path_factory.mktemp("crash") / "ws", limit=600, epochs=3)
     train_base(workspace)
-    yield workspace
-    # mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI, which Workspace.tracking_uri honours: restore
-    # it so later tests' workspaces do not write into this one's registry.
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    return workspace
 
 
 def submit_subjects(ws, count: int, skip: int = 0) -> list[str]:

@@ -28,32 +28,57 @@ def test_class_matching_removes_class_mix_confound():
     assert abs(gates.class_matched_auc(m, m_labels, n, n_labels) - 0.5) < 0.06
 
 
-def _mia(member_shift, n_members=400, seed=0):
+def _mia(member_shift, n_members=400, parent_shift=1.0, seed=0):
     rng = np.random.default_rng(seed)
     labels_m, labels_n = rng.integers(0, 3, n_members), rng.integers(0, 3, 2000)
-    return gates.mia_gate(rng.normal(member_shift, 1, n_members), labels_m, rng.normal(0, 1, 2000), labels_n,
-                          SETTINGS)
+    holdout = rng.normal(0, 1, 2000)
+    return gates.mia_gate(rng.normal(member_shift, 1, n_members), labels_m, holdout, labels_n, SETTINGS,
+                          parent_forget_phi=rng.normal(parent_shift, 1, n_members), parent_holdout_phi=holdout)
 
 
 def test_mia_gate_three_outcomes_and_both_sides():
-    assert _mia(0.0).status == "pass"
+    passed = _mia(0.0)
+    assert passed.status == "pass" and passed.metrics["power"] is True
     still_member = _mia(1.0)
     assert still_member.status == "fail" and "member" in still_member.summary
+    assert still_member.metrics["tpr_at_1pct_fpr"] > 0.05 > passed.metrics["tpr_at_1pct_fpr"]
     over = _mia(-1.0)
     assert over.status == "fail" and "over-forgetting" in over.summary
     assert _mia(0.0, n_members=8).status == "inconclusive"
-    assert abs(_mia(0.0).metrics["reference_auc"] - 0.5) < 0.1
+    assert abs(passed.metrics["reference_auc"] - 0.5) < 0.1
+
+
+def test_mia_gate_without_power_never_passes():
+    """When the parent itself looked like a non-member, a no-op and real forgetting look the same."""
+    no_power = _mia(0.0, parent_shift=0.0)
+    assert no_power.status == "inconclusive" and no_power.metrics["power"] is False
+    assert "no power" in no_power.summary
+
+
+def _correct(n, accuracy):
+    k = round(n * accuracy)
+    return np.r_[np.ones(k), np.zeros(n - k)].astype(bool)
+
+
+HOLDOUT = _correct(750, 0.964)
 
 
 def test_forget_accuracy_gate_fails_a_no_op_and_passes_held_out_level():
-    no_op = gates.forget_accuracy_gate(np.ones(100, dtype=bool), 0.93, SETTINGS)
-    assert no_op.status == "fail"
-    at_level = gates.forget_accuracy_gate(np.r_[np.ones(93), np.zeros(7)].astype(bool), 0.93, SETTINGS)
-    assert at_level.status == "pass"
-    over = gates.forget_accuracy_gate(np.r_[np.ones(40), np.zeros(60)].astype(bool), 0.93, SETTINGS)
+    memorized = _correct(200, 1.0)
+    no_op = gates.forget_accuracy_gate(memorized, HOLDOUT, memorized, HOLDOUT, SETTINGS)
+    assert no_op.status == "fail" and no_op.metrics["p_above"] < 0.05
+    at_level = gates.forget_accuracy_gate(_correct(200, 0.955), HOLDOUT, memorized, HOLDOUT, SETTINGS)
+    assert at_level.status == "pass" and at_level.metrics["power"] is True
+    over = gates.forget_accuracy_gate(_correct(200, 0.5), HOLDOUT, memorized, HOLDOUT, SETTINGS)
     assert over.status == "fail" and "over-forgetting" in over.summary
-    small = gates.forget_accuracy_gate(np.ones(5, dtype=bool), 0.93, SETTINGS)
-    assert small.status == "inconclusive"
+
+
+def test_forget_accuracy_gate_without_power_is_inconclusive():
+    # 40 memorized samples at 100 % vs 96.4 % held-out is not significant: a no-op cannot be refuted, so
+    # neither the no-op nor a real change may pass.
+    memorized = _correct(40, 1.0)
+    assert gates.forget_accuracy_gate(memorized, HOLDOUT, memorized, HOLDOUT, SETTINGS).status == "inconclusive"
+    assert gates.forget_accuracy_gate(_correct(40, 0.95), HOLDOUT, memorized, HOLDOUT, SETTINGS).status == "inconclusive"
 
 
 def test_utility_gate_bound():
@@ -61,13 +86,25 @@ def test_utility_gate_bound():
     assert gates.utility_gate(0.97, 0.94, SETTINGS).status == "fail"
 
 
-def test_overall_status():
-    def result(status):
-        return gates.GateResult(name="x", status=status, summary="", metrics={}, thresholds={})
+def _result(name, status, **metrics):
+    return gates.GateResult(name=name, status=status, summary=status, metrics=metrics, thresholds={})
 
-    assert gates.overall_status([result("pass"), result("pass")]) == "pass"
-    assert gates.overall_status([result("pass"), result("inconclusive")]) == "inconclusive"
-    assert gates.overall_status([result("inconclusive"), result("fail")]) == "fail"
+
+def test_overall_status():
+    assert gates.overall_status([_result("a", "pass"), _result("b", "pass")], SETTINGS) == ("pass", [])
+    assert gates.overall_status([_result("a", "pass"), _result("b", "inconclusive")], SETTINGS)[0] == "inconclusive"
+    assert gates.overall_status([_result("a", "inconclusive"), _result("b", "fail")], SETTINGS)[0] == "fail"
+
+
+def test_powerless_mia_is_a_caveat_only_when_forget_accuracy_passed_with_power():
+    mia = _result("membership_inference", "inconclusive", power=False)
+    status, caveats = gates.overall_status([mia, _result("forget_accuracy", "pass", power=True)], SETTINGS)
+    assert status == "pass" and caveats == ["membership_inference: inconclusive"]
+    assert gates.overall_status([mia, _result("forget_accuracy", "inconclusive")], SETTINGS)[0] == "inconclusive"
+    strict = SETTINGS.model_copy(update={"certify_without_mia_power": False})
+    assert gates.overall_status([mia, _result("forget_accuracy", "pass")], strict)[0] == "inconclusive"
+    wide = _result("membership_inference", "inconclusive", power=True)
+    assert gates.overall_status([wide, _result("forget_accuracy", "pass")], SETTINGS)[0] == "inconclusive"
 
 
 def _manifest(n=200):

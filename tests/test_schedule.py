@@ -19,14 +19,9 @@ def trained_small(tmp_path):
     from tests.conftest import make_workspace
     from unlearnops.project import train_base
 
-    saved = os.environ.get("MLFLOW_TRACKING_URI")
     ws = make_workspace(tmp_path / "ws", limit=400, epochs=2)
     train_base(ws)
-    yield ws
-    if saved is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved
+    return ws
 
 
 def test_a_scheduled_run_processes_a_submitted_request(trained_small, tmp_path):

@@ -24,6 +24,8 @@ request_app = typer.Typer(help="Submit and inspect deletion requests.", no_args_
 plugins_app = typer.Typer(help="Inspect unlearning-method plugins.", no_args_is_help=True)
 app.add_typer(request_app, name="request")
 app.add_typer(plugins_app, name="plugins")
+certificate_app = typer.Typer(help="Check certificates of registered versions.", no_args_is_help=True)
+app.add_typer(certificate_app, name="certificate")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory [env UNLEARNOPS_WORKSPACE; "
@@ -290,7 +292,9 @@ def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device
 
 @app.command()
 def run(
-    method: Optional[str] = typer.Option(None, help="Unlearning method (see `unlearnops plugins list`)."),
+    method: Optional[str] = typer.Option(
+        None, help="Use only this method (see `unlearnops plugins list`); default: the workspace's ladder."
+    ),
     config: list[str] = typer.Option([], "--config", help="Method config override key=value; repeatable."),
     device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
     wait: float = typer.Option(0.0, min=0, help="Seconds to wait for a run that holds the workspace."),
@@ -306,8 +310,10 @@ def run(
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
     try:  # refuse a bad method or config before anything is touched
-        chosen = load_methods().get(method or ws.settings.unlearn.method)
-        parse_config(chosen, overrides)
+        registered = load_methods()
+        ladder = [method] if method else ws.settings.unlearn.ladder
+        rungs = [registered.get(name) for name in ladder]
+        parse_config(rungs[0], overrides)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
     with stdout_to_stderr(as_json):
@@ -344,6 +350,30 @@ def plugins_list(as_json: bool = JsonOption) -> None:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
 
+@certificate_app.command("verify")
+def certificate_verify(
+    version: str = typer.Argument(..., help="Registered model version number."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags.
+    Exit 0 verified, 1 refused (problems listed), 2 error."""
+    from unlearnops.verification import verify_version
+
+    ws = _workspace(workspace)
+    with stdout_to_stderr(as_json):
+        result = verify_version(ws, version)
+    if as_json:
+        emit_json(result.to_dict())
+    elif result.ok:
+        err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}")
+    else:
+        err.print(f"[red]version {version}: NOT verified[/red]")
+        for problem in result.problems:
+            err.print(f"  - {problem}")
+    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.REFUSED)
+
+
 def print_summary(summary: dict) -> None:
     table = Table("metric", "before", "after", title=f"deletion run {summary['run_id']}")
     for label, key in (("forget accuracy", "forget_accuracy"), ("held-out accuracy", "holdout_accuracy"),
@@ -354,8 +384,11 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
                   f"({summary['forget_samples_trained']} were training samples)")
+    console.print(f"rungs tried: {'; '.join(summary['rungs'])}")
     console.print(f"method {summary['method']} on {summary['device']}; changed: {summary['changed_parameters']}")
     console.print(f"gates: {summary['gates']} → [bold]{summary['certificate_status']}[/bold]")
+    for caveat in summary.get("caveats") or []:
+        console.print(f"caveat: {caveat}")
     console.print(f"registered version {summary['registered_version']} (parent {summary['parent_version']}); "
                   f"dataset {summary['dataset_rev_before'][:10]} → {(summary['dataset_rev_after'] or '')[:10]}")
     console.print(f"ONNX max |diff| vs torch: {summary['onnx_max_abs_diff']:.2e} on {summary['onnx_providers']}")
@@ -365,7 +398,7 @@ def print_summary(summary: dict) -> None:
 @app.command()
 def demo(
     workspace: Optional[Path] = WorkspaceOption,
-    subjects: int = typer.Option(12, min=1, help="How many subjects ask to be forgotten."),
+    subjects: int = typer.Option(30, min=1, help="How many subjects ask to be forgotten."),
     limit: Optional[int] = typer.Option(None, min=100, help="Use only the first N samples (quick trials)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Base-model training epochs."),
     as_json: bool = JsonOption,

@@ -21,7 +21,7 @@ def demo_subjects(ws: Workspace, count: int) -> list[str]:
 
 
 def run_demo(
-    ws: Workspace, subjects: int = 12, limit: int | None = None, epochs: int | None = None, progress: bool = True
+    ws: Workspace, subjects: int = 30, limit: int | None = None, epochs: int | None = None, progress: bool = True
 ) -> dict:
     from rich.console import Console
 

@@ -6,7 +6,7 @@ import importlib
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pluggy
@@ -17,7 +17,7 @@ from torch import nn
 from unlearnops import hookspecs
 
 #: Built-in plugin modules, registered like external ones but without needing an installed entry point.
-BUILTIN_PLUGINS = ("unlearnops.plugins.slug",)
+BUILTIN_PLUGINS = ("unlearnops.plugins.slug", "unlearnops.plugins.retrain")
 
 #: Plugins registered at run time with :func:`register_plugin` (programmatic use, tests).
 _RUNTIME_PLUGINS: dict[str, object] = {}
@@ -46,6 +46,12 @@ class UnlearnInputs:
     holdout: Samples
     #: Largest allowed accuracy drop on held-out data while searching a step.
     utility_max_drop: float = 0.02
+    #: Every remaining training sample, for exact methods (retraining); None when the caller has none.
+    retain_full: Samples | None = None
+    #: Builds an untrained model of the same architecture (exact methods), and the workspace's training
+    #: parameters (epochs, batch_size, lr, seed).
+    model_factory: Callable[[], nn.Module] | None = None
+    train_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

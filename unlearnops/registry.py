@@ -1,7 +1,7 @@
 """The MLflow model registry of a workspace: register versions with lineage tags, move aliases, load models.
 
 Embedded default: sqlite at ``.unlearnops/mlflow.db`` with artifacts under ``.unlearnops/mlartifacts``;
-``MLFLOW_TRACKING_URI`` points at a real ``mlflow server`` instead.
+``UNLEARNOPS_TRACKING_URI`` points at a real ``mlflow server`` instead.
 """
 
 from __future__ import annotations

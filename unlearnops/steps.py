@@ -29,12 +29,14 @@ from unlearnops.data import load_dataset
 from unlearnops.durable import atomic_write_bytes, atomic_write_text, workspace_lock
 from unlearnops.gates import GateResult
 from unlearnops.locate import locate
+from unlearnops.report import SCORES_FILE, write_report
 from unlearnops.requests import RequestStore, keyed_hash
 from unlearnops.workspace import Workspace
 
 FORGET_FILE = "forget.npz"
-#: The steps of a batch, in order. ``locate`` opens the batch; ``finalize`` closes it.
-STEPS = ("locate", "dataset_version", "unlearn", "gates", "export", "register", "finalize")
+#: The steps of a batch, in order. ``locate`` opens the batch; ``unlearn`` climbs the method ladder with the
+#: gates after each rung; ``finalize`` closes the batch.
+STEPS = ("locate", "dataset_version", "unlearn", "export", "register", "finalize")
 
 
 class NothingToDo(Exception):
@@ -51,8 +53,14 @@ class Batch(BaseModel):
     forget_hashes: list[str]
     subject_hashes: list[str]
     parent_version: str
+    #: Methods to try in order; each rung starts again from the parent's weights.
+    ladder: list[str]
+    #: Config overrides asked for the first rung (``unlearnops run --config``).
+    requested_config: dict[str, Any] = Field(default_factory=dict)
+    #: The rung being (or last) run, and its validated config.
     method: str
     method_config: dict[str, Any] = Field(default_factory=dict)
+    rungs: list[dict[str, Any]] = Field(default_factory=list)
     device: str | None = None
     dataset_before: dict[str, Any]
     dataset_after: dict[str, Any] | None = None
@@ -60,6 +68,7 @@ class Batch(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     gates: list[GateResult] = Field(default_factory=list)
     status: str | None = None
+    caveats: list[str] = Field(default_factory=list)
     onnx: dict[str, Any] | None = None
     weights_sha256: str | None = None
     registered_version: str | None = None
@@ -103,8 +112,8 @@ def _complete(ws: Workspace, batch: Batch, step: str) -> None:
 def timed(batch: Batch, step: str, ws: Workspace):
     started = time.perf_counter()
     yield
-    batch.step_seconds[step] = round(time.perf_counter() - started, 3)
-    _complete(ws, batch, step)
+    batch.step_seconds[step] = round(batch.step_seconds.get(step, 0.0) + time.perf_counter() - started, 3)
+    batch.save(ws)
 
 
 def _now() -> str:
@@ -145,8 +154,9 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
-        method=method or ws.settings.unlearn.method,
-        method_config=method_config or {},
+        ladder=[method] if method else list(ws.settings.unlearn.ladder),
+        requested_config=method_config or {},
+        method=method or ws.settings.unlearn.ladder[0],
         dataset_before=data.current_version(ws).to_dict(),
     )
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
@@ -163,10 +173,10 @@ def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict
         return locate_pending(ws, method, method_config)
     batch = unfinished[0]
     batch.resumed += 1
-    wanted_method = method or batch.method
-    wanted_config = batch.method_config if method_config is None else method_config
-    if "register" not in batch.completed and (wanted_method, wanted_config) != (batch.method, batch.method_config):
-        batch.method, batch.method_config = wanted_method, wanted_config
+    ladder = [method] if method else batch.ladder
+    config = batch.requested_config if method_config is None else method_config
+    if "register" not in batch.completed and (ladder, config) != (batch.ladder, batch.requested_config):
+        batch.ladder, batch.requested_config, batch.method = ladder, config, ladder[0]
         batch.completed = [s for s in batch.completed if s in ("locate", "dataset_version")]
     batch.save(ws)
     return batch
@@ -239,12 +249,13 @@ def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: in
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
     from unlearnops.methods import UnlearnInputs, load_methods, parse_config, run_method
-    from unlearnops.model import pick_device, save_weights, seed_everything
+    from unlearnops.model import pick_device, resolve, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
         registry_ = load_methods()
         method = registry_.get(batch.method)
         config = parse_config(method, {"seed": ws.settings.unlearn.seed, **batch.method_config})
+        batch.method_config = config.model_dump()
         seed_everything(config.seed if hasattr(config, "seed") else 0)
         torch_device = pick_device(device)
         forget = _forget_samples(ws, batch)
@@ -254,6 +265,9 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             retain=_split_samples(ws, "train", settings.unlearn.retain_sample, settings.unlearn.seed),
             holdout=_split_samples(ws, "holdout"),
             utility_max_drop=settings.gates.utility_max_drop,
+            retain_full=_split_samples(ws, "train"),
+            model_factory=resolve(settings.project.model_factory),
+            train_params=ws.params.train.model_dump(),
         )
         model = registry.load_model(ws, batch.parent_version)
         if len(forget) == 0:
@@ -263,7 +277,6 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             model, changed, details, seconds = result.model, result.changed_parameters, result.details, result.seconds
         batch.weights_sha256 = save_weights(model, batch.run_dir(ws) / "unlearned.pt")
         batch.device = str(torch_device)
-        batch.method_config = config.model_dump()
         batch.unlearn = {
             "method": method.name,
             "method_version": method.version,
@@ -321,16 +334,53 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
                 metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
                     ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
                 )
-        after = evaluations["after"]
+        before, after = evaluations["before"], evaluations["after"]
+        np.savez(batch.run_dir(ws) / SCORES_FILE,
+                 **{f"{split}_phi_{tag}": evaluations[tag][split].phi
+                    for tag in ("before", "after") for split in ("forget", "holdout")})
         results = [data_result]
         if len(forget):
-            results.append(gates.mia_gate(after["forget"].phi, forget.labels, after["holdout"].phi,
-                                          holdout.labels, settings, seed=ws.settings.unlearn.seed))
-        results.append(gates.forget_accuracy_gate(after["forget"].correct, after["holdout"].accuracy, settings))
+            results.append(gates.mia_gate(
+                after["forget"].phi, forget.labels, after["holdout"].phi, holdout.labels, settings,
+                parent_forget_phi=before["forget"].phi, parent_holdout_phi=before["holdout"].phi,
+                seed=ws.settings.unlearn.seed,
+            ))
+        results.append(gates.forget_accuracy_gate(
+            after["forget"].correct, after["holdout"].correct, before["forget"].correct, before["holdout"].correct,
+            settings,
+        ))
         results.append(gates.utility_gate(metrics["test_accuracy_before"], metrics["test_accuracy_after"], settings))
         batch.metrics = metrics
         batch.gates = results
-        batch.status = gates.overall_status(results)
+        batch.status, batch.caveats = gates.overall_status(results, settings)
+    return batch
+
+
+def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
+    """Climb the batch's ladder: unlearn with each method from the parent's weights and run the gates,
+    stopping at the first rung that passes. Every rung tried is recorded (and certified with the batch)."""
+    batch.rungs = []
+    for index, name in enumerate(batch.ladder):
+        batch.method = name
+        batch.method_config = dict(batch.requested_config) if index == 0 else {}
+        started = time.perf_counter()
+        unlearn(ws, batch, device=device)
+        run_gates(ws, batch)
+        batch.rungs.append(
+            {
+                "method": name,
+                "config": batch.method_config,
+                "status": batch.status,
+                "gates": {g.name: g.status for g in batch.gates},
+                "caveats": batch.caveats,
+                "changed_parameters": len((batch.unlearn or {}).get("changed_parameters") or {}),
+                "details": (batch.unlearn or {}).get("details"),
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+        )
+        batch.save(ws)
+        if batch.status == "pass":
+            break
     return batch
 
 
@@ -351,6 +401,19 @@ def export(ws: Workspace, batch: Batch) -> Batch:
 # -- 6. certify and register -----------------------------------------------------------------------------
 
 
+def software_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in ("unlearnops", "torch", "mlflow", "dvc", "prefect", "great-expectations", "onnx",
+                 "onnxruntime-gpu", "pluggy", "numpy", "scikit-learn"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "absent"
+    return versions
+
+
 def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     return {
         "issued_at": _now(),
@@ -362,6 +425,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
+        "rungs": batch.rungs,
         "method": {
             "name": batch.method,
             "version": (batch.unlearn or {}).get("method_version"),
@@ -371,6 +435,10 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         },
         "device": batch.device,
         "gates": [g.model_dump() for g in batch.gates],
+        "caveats": batch.caveats,
+        "gate_settings": ws.settings.gates.model_dump(),
+        "seed": ws.settings.unlearn.seed,
+        "software": software_versions(),
         "metrics": batch.metrics,
         "weights_sha256": batch.weights_sha256,
         "onnx": {k: v for k, v in (batch.onnx or {}).items() if k != "path"},
@@ -427,6 +495,10 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
             signed = sign(build_certificate(ws, batch), load_or_create_signing_key(ws.keys_dir))
             write(signed, run_dir / "certificate.json")
             (run_dir / "unlearn.json").write_text(json.dumps(batch.unlearn, indent=2, default=str))
+            with np.load(run_dir / SCORES_FILE) as arrays:
+                scores = {k: arrays[k] for k in arrays.files}
+            explained = next((r["details"] for r in batch.rungs if (r.get("details") or {}).get("candidates")), {})
+            write_report(run_dir / "report.html", signed, scores, explained)
             version = registry.register_model(
                 ws,
                 _unlearned_model(ws, batch),
@@ -435,7 +507,7 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
                 metrics=batch.metrics,
                 tags=tags,
                 artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json",
-                                                 "unlearn.json")],
+                                                 "unlearn.json", "report.html")],
             ).version
             faults.point("register.version_created")
         else:  # the version exists; its tags may not (the attempt died inside the registration)
@@ -456,7 +528,7 @@ def finalize(ws: Workspace, batch: Batch) -> Batch:
         batch.request_ids, batch.dataset_after["git_rev"], batch.registered_version
     )
     (batch.run_dir(ws) / FORGET_FILE).unlink(missing_ok=True)
-    _complete(ws, batch, "finalize")
+    batch.save(ws)
     return batch
 
 
@@ -468,12 +540,15 @@ def mark_failed(ws: Workspace, batch: Batch | None, error: BaseException) -> Non
 
 
 def run_step(ws: Workspace, batch: Batch, step: str, device: str | None = None) -> Batch:
-    """Run one step of an open batch unless it is already complete."""
+    """Run one step of an open batch unless it is already complete; record its completion."""
     if step in batch.completed:
         return batch
     if step == "unlearn":
-        return unlearn(ws, batch, device=device)
-    return STEP_FUNCTIONS[step](ws, batch)
+        batch = unlearn_with_escalation(ws, batch, device=device)
+    else:
+        batch = STEP_FUNCTIONS[step](ws, batch)
+    _complete(ws, batch, step)
+    return batch
 
 
 def process_pending(
@@ -509,6 +584,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "samples_removed": len(batch.forget_ids),
         "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
         "method": batch.method,
+        "rungs": [f"{r['method']}: {r['status']}" for r in batch.rungs],
         "device": batch.device,
         "changed_parameters": (batch.unlearn or {}).get("changed_parameters"),
         "forget_loss_before": m.get("forget_loss_before"),
@@ -522,6 +598,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "mia_auc_before": m.get("mia_auc_before"),
         "mia_auc_after": m.get("mia_auc_after"),
         "gates": {g.name: g.status for g in batch.gates},
+        "caveats": batch.caveats,
         "certificate_status": "certified" if batch.status == "pass" else f"not-certified ({batch.status})",
         "onnx_max_abs_diff": (batch.onnx or {}).get("max_abs_diff"),
         "onnx_providers": (batch.onnx or {}).get("providers"),
@@ -536,8 +613,6 @@ def summary(batch: Batch) -> dict[str, Any]:
 
 STEP_FUNCTIONS = {
     "dataset_version": cut_dataset_version,
-    "unlearn": unlearn,
-    "gates": run_gates,
     "export": export,
     "register": certify_and_register,
     "finalize": finalize,

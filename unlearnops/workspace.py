@@ -3,7 +3,8 @@ store and the orchestration state of one project.
 
 Every location derives from the workspace root; the settings live in ``unlearnops.toml`` (pipeline, gates)
 and ``params.yaml`` (training, read by ``dvc repro``). ``UNLEARNOPS_WORKSPACE`` names the default workspace;
-``MLFLOW_TRACKING_URI`` and ``PREFECT_API_URL`` switch the embedded defaults to real servers.
+``UNLEARNOPS_TRACKING_URI`` (MLflow; not ``MLFLOW_TRACKING_URI``, which ``mlflow.set_tracking_uri`` itself
+rewrites) and ``PREFECT_API_URL`` switch the embedded defaults to real servers.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ class ProjectSettings(_Strict):
 
 
 class UnlearnSettings(_Strict):
-    method: str = "slug"
+    ladder: list[str] = Field(
+        ["slug", "retrain"],
+        min_length=1,
+        description="Methods tried in order, each from the parent's weights, until one passes every gate.",
+    )
     seed: int = 0
     retain_sample: int = Field(512, ge=1, description="Retain samples used for gradients and utility checks.")
 
@@ -48,6 +53,11 @@ class GateSettings(_Strict):
     )
     forget_accuracy_margin: float = Field(
         0.01, ge=0, le=1, description="Allowed distance of forget accuracy from held-out accuracy."
+    )
+    certify_without_mia_power: bool = Field(
+        True,
+        description="Certify when the only open gate is a membership attack that could not detect the parent's "
+        "membership either, and forget accuracy passed with power (recorded as a caveat).",
     )
     bootstrap: int = Field(500, ge=50, description="Bootstrap resamples for confidence intervals.")
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -128,7 +138,7 @@ class Workspace:
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+        return os.environ.get("UNLEARNOPS_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
 
     def exists(self) -> bool:
         return (self.root / CONFIG_FILE).is_file() and (self.root / ".git").is_dir()

@@ -1,0 +1,125 @@
+"""The human report of one candidate version: a self-contained HTML page (plots embedded as PNG) with
+the ROC curves of the membership attack before and after, accuracies, every gate, the rungs tried and the
+method's own explanation plot. Logged to MLflow beside the certificate."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCORES_FILE = "scores.npz"
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _roc_plot(scores: dict[str, np.ndarray]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    drawn = False
+    for tag in ("before", "after"):
+        members, nonmembers = scores.get(f"forget_phi_{tag}"), scores.get(f"holdout_phi_{tag}")
+        if members is None or len(members) == 0:
+            continue
+        truth = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
+        fpr, tpr, _ = roc_curve(truth, np.r_[members, nonmembers])
+        ax.plot(fpr, tpr, label=f"{tag} unlearning")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set(xlabel="false positive rate (held-out)", ylabel="true positive rate (forget set)",
+           title="membership attack ROC")
+    ax.legend(loc="lower right")
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def _candidates_plot(details: dict[str, Any]) -> str | None:
+    """For methods that report layer candidates (the fast path): importance vs retain alignment."""
+    candidates = details.get("candidates") if isinstance(details, dict) else None
+    if not candidates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for c in candidates:
+        chosen = c["layer"] == details.get("chosen_layer")
+        ax.scatter(c["alignment"], c["importance"], marker="*" if chosen else "o", s=140 if chosen else 50)
+        ax.annotate(c["layer"], (c["alignment"], c["importance"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    ax.set(xlabel="retain alignment |cos(g_retain, g_forget)|", ylabel="forget importance ‖g_forget‖/‖W‖",
+           title="fast-path layer candidates (★ chosen)")
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)
+
+
+def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.ndarray],
+                 unlearn_details: dict[str, Any]) -> Path:
+    metrics = certificate.get("metrics", {})
+    accuracy_rows = [
+        [label, metrics.get(f"{key}_before"), metrics.get(f"{key}_after")]
+        for label, key in (("forget accuracy", "forget_accuracy"), ("held-out accuracy", "holdout_accuracy"),
+                           ("test accuracy", "test_accuracy"), ("forget loss", "forget_loss"),
+                           ("MIA AUC (class-matched)", "mia_auc"))
+    ]
+    gate_rows = [[g["name"], g["status"], g["summary"], g["thresholds"]] for g in certificate.get("gates", [])]
+    rung_rows = [[r["method"], r["status"], r["gates"], r["seconds"]] for r in certificate.get("rungs", [])]
+    data_gate = next((g for g in certificate.get("gates", []) if g["name"] == "data"), None)
+    sections = [
+        f"<h1>Unlearning report — {html.escape(str(certificate.get('status')))}</h1>",
+        f"<p>run {html.escape(str(certificate.get('run_id')))}, issued {html.escape(str(certificate.get('issued_at')))}"
+        f"; requests {html.escape(', '.join(certificate.get('requests', [])))}; "
+        f"{certificate.get('samples_removed')} samples removed; parent version "
+        f"{html.escape(str(certificate.get('parent_model_version')))}.</p>",
+        "<h2>Accuracies</h2>", _table(["metric", "before", "after"], accuracy_rows),
+        "<h2>Gates</h2>", _table(["gate", "status", "summary", "thresholds"], gate_rows),
+    ]
+    for caveat in certificate.get("caveats") or []:
+        sections.append(f"<p><b>caveat:</b> {html.escape(caveat)}</p>")
+    if data_gate:
+        sections += ["<h2>Data gate</h2>", _table(list(data_gate["metrics"]), [list(data_gate["metrics"].values())])]
+    sections += ["<h2>Rungs tried</h2>", _table(["method", "status", "gates", "seconds"], rung_rows)]
+    roc = _roc_plot(scores)
+    if roc:
+        sections += ["<h2>Membership attack</h2>", f'<img alt="ROC curves" src="{roc}">']
+    explanation = _candidates_plot(unlearn_details)
+    if explanation:
+        sections += ["<h2>Method explanation</h2>", f'<img alt="layer candidates" src="{explanation}">']
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unlearnops report</title>"
+            f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,97 @@
+"""Verify a registered version against its certificate: signature, weights, ONNX file and registry tags."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from unlearnops import registry
+from unlearnops.certificate import CertificateError, verify
+from unlearnops.model import file_sha256, save_weights
+from unlearnops.workspace import Workspace
+
+
+@dataclass
+class Verification:
+    version: str
+    status: str | None = None
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "ok": self.ok, "certificate_status": self.status,
+                "checked": self.checked, "problems": self.problems}
+
+
+def workspace_public_key(ws: Workspace):
+    path = ws.keys_dir / "signing-ed25519.pub.pem"
+    if not path.is_file():
+        raise CertificateError(f"no public key at {path}")
+    return serialization.load_pem_public_key(path.read_bytes())
+
+
+def verify_version(ws: Workspace, version: str) -> Verification:
+    """Check that ``version``'s certificate is signed by this workspace's key and that the weights, the ONNX
+    file and the lineage tags the registry holds are the ones it certifies."""
+    from mlflow.exceptions import MlflowException
+
+    result = Verification(version=version)
+    client = registry.client(ws)
+    name = ws.settings.project.model_name
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException as exc:
+        result.problems.append(f"no version {version} of {name}: {exc.message}")
+        return result
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        try:
+            cert_path = registry.download_run_artifact(ws, model_version.run_id, "certificate.json", tmp_path)
+            certificate = json.loads(cert_path.read_text())
+        except (MlflowException, OSError, ValueError) as exc:
+            result.problems.append(f"certificate missing or unreadable: {exc}")
+            return result
+        result.status = certificate.get("status")
+        try:
+            verify(certificate, workspace_public_key(ws))
+            result.checked.append("signature")
+        except CertificateError as exc:
+            result.problems.append(str(exc))
+
+        weights_sha = save_weights(registry.load_model(ws, version), tmp_path / "weights.pt")
+        if weights_sha == certificate.get("weights_sha256"):
+            result.checked.append("weights_sha256")
+        else:
+            result.problems.append("registered weights differ from the certified weights")
+
+        onnx_sha = (certificate.get("onnx") or {}).get("sha256")
+        try:
+            onnx_path = registry.download_run_artifact(ws, model_version.run_id, "model.onnx", tmp_path)
+            if file_sha256(onnx_path) == onnx_sha:
+                result.checked.append("onnx_sha256")
+            else:
+                result.problems.append("ONNX file differs from the certified one")
+        except (MlflowException, OSError) as exc:
+            result.problems.append(f"ONNX file missing: {exc}")
+
+    tags = model_version.tags
+    expected_tags = {
+        "unlearnops.certificate_status": certificate.get("status"),
+        "unlearnops.dataset_rev": (certificate.get("dataset_after") or {}).get("git_rev"),
+        "unlearnops.parent_version": certificate.get("parent_model_version"),
+        "unlearnops.weights_sha256": certificate.get("weights_sha256"),
+    }
+    mismatched = [k for k, v in expected_tags.items() if tags.get(k) != v]
+    if mismatched:
+        result.problems.append("registry tags disagree with the certificate: " + ", ".join(mismatched))
+    else:
+        result.checked.append("tags")
+    return result
