@@ -2,11 +2,20 @@
 
 One pass computes the gradients of the forget loss and of the retain loss for every eligible tensor; no
 optimizer steps. Layers are ranked by forget importance ‖g_f‖/‖W‖ and retain alignment |cos(g_r, g_f)|;
-the Pareto front (high importance, low alignment) are the candidates. For each candidate the step
-W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, always from the original weights) is sized
-by a forward-only search: λ doubles until the forget set's membership signal reaches the held-out level,
-then bisects. The stopping rule suits sample-level forgetting: the attack AUC of forget set vs held-out
-non-members at ≤ 0.5 + ``auc_tolerance`` while held-out accuracy drops by at most the utility bound.
+the Pareto front (high importance, low alignment) are the candidates. For a candidate the step
+W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, always from the original weights) is sized by
+a forward-only search: λ doubles until the target is reached or utility breaks, then bisects.
+
+Targets:
+
+* sample-level forgetting: the forget set looks like held-out non-members — forget accuracy at most the
+  held-out accuracy and the confidence-attack AUC at most 0.5 + tolerance;
+* class forgetting (every forget sample has one label that the retain data lacks): that class's held-out
+  accuracy at chance (1 / number of classes); utility is measured on the other classes.
+
+Several requests at once (``inputs.forget_groups``): with ``joint`` each group gets its own gradient, layer
+and step on the original model, and the updates are applied together, as in the paper's multi-identity
+experiment; without it the groups are merged into one forget set.
 """
 
 from __future__ import annotations
@@ -32,36 +41,28 @@ class SlugConfig(BaseModel):
     eligible: Literal["weights", "all"] = Field(
         "weights", description="'weights': tensors with ≥2 dims (no biases/norms); 'all': every parameter."
     )
+    target: Literal["auto", "sample", "class"] = Field(
+        "auto", description="'auto': class forgetting when the forget set is one class absent from retain data."
+    )
     initial_step: float = Field(0.01, gt=0, description="First λ tried, relative to ‖W‖.")
     max_step: float = Field(4.0, gt=0, description="Largest λ the doubling phase may reach.")
     bisect_steps: int = Field(6, ge=0, le=30)
-    auc_tolerance: float = Field(0.02, ge=0, le=0.5, description="Target: AUC ≤ 0.5 + tolerance.")
+    auc_tolerance: float = Field(0.02, ge=0, le=0.5, description="Sample target: AUC ≤ 0.5 + tolerance.")
     accuracy_tolerance: float = Field(
-        0.0, ge=0, le=1, description="Target: forget accuracy ≤ held-out accuracy + tolerance."
+        0.0, ge=0, le=1, description="Sample target: forget accuracy ≤ held-out accuracy + tolerance."
     )
+    class_tolerance: float = Field(0.0, ge=0, le=1, description="Class target: accuracy ≤ chance + tolerance.")
     utility_budget: float = Field(
         0.5, gt=0, le=1, description="Share of the utility gate's allowed drop the search may spend."
     )
     max_candidates: int = Field(4, ge=1, description="Pareto-front layers searched, most important first.")
-    batch_size: int = Field(512, ge=1)
-
-
-def _mean_loss_gradients(model: nn.Module, samples: Samples, params: dict[str, nn.Parameter], batch_size, device):
-    grads = {name: torch.zeros_like(p) for name, p in params.items()}
-    x_all = torch.as_tensor(np.asarray(samples.features), dtype=torch.float32)
-    y_all = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long)
-    n = len(y_all)
-    for start in range(0, n, batch_size):
-        x, y = x_all[start : start + batch_size].to(device), y_all[start : start + batch_size].to(device)
-        loss = F.cross_entropy(model(x), y, reduction="sum") / n
-        batch_grads = torch.autograd.grad(loss, list(params.values()))
-        for name, g in zip(params, batch_grads):
-            grads[name] += g
-    return grads
+    joint: bool = Field(True, description="With several request groups: one update per group, applied jointly.")
+    batch_size: int = Field(1024, ge=1)
 
 
 def pareto_front(importance: dict[str, float], alignment: dict[str, float]) -> list[str]:
-    """Names not dominated by another layer with higher-or-equal importance and lower-or-equal alignment."""
+    """Names not dominated by another layer with higher-or-equal importance and lower-or-equal alignment,
+    most important first."""
     front = []
     for name in importance:
         dominated = any(
@@ -76,25 +77,147 @@ def pareto_front(importance: dict[str, float], alignment: dict[str, float]) -> l
     return sorted(front, key=lambda n: -importance[n])
 
 
+class _Tensors:
+    """A sample group moved to the device once."""
+
+    def __init__(self, samples: Samples, device):
+        self.x = torch.as_tensor(np.asarray(samples.features), dtype=torch.float32).to(device)
+        self.y = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long).to(device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, mask: np.ndarray) -> "_Tensors":
+        view = object.__new__(_Tensors)
+        index = torch.as_tensor(np.flatnonzero(mask), device=self.x.device)
+        view.x, view.y = self.x[index], self.y[index]
+        return view
+
+
+def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter], batch_size: int):
+    """Gradient of the mean cross-entropy over ``data`` for each eligible tensor (nothing else is kept)."""
+    grads = {name: torch.zeros_like(p) for name, p in params.items()}
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        loss = F.cross_entropy(model(x), y, reduction="sum") / len(data)
+        for name, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+            grads[name] += g
+    return grads
+
+
 @torch.no_grad()
-def _scores(model: nn.Module, samples: Samples, device, batch_size) -> tuple[np.ndarray, np.ndarray]:
-    """Per-sample logit-scaled confidence of the true label and correctness."""
-    x_all = torch.as_tensor(np.asarray(samples.features), dtype=torch.float32)
-    y_all = torch.as_tensor(np.asarray(samples.labels), dtype=torch.long)
+def _scores(model: nn.Module, data: _Tensors, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logit-scaled confidence of the true label, and correctness, per sample."""
     phis, correct = [], []
-    for start in range(0, len(y_all), batch_size):
-        x, y = x_all[start : start + batch_size].to(device), y_all[start : start + batch_size].to(device)
-        logp = F.log_softmax(model(x).double(), dim=1)
+    for start in range(0, len(data), batch_size):
+        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
+        logp = F.log_softmax(model(x).float(), dim=1)
         lp = logp.gather(1, y[:, None]).squeeze(1)
         others = logp.scatter(1, y[:, None], float("-inf"))
-        phis.append((lp - torch.logsumexp(others, dim=1)).cpu())
-        correct.append((logp.argmax(1) == y).cpu())
-    return torch.cat(phis).numpy(), torch.cat(correct).numpy()
+        phis.append(lp - torch.logsumexp(others, dim=1))
+        correct.append(logp.argmax(1) == y)
+    if not phis:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return torch.cat(phis).cpu().numpy(), torch.cat(correct).cpu().numpy()
+
+
+class _Judge:
+    """Evaluates the model (forward passes only) against the target for one forget group."""
+
+    def __init__(self, model, forget: _Tensors, holdout: _Tensors, mode: str, config: SlugConfig,
+                 utility_max_drop: float, n_classes: int):
+        self.model, self.forget, self.config = model, forget, config
+        self.mode = mode
+        self.allowed_drop = utility_max_drop * config.utility_budget
+        if mode == "class":
+            forgotten = int(forget.y[0])
+            in_class = (holdout.y == forgotten).cpu().numpy()
+            self.target_set, self.utility_set = holdout.subset(in_class), holdout.subset(~in_class)
+            self.chance = 1.0 / n_classes
+        else:
+            self.target_set = self.utility_set = holdout
+        _, correct = _scores(model, self.utility_set, config.batch_size)
+        self.base_utility = float(correct.mean())
+        self.holdout_phi = None
+        if mode == "sample":
+            self.holdout_phi, holdout_correct = _scores(model, holdout, config.batch_size)
+            self.holdout_accuracy = float(holdout_correct.mean())
+
+    def __call__(self) -> dict:
+        forget_phi, forget_correct = _scores(self.model, self.forget, self.config.batch_size)
+        utility_phi, utility_correct = _scores(self.model, self.utility_set, self.config.batch_size)
+        drop = self.base_utility - float(utility_correct.mean())
+        result = {"forget_accuracy": float(forget_correct.mean()), "utility_drop": drop,
+                  "utility_ok": drop <= self.allowed_drop}
+        if self.mode == "class":
+            _, class_correct = _scores(self.model, self.target_set, self.config.batch_size)
+            class_accuracy = float(class_correct.mean()) if len(class_correct) else result["forget_accuracy"]
+            result["class_accuracy"] = class_accuracy
+            result["reached"] = class_accuracy <= self.chance + self.config.class_tolerance
+        else:
+            # The held-out scores are taken again: the edit moves non-members as well.
+            member = np.r_[np.ones(len(forget_phi)), np.zeros(len(utility_phi))]
+            auc = float(roc_auc_score(member, np.r_[forget_phi, utility_phi]))
+            result["auc"] = auc
+            result["reached"] = (auc <= 0.5 + self.config.auc_tolerance
+                                 and result["forget_accuracy"] <= self.holdout_accuracy + self.config.accuracy_tolerance)
+        return result
+
+
+def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.Tensor, judge: _Judge,
+                 config: SlugConfig) -> tuple[dict | None, list[dict]]:
+    """Doubling then bisection over λ; returns the chosen evaluation (smallest λ reaching the target with
+    utility intact, else the largest λ with utility intact) and the whole trace. Leaves W at W₀."""
+    scale = original.norm()
+    trace: list[dict] = []
+
+    def try_step(step: float) -> dict:
+        with torch.no_grad():
+            param.copy_(original + step * scale * direction)
+        result = {"step": step, **judge()}
+        trace.append(result)
+        return result
+
+    best, low, high = None, 0.0, None
+    step = config.initial_step
+    while step <= config.max_step:
+        result = try_step(step)
+        if result["reached"] or not result["utility_ok"]:
+            high = step
+            if result["reached"] and result["utility_ok"]:
+                best = result
+            break
+        low, best = step, result
+        step *= 2
+    if high is not None:
+        for _ in range(config.bisect_steps):
+            mid = (low + high) / 2
+            result = try_step(mid)
+            if result["reached"] and result["utility_ok"]:
+                high, best = mid, result
+            elif result["reached"] or not result["utility_ok"]:
+                high = mid
+            else:
+                low = mid
+                if best is None or not best["reached"]:
+                    best = result
+    with torch.no_grad():
+        param.copy_(original)
+    return best, trace
+
+
+def _rank(entry: dict) -> tuple:
+    chosen = entry["chosen"]
+    if chosen is None:
+        return (2, 0.0)
+    if chosen["reached"]:
+        return (0, chosen["utility_drop"])
+    return (1, chosen.get("auc", chosen.get("class_accuracy", 1.0)))
 
 
 class Slug:
     name = "slug"
-    version = "0.1.0"
+    version = "0.2.0"
     Config = SlugConfig
     needs_retain = True
     supports_gpu = True
@@ -103,112 +226,86 @@ class Slug:
         started = time.perf_counter()
         torch.manual_seed(config.seed)
         model.eval()
-        params = {
-            n: p for n, p in model.named_parameters() if p.requires_grad and (config.eligible == "all" or p.dim() >= 2)
+        params = {n: p for n, p in model.named_parameters()
+                  if p.requires_grad and (config.eligible == "all" or p.dim() >= 2)}
+        forget = _Tensors(inputs.forget, device)
+        retain = _Tensors(inputs.retain, device)
+        holdout = _Tensors(inputs.holdout, device)
+        mode = self._mode(inputs, config)
+        with torch.no_grad():
+            n_classes = int(model(holdout.x[:1]).shape[1])
+        g_retain = _gradients(model, retain, params, config.batch_size)
+
+        groups = list(inputs.forget_groups or [])
+        if not (config.joint and len(groups) > 1):
+            groups = [np.ones(len(forget), dtype=bool)]
+        updates: dict[str, torch.Tensor] = {}
+        group_reports = []
+        for group_mask in groups:
+            group = forget.subset(np.asarray(group_mask, dtype=bool))
+            report, update = self._one_group(model, params, group, holdout, g_retain, mode, config, inputs,
+                                             n_classes)
+            group_reports.append(report)
+            if update is not None:
+                name, delta = update
+                updates[name] = updates.get(name, 0) + delta
+        with torch.no_grad():
+            originals = {name: params[name].detach().clone() for name in updates}
+            for name, delta in updates.items():
+                params[name].add_(delta)
+        changed = {name: float(delta.norm() / originals[name].norm().clamp_min(1e-12))
+                   for name, delta in updates.items()}
+        details = {
+            "mode": mode,
+            "joint_groups": len(groups),
+            "groups": group_reports,
+            "target_reached": all(g["target_reached"] for g in group_reports),
         }
-        g_forget = _mean_loss_gradients(model, inputs.forget, params, config.batch_size, device)
-        g_retain = _mean_loss_gradients(model, inputs.retain, params, config.batch_size, device)
+        if len(group_reports) == 1:  # the single-group view the report's explanation plot reads
+            details.update({k: group_reports[0][k] for k in ("candidates", "chosen_layer")})
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed,
+                             seconds=time.perf_counter() - started, details=details)
+
+    @staticmethod
+    def _mode(inputs: UnlearnInputs, config: SlugConfig) -> str:
+        if config.target != "auto":
+            return config.target
+        labels = np.unique(inputs.forget.labels)
+        one_class_missing_from_retain = len(labels) == 1 and labels[0] not in set(np.asarray(inputs.retain.labels))
+        return "class" if one_class_missing_from_retain else "sample"
+
+    def _one_group(self, model, params, group: _Tensors, holdout: _Tensors, g_retain, mode, config, inputs,
+                   n_classes):
+        g_forget = _gradients(model, group, params, config.batch_size)
         importance, alignment = {}, {}
         for name, p in params.items():
             gf, gr = g_forget[name].flatten(), g_retain[name].flatten()
             importance[name] = float(gf.norm() / p.detach().norm().clamp_min(1e-12))
             alignment[name] = float(torch.abs(F.cosine_similarity(gf, gr, dim=0, eps=1e-12)))
-        candidates = pareto_front(importance, alignment)[: config.max_candidates]
-
-        holdout_phi, holdout_correct = _scores(model, inputs.holdout, device, config.batch_size)
-        forget_phi, _ = _scores(model, inputs.forget, device, config.batch_size)
-        base_holdout_acc = float(holdout_correct.mean())
-        member = np.r_[np.ones(len(inputs.forget)), np.zeros(len(inputs.holdout))]
-        base_auc = float(roc_auc_score(member, np.r_[forget_phi, holdout_phi]))
-        originals = {name: params[name].detach().clone() for name in candidates}
-
-        def evaluate_step(name: str, step: float) -> dict:
-            w0 = originals[name]
-            direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
-            with torch.no_grad():
-                params[name].copy_(w0 + step * w0.norm() * direction)
-                forget_phi, forget_correct = _scores(model, inputs.forget, device, config.batch_size)
-                holdout_phi_now, holdout_correct_now = _scores(model, inputs.holdout, device, config.batch_size)
-                params[name].copy_(w0)
-            auc = float(roc_auc_score(member, np.r_[forget_phi, holdout_phi_now]))
-            drop = base_holdout_acc - float(holdout_correct_now.mean())
-            return {
-                "step": step,
-                "auc": auc,
-                "forget_accuracy": float(forget_correct.mean()),
-                "utility_drop": drop,
-                "reached": auc <= 0.5 + config.auc_tolerance
-                and float(forget_correct.mean()) <= base_holdout_acc + config.accuracy_tolerance,
-                "utility_ok": drop <= inputs.utility_max_drop * config.utility_budget,
-            }
-
+        front = pareto_front(importance, alignment)
+        judge = _Judge(model, group, holdout, mode, config, inputs.utility_max_drop, n_classes)
         tried = []
-        for name in candidates:
-            evals = []
-            low, high = 0.0, None
-            step = config.initial_step
-            best = None
-            while step <= config.max_step:  # doubling phase
-                result = evaluate_step(name, step)
-                evals.append(result)
-                if result["reached"] or not result["utility_ok"]:
-                    high = step
-                    break
-                low, best = step, result
-                step *= 2
-            if high is not None:
-                for _ in range(config.bisect_steps):  # bisect to the smallest step that reaches the target
-                    mid = (low + high) / 2
-                    result = evaluate_step(name, mid)
-                    evals.append(result)
-                    if result["reached"] or not result["utility_ok"]:
-                        high = mid
-                    else:
-                        low, best = mid, result
-                final = evaluate_step(name, high)
-                if final["utility_ok"]:
-                    best = final
-                evals.append(final)
-            tried.append(
-                {
-                    "layer": name,
-                    "importance": importance[name],
-                    "alignment": alignment[name],
-                    "evaluations": len(evals),
-                    "chosen": best,
-                }
-            )
-
-        def rank(entry):
-            chosen = entry["chosen"]
-            if chosen is None:
-                return (2, 0.0)
-            if chosen["reached"]:
-                return (0, chosen["utility_drop"])
-            return (1, chosen["auc"])
-
-        best_entry = min(tried, key=rank) if tried else None
-        changed = {}
-        if best_entry and best_entry["chosen"]:
-            name, step = best_entry["layer"], best_entry["chosen"]["step"]
-            w0 = originals[name]
+        for name in front[: config.max_candidates]:
+            original = params[name].detach().clone()
             direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
-            with torch.no_grad():
-                params[name].copy_(w0 + step * w0.norm() * direction)
-            changed[name] = float(step)
-        return UnlearnResult(
-            model=model,
-            method=self.name,
-            changed_parameters=changed,
-            seconds=time.perf_counter() - started,
-            details={
-                "base_holdout_accuracy": base_holdout_acc,
-                "base_auc": base_auc,
-                "candidates": tried,
-                "chosen_layer": best_entry["layer"] if best_entry and best_entry["chosen"] else None,
-                "target_reached": bool(best_entry and best_entry["chosen"] and best_entry["chosen"]["reached"]),
-            },
-        )
+            chosen, trace = _search_step(params[name], original, direction, judge, config)
+            tried.append({"layer": name, "importance": importance[name], "alignment": alignment[name],
+                          "evaluations": len(trace), "chosen": chosen, "trace": trace})
+        best = min(tried, key=_rank) if tried else None
+        update = None
+        if best and best["chosen"]:
+            w0 = params[best["layer"]].detach()
+            direction = g_forget[best["layer"]] / g_forget[best["layer"]].norm().clamp_min(1e-12)
+            update = (best["layer"], best["chosen"]["step"] * w0.norm() * direction)
+        report = {
+            "n_forget": len(group),
+            "front": front,
+            "layers": {n: {"importance": importance[n], "alignment": alignment[n]} for n in params},
+            "candidates": tried,
+            "chosen_layer": best["layer"] if update else None,
+            "target_reached": bool(best and best["chosen"] and best["chosen"]["reached"]),
+        }
+        return report, update
 
 
 @hookimpl

@@ -52,5 +52,5 @@ def test_plugins_list_json():
     result = runner.invoke(app, ["plugins", "list", "--json"])
     assert result.exit_code == 0
     rows = json.loads(result.stdout)["plugins"]
-    assert {"kind": "method", "name": "slug", "version": "0.1.0", "source": "built-in", "needs_retain": True,
+    assert {"kind": "method", "name": "slug", "version": "0.2.0", "source": "built-in", "needs_retain": True,
             "supports_gpu": True} in rows

@@ -17,3 +17,9 @@ def test_onnx_export_dynamic_batch_and_parity(tmp_path):
     (out,) = session.run(None, {"input": sample[:33]})  # a batch size not used in the parity check
     assert out.shape == (33, 10)
     np.testing.assert_allclose(out, predict_logits(model, sample[:33]).numpy(), rtol=1e-4, atol=1e-5)
+    # Self-contained: the weights live in the one file that is hashed and logged, nothing beside it.
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    (tmp_path / "m.onnx").rename(moved / "m.onnx")
+    inference_session(moved / "m.onnx").run(None, {"input": sample[:2]})

@@ -350,6 +350,96 @@ def plugins_list(as_json: bool = JsonOption) -> None:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
 
+@app.command()
+def bench(
+    out: Path = typer.Option(Path("bench/results/results.json"), help="JSON rows; a .md table and .png beside it."),
+    quick: bool = typer.Option(False, help="Fewer epochs, CNN and MLP only, one seed (under 10 min on 2 cores)."),
+    methods: str = typer.Option("slug,retrain", help="Comma-separated methods; retrain is always the reference."),
+    models: Optional[str] = typer.Option(None, help="Comma-separated: cnn,resnet,mlp [quick: cnn,mlp]."),
+    scenarios: str = typer.Option("random_1pct,random_10pct,subjects_10,class", help="Comma-separated."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds [quick: 0; full: 0,1,2]."),
+    device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Benchmark methods against retraining from scratch; writes JSON rows, a markdown table and a plot."""
+    from unlearnops.bench.harness import MODELS, SCENARIOS, markdown_table, run, write_outputs
+    from unlearnops.methods import PluginError, load_methods
+
+    model_list = (models or ("cnn,mlp" if quick else "cnn,resnet,mlp")).split(",")
+    scenario_list = scenarios.split(",")
+    unknown = [m for m in model_list if m not in MODELS] + [s for s in scenario_list if s not in SCENARIOS]
+    if unknown:
+        fail(f"unknown model or scenario: {', '.join(unknown)}", ExitCode.ERROR, as_json)
+    seed_list = [int(s) for s in (seeds or ("0" if quick else "0,1,2")).split(",")]
+    try:
+        registered = load_methods()
+        for name in methods.split(","):
+            registered.get(name)
+    except PluginError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    started = time.perf_counter()
+    with stdout_to_stderr(as_json):
+        rows = run(model_list, scenario_list, methods.split(","), seed_list, quick=quick, device=device,
+                   progress=lambda message: err.print(f"[dim]{time.perf_counter() - started:7.1f}s[/dim] {message}"))
+        paths = write_outputs(rows, out)
+    if as_json:
+        emit_json({"rows": rows, "outputs": {k: str(v) for k, v in paths.items()},
+                   "seconds": round(time.perf_counter() - started, 1)})
+    else:
+        sys.stdout.write(markdown_table(rows))
+        err.print(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.0f} s")
+
+
+@app.command(name="promote")
+def promote_command(
+    version: Optional[str] = typer.Argument(None, help="Version to promote [default: alias 'candidate']."),
+    check: bool = typer.Option(False, "--check", help="Only decide; change nothing."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify a candidate (certificate, hashes, gates, ONNX parity, lineage, taint) and move `champion` to it.
+    Exit 0 promoted (or promotable, with --check), 1 refused with the reasons, 2 error."""
+    from unlearnops.pipelines.promote import promote_flow
+    from unlearnops.promote import PromotionError
+
+    ws = _workspace(workspace)
+    try:
+        with stdout_to_stderr(as_json):
+            decision = promote_flow(str(ws.root), version, check)
+    except PromotionError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(decision)
+    elif decision["promotable"]:
+        verb = "promotable" if check else "promoted to champion"
+        err.print(f"version {decision['version']}: {verb} ({', '.join(decision['checked'])})")
+        if decision["tainted"]:
+            err.print(f"tainted (trained on since-deleted data): {', '.join(decision['tainted'])}")
+    else:
+        err.print(f"[red]version {decision['version']}: refused[/red]")
+        for reason in decision["reasons"]:
+            err.print(f"  - {reason}")
+    raise typer.Exit(ExitCode.OK if decision["promotable"] else ExitCode.REFUSED)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8080, min=1, max=65535),
+    poll_seconds: float = typer.Option(5.0, min=0.1, help="How often to look for a new champion."),
+    max_batch: int = typer.Option(256, min=1, help="Largest batch /predict accepts."),
+    workspace: Optional[Path] = WorkspaceOption,
+) -> None:
+    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model)."""
+    import uvicorn
+
+    from unlearnops.deploy.serve import create_app
+
+    ws = _workspace(workspace)
+    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds), host=host, port=port,
+                log_level="warning")
+
+
 @certificate_app.command("verify")
 def certificate_verify(
     version: str = typer.Argument(..., help="Registered model version number."),

@@ -69,3 +69,19 @@ def mnist_5k(limit: int | None = None, subjects_per_sample: float = 0.1, seed: i
     sample_ids = [f"mnist-{i:05d}" for i in range(n)]
     subject_ids = [f"subject-{s:04d}" for s in subject_index]
     return features, build_manifest(sample_ids, subject_ids, labels, features)
+
+
+def sklearn_digits(limit: int | None = None, subjects_per_sample: float = 0.1, seed: int = 20261123):
+    """The 1797 real 8×8 digits shipped with scikit-learn, as a tabular dataset of 64 features in [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    features = (digits.data / 16.0).astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    if limit is not None:
+        features, labels = features[:limit], labels[:limit]
+    n = len(labels)
+    rng = np.random.default_rng(seed)
+    subject_index = rng.integers(0, max(1, round(n * subjects_per_sample)), size=n)
+    sample_ids = [f"digits-{i:05d}" for i in range(n)]
+    return features, build_manifest(sample_ids, [f"subject-{s:04d}" for s in subject_index], labels, features)

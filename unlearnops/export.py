@@ -71,6 +71,7 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: Path) -> OnnxExport:
             output_names=["logits"],
             dynamic_shapes=({0: batch},),
             dynamo=True,
+            external_data=False,  # one self-contained file: the artifact that is hashed, logged and served
             verbose=False,
         )
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)

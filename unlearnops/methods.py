@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 import time
@@ -46,6 +47,8 @@ class UnlearnInputs:
     holdout: Samples
     #: Largest allowed accuracy drop on held-out data while searching a step.
     utility_max_drop: float = 0.02
+    #: One boolean mask over ``forget`` per deletion request, when a batch holds several.
+    forget_groups: list[np.ndarray] | None = None
     #: Every remaining training sample, for exact methods (retraining); None when the caller has none.
     retain_full: Samples | None = None
     #: Builds an untrained model of the same architecture (exact methods), and the workspace's training
@@ -150,7 +153,7 @@ def run_method(method, model: nn.Module, inputs: UnlearnInputs, config: BaseMode
     """Call a method and check its result; any misbehaviour becomes a :class:`PluginError` naming it."""
     if device.type == "cuda" and not method.supports_gpu:
         device = torch.device("cpu")
-    model = model.to(device)
+    model = copy.deepcopy(model).to(device)  # the caller's model is never changed
     started = time.perf_counter()
     try:
         result = method.unlearn(model, inputs, config, device)

@@ -50,6 +50,8 @@ class Batch(BaseModel):
     created_at: str
     request_ids: list[str]
     forget_ids: list[str]
+    #: request id -> the sample ids it located (one unlearning group per request).
+    forget_groups: dict[str, list[str]] = Field(default_factory=dict)
     forget_hashes: list[str]
     subject_hashes: list[str]
     parent_version: str
@@ -151,6 +153,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         created_at=_now(),
         request_ids=[r.id for r in pending],
         forget_ids=forget_ids,
+        forget_groups=located,
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
@@ -260,8 +263,11 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
         torch_device = pick_device(device)
         forget = _forget_samples(ws, batch)
         settings = ws.settings
+        ids = np.asarray(forget.sample_ids, dtype=str)
+        groups = [np.isin(ids, group) for group in batch.forget_groups.values()]
         inputs = UnlearnInputs(
             forget=forget,
+            forget_groups=[g for g in groups if g.any()] or None,
             retain=_split_samples(ws, "train", settings.unlearn.retain_sample, settings.unlearn.seed),
             holdout=_split_samples(ws, "holdout"),
             utility_max_drop=settings.gates.utility_max_drop,

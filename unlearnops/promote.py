@@ -1,0 +1,127 @@
+"""Promotion: move alias ``champion`` to a candidate only when everything it claims checks out.
+
+A version is promotable when its certificate verifies (signature, weights, ONNX file, tags), says
+"certified", its ONNX file still matches torch, it descends from the current champion (otherwise it would
+bring back data the champion's lineage deleted), it is newer than the champion, and it is not tainted.
+After a promotion every older version trained on data that has since been deleted is tagged tainted.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from unlearnops import registry
+from unlearnops.verification import verify_version
+from unlearnops.workspace import Workspace
+
+TAINTED_TAG = registry.TAG_PREFIX + "tainted"
+PARITY_TOLERANCE = 1e-4
+
+
+class PromotionError(RuntimeError):
+    """Promotion could not be decided (no candidate, registry unreachable)."""
+
+
+@dataclass
+class PromotionDecision:
+    version: str
+    champion_before: str | None
+    promotable: bool = False
+    promoted: bool = False
+    reasons: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+    tainted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "champion_before": self.champion_before, "promotable": self.promotable,
+                "promoted": self.promoted, "reasons": self.reasons, "checked": self.checked,
+                "tainted": self.tainted}
+
+
+def onnx_parity(ws: Workspace, version: str, run_id: str, samples: int = 16) -> float:
+    """Max |ONNX Runtime − torch| of the registered version on random inputs of the exported shape."""
+    from unlearnops.export import inference_session
+    from unlearnops.model import predict_logits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.download_run_artifact(ws, run_id, "model.onnx", Path(tmp))
+        session = inference_session(path)
+        (spec,) = session.get_inputs()
+        shape = [samples] + [int(d) for d in spec.shape[1:]]
+        x = np.random.default_rng(0).random(shape, dtype=np.float32)
+        (got,) = session.run(None, {spec.name: x})
+    expected = predict_logits(registry.load_model(ws, version), x).numpy()
+    return float(np.abs(got - expected).max())
+
+
+def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
+    """Decide whether ``version`` (default: the ``candidate`` alias) may become champion; changes nothing."""
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client(ws)
+    name = ws.settings.project.model_name
+    version = version or registry.resolve_version(ws, "candidate")
+    if version is None:
+        raise PromotionError("no version given and no 'candidate' alias: nothing to promote")
+    champion = registry.resolve_version(ws, "champion")
+    decision = PromotionDecision(version=version, champion_before=champion)
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException as exc:
+        decision.reasons.append(f"no version {version} of {name}: {exc.message}")
+        return decision
+    tags = model_version.tags
+
+    verification = verify_version(ws, version)
+    decision.reasons += verification.problems
+    decision.checked += verification.checked
+    if verification.status != "certified":
+        decision.reasons.append(f"certificate status is {verification.status!r}, not 'certified'")
+    else:
+        decision.checked.append("certified")
+    if tags.get(TAINTED_TAG) == "true":
+        decision.reasons.append(f"tainted: {tags.get(registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
+    if champion is not None:
+        if int(version) <= int(champion):
+            decision.reasons.append(f"not newer than the champion (v{champion})")
+        if tags.get(registry.TAG_PREFIX + "parent_version") != champion:
+            decision.reasons.append(
+                f"parent v{tags.get(registry.TAG_PREFIX + 'parent_version')} is not the champion v{champion}: "
+                "promoting it would bring back data deleted since"
+            )
+        else:
+            decision.checked.append("lineage")
+    if not decision.reasons or "onnx_sha256" in decision.checked:
+        diff = onnx_parity(ws, version, model_version.run_id)
+        if diff > PARITY_TOLERANCE:
+            decision.reasons.append(f"ONNX parity {diff:.2e} exceeds {PARITY_TOLERANCE:.0e}")
+        else:
+            decision.checked.append("onnx_parity")
+    decision.promotable = not decision.reasons
+    return decision
+
+
+def promote(ws: Workspace, version: str | None = None, check_only: bool = False) -> PromotionDecision:
+    """Check and, unless ``check_only``, move ``champion`` to the version and taint its predecessors."""
+    decision = check(ws, version)
+    if check_only or not decision.promotable:
+        return decision
+    client = registry.client(ws)
+    name = ws.settings.project.model_name
+    client.set_registered_model_alias(name, "champion", decision.version)
+    if registry.resolve_version(ws, "candidate") == decision.version:
+        client.delete_registered_model_alias(name, "candidate")
+    decision.promoted = True
+    for other in client.search_model_versions(f"name='{name}'"):
+        if int(other.version) < int(decision.version) and other.tags.get(TAINTED_TAG) != "true":
+            client.set_model_version_tag(name, other.version, TAINTED_TAG, "true")
+            client.set_model_version_tag(
+                name, other.version, registry.TAG_PREFIX + "tainted_reason",
+                f"trained on data deleted before v{decision.version} was promoted",
+            )
+            decision.tainted.append(str(other.version))
+    return decision
