@@ -139,3 +139,16 @@ def test_log_grid_search_and_off_front_candidates(class_task):
         if ok:
             assert candidate["chosen"]["step"] == min(ok)
     assert result.details["target_reached"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine: GPU parity not run")
+def test_cpu_and_gpu_choose_the_same_layer_and_step(class_task):
+    model, inputs = class_task
+    method, config = _slug()
+    cpu = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
+    gpu = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cuda"))
+    assert gpu.changed_parameters.keys() == cpu.changed_parameters.keys()
+    for name in cpu.changed_parameters:
+        assert gpu.changed_parameters[name] == pytest.approx(cpu.changed_parameters[name], rel=1e-3)
+    for (n, p_cpu), (_, p_gpu) in zip(cpu.model.named_parameters(), gpu.model.named_parameters()):
+        torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-4, atol=1e-5, msg=n)

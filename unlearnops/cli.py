@@ -143,7 +143,7 @@ def request_submit(
     as_json: bool = JsonOption,
 ) -> None:
     """Validate and store a deletion request. Unknown or malformed ids are refused; nothing is stored."""
-    from unlearnops.intake import submit
+    from unlearnops.intake import receipt, submit
     from unlearnops.requests import RequestRejected
 
     ws = _workspace(workspace)
@@ -160,9 +160,8 @@ def request_submit(
         )
     except RequestRejected as exc:
         fail(f"request rejected: {exc}", ExitCode.REFUSED, as_json)
-    receipt = {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at}
     if as_json:
-        emit_json(receipt)
+        emit_json(receipt(stored, created))
     else:
         err.print(f"{'stored' if created else 'already stored'}: {stored.id} ({stored.state})")
 
@@ -186,6 +185,84 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
     Console().print(table)
 
 
+# -- intake channels and request inspection (issue 8) ---------------------------------------------------
+
+
+@request_app.command("show")
+def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Show one deletion request: its targets, state, dataset revision, model version, error."""
+    from unlearnops.requests import RequestStore
+
+    ws = _workspace(workspace)
+    try:
+        stored = RequestStore(ws.requests_db).get(request_id)
+    except KeyError:
+        fail(f"no request {request_id!r}", ExitCode.REFUSED, as_json)
+    if as_json:
+        emit_json(stored.model_dump(mode="json"))
+    else:
+        Console().print_json(stored.model_dump_json())
+
+
+@request_app.command("import")
+def request_import(directory: Path = typer.Argument(..., help="Drop directory of *.json / *.csv request files."),
+                   workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Take in a drop directory: each file is stored whole and moved to done/, or refused whole and moved
+    to rejected/ with a reason file. Exit 1 if any file was rejected."""
+    from unlearnops.intake import import_directory
+
+    ws = _workspace(workspace)
+    if not directory.is_dir():
+        fail(f"no directory {directory}")
+    results = import_directory(ws, directory)
+    if as_json:
+        emit_json(results)
+    else:
+        for r in results:
+            detail = ", ".join(x["id"] for x in r["receipts"]) if r["status"] == "done" else r["reason"]
+            err.print(f"{r['file']}: {r['status']} ({detail})")
+    if any(r["status"] == "rejected" for r in results):
+        raise typer.Exit(ExitCode.REFUSED)
+
+
+@app.command("serve-intake")
+def serve_intake(host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+                 port: int = typer.Option(8765, min=1, max=65535),
+                 workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Serve the HTTP intake (POST /requests, GET /requests/ID) with bearer-token authentication; the token
+    is UNLEARNOPS_INTAKE_TOKEN or the file .unlearnops/keys/intake.token (created on first start)."""
+    import uvicorn
+
+    from unlearnops.service import TOKEN_ENV, TOKEN_FILE, create_app, load_or_create_token
+
+    ws = _workspace(workspace)
+    token = load_or_create_token(ws)
+    source = TOKEN_ENV if os.environ.get(TOKEN_ENV) else ws.keys_dir / TOKEN_FILE
+    err.print(f"intake on http://{host}:{port}/requests; bearer token from {source}")
+    uvicorn.run(create_app(ws, token), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. "0 2 * * *".'),
+             interval: Optional[float] = typer.Option(None, min=1, help="Or: seconds between runs."),
+             port: Optional[int] = typer.Option(None, help="Port of the local Prefect server (default: free)."),
+             workspace: Optional[Path] = WorkspaceOption) -> None:
+    """Run the deletion flow on a schedule until interrupted: every run batches all pending requests, one
+    run at a time. Uses PREFECT_API_URL, or starts a local Prefect server (sqlite in the workspace)."""
+    from unlearnops import schedule as scheduling
+
+    if (cron is None) == (interval is None):
+        fail("give exactly one of --cron and --interval")
+    ws = _workspace(workspace)
+    if os.environ.get("PREFECT_API_URL"):
+        scheduling.serve(ws, cron=cron, interval=interval)
+        return
+    with scheduling.local_server(ws, port) as api_url:
+        os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported by serve()
+        err.print(f"Prefect server {api_url}; serving deletion runs ({cron or f'every {interval:g} s'})")
+        scheduling.serve(ws, cron=cron, interval=interval)
+
+
 def _parse_overrides(items: list[str]) -> dict[str, str]:
     overrides = {}
     for item in items:
@@ -196,10 +273,21 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device: str | None) -> dict | None:
+def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device: str | None,
+                      wait: float = 0.0, orchestrate: bool = True) -> dict | None:
+    """One run over the pending requests: a Prefect flow run, or the same steps in this process."""
+    if not orchestrate:
+        from unlearnops import steps
+        from unlearnops.durable import WorkspaceBusy
+
+        try:
+            batch = steps.process_pending(ws, method, overrides or None, device, wait=wait)
+        except WorkspaceBusy as exc:
+            return {"skipped": str(exc)}
+        return None if batch is None else steps.summary(batch)
     from unlearnops.pipelines.deletion import deletion_flow
 
-    return deletion_flow(str(ws.root), method=method, method_config=overrides or None, device=device)
+    return deletion_flow(str(ws.root), method=method, method_config=overrides or None, device=device, wait=wait)
 
 
 @app.command()
@@ -209,10 +297,14 @@ def run(
     ),
     config: list[str] = typer.Option([], "--config", help="Method config override key=value; repeatable."),
     device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
+    wait: float = typer.Option(0.0, min=0, help="Seconds to wait for a run that holds the workspace."),
+    prefect: bool = typer.Option(True, "--prefect/--no-prefect",
+                                 help="Run as a Prefect flow run, or the same steps in this process."),
     workspace: Optional[Path] = WorkspaceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Run the deletion flow once over all pending requests (a Prefect flow run)."""
+    """Run the deletion flow once over all pending requests (a Prefect flow run). An unfinished batch left
+    by a crash is resumed first; a run that finds another run holding the workspace exits at once (0)."""
     from unlearnops.methods import PluginError, load_plugins, parse_config
 
     ws = _workspace(workspace)
@@ -226,13 +318,15 @@ def run(
         fail(str(exc), ExitCode.ERROR, as_json)
     try:
         with stdout_to_stderr(as_json):
-            result = run_deletion_flow(ws, method, overrides, device)
+            result = run_deletion_flow(ws, method, overrides, device, wait=wait, orchestrate=prefect)
     except PluginError as exc:  # the batch's requests are marked failed (retryable) with this reason
         fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json(result or {"result": "no pending deletion requests"})
     elif result is None:
         err.print("no pending deletion requests")
+    elif "skipped" in result:
+        err.print(f"skipped: {result['skipped']}")
     else:
         print_summary(result)
 

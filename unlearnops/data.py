@@ -3,6 +3,7 @@ with DVC (``data.dvc`` committed to the workspace's git, data pushed to the work
 
 from __future__ import annotations
 
+import os
 import subprocess
 from contextlib import chdir
 from dataclasses import dataclass
@@ -12,7 +13,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from unlearnops import faults
 from unlearnops.datasets import MANIFEST_COLUMNS
+from unlearnops.durable import fsync_dir
 from unlearnops.workspace import Workspace
 
 FEATURES_FILE = "features.npy"
@@ -65,14 +68,38 @@ def save_dataset(path: Path, dataset: Dataset) -> None:
         raise DataError(f"manifest lacks columns {sorted(missing)}")
     if len(dataset.features) != len(dataset.manifest):
         raise DataError("features and manifest differ in length")
-    # Write to temporary names first so a crash never leaves a half-written pair.
+    # Write both files under temporary names first, then rename features, then manifest: a crash leaves
+    # either the old pair, the new pair, or a state that recover_dataset() rolls forward.
     tmp_features = path / (FEATURES_FILE + ".tmp")
     tmp_manifest = path / (MANIFEST_FILE + ".tmp")
     with open(tmp_features, "wb") as fh:
         np.save(fh, np.ascontiguousarray(dataset.features, dtype=np.float32))
+        fh.flush()
+        os.fsync(fh.fileno())
     dataset.manifest.to_parquet(tmp_manifest, index=False)
+    with open(tmp_manifest, "rb") as fh:
+        os.fsync(fh.fileno())
     tmp_features.replace(path / FEATURES_FILE)
+    fsync_dir(path)
+    faults.point("dataset_version.features_replaced")
     tmp_manifest.replace(path / MANIFEST_FILE)
+    fsync_dir(path)
+
+
+def recover_dataset(path: Path) -> None:
+    """Finish or undo a :func:`save_dataset` that a crash interrupted.
+
+    The features file is renamed only after both temporary files are complete, so a lone manifest
+    temporary means the new features are in place: roll forward. Any other leftover temporary may be
+    half-written: remove it (the old pair is intact).
+    """
+    tmp_features = path / (FEATURES_FILE + ".tmp")
+    tmp_manifest = path / (MANIFEST_FILE + ".tmp")
+    if tmp_manifest.is_file() and not tmp_features.exists():
+        tmp_manifest.replace(path / MANIFEST_FILE)
+        fsync_dir(path)
+    tmp_features.unlink(missing_ok=True)
+    tmp_manifest.unlink(missing_ok=True)
 
 
 def load_dataset(path: Path, mmap: bool = True) -> Dataset:

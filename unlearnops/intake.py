@@ -1,22 +1,39 @@
-"""Request intake: one path for every channel (CLI, Python API, later files and HTTP)."""
+"""Request intake: one path for every channel (CLI, Python API, drop directory, HTTP).
+
+Every channel validates with the same schema (:func:`parse_request`), checks the request against the
+current dataset and stores it through :func:`submit`; refused input stores nothing.
+"""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from pydantic import ValidationError
 
 from unlearnops import data
-from unlearnops.locate import check_request
+from unlearnops.locate import check_request, locate
 from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore, StoredRequest
 from unlearnops.workspace import Workspace
 
+MAX_FILE_BYTES = 1 << 20
+MAX_REQUESTS_PER_FILE = 1000
+CSV_COLUMNS = ("subject_ids", "sample_ids", "content_sha256", "reason", "idempotency_key")
 
-def parse_request(payload: dict[str, Any] | DeletionRequest) -> DeletionRequest:
+
+def parse_request(payload: Any) -> DeletionRequest:
     """Validate a request payload; a :class:`RequestRejected` says what is wrong, field by field."""
     if isinstance(payload, DeletionRequest):
         return payload
+    if not isinstance(payload, dict):
+        raise RequestRejected(f"a request is a JSON object, not {type(payload).__name__}")
     try:
         return DeletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -27,14 +44,149 @@ def parse_request(payload: dict[str, Any] | DeletionRequest) -> DeletionRequest:
         raise RequestRejected(problems) from None
 
 
-def submit(ws: Workspace, payload: dict[str, Any] | DeletionRequest) -> tuple[StoredRequest, bool]:
-    """Validate, check against the current dataset, and store. Returns (stored request, newly created)."""
+def receipt(stored: StoredRequest, created: bool) -> dict[str, Any]:
+    """What the submitter gets back: the request id, its state, and whether this call stored it."""
+    return {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at}
+
+
+def _already_deleted(request: DeletionRequest, store: RequestStore) -> StoredRequest | None:
+    """The earliest stored request that covers every target of ``request`` that the dataset lacks, or
+    None when some target was never asked for."""
+    earlier = [r for r in store.list() if r.state != "rejected"]
+    covered: dict[str, set[str]] = {"subject_ids": set(), "sample_ids": set(), "content_sha256": set()}
+    for r in earlier:
+        covered["subject_ids"] |= set(r.request.subject_ids)
+        covered["sample_ids"] |= set(r.request.sample_ids) | set(r.located_sample_ids)
+        covered["content_sha256"] |= set(r.request.content_sha256)
+    for field_name, wanted in (("subject_ids", request.subject_ids), ("sample_ids", request.sample_ids),
+                               ("content_sha256", request.content_sha256)):
+        if not set(wanted) <= covered[field_name]:
+            return None
+    for r in earlier:
+        if (set(request.subject_ids) & set(r.request.subject_ids)
+                or set(request.sample_ids) & (set(r.request.sample_ids) | set(r.located_sample_ids))
+                or set(request.content_sha256) & set(r.request.content_sha256)):
+            return r
+    return None
+
+
+def submit(ws: Workspace, payload: Any) -> tuple[StoredRequest, bool]:
+    """Validate, check against the current dataset, and store. Returns (stored request, newly created).
+
+    A repeated idempotency key, or a request whose every target is already deleted or awaiting deletion
+    under an earlier request, is an idempotent no-op that returns that earlier request."""
     request = parse_request(payload)
     store = RequestStore(ws.requests_db)
     if request.idempotency_key:
-        for existing in store.list():
-            if existing.request.idempotency_key == request.idempotency_key:
-                return existing, False
+        existing = store.by_idempotency_key(request.idempotency_key)
+        if existing is not None:
+            return existing, False
     manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
-    check_request(request, manifest)
+    try:
+        check_request(request, manifest)
+    except RequestRejected:
+        earlier = _already_deleted(request, store)
+        if earlier is None:
+            raise
+        if not locate(request, manifest).sample_ids:
+            return earlier, False
     return store.add(request)
+
+
+# -- drop directory -------------------------------------------------------------------------------------
+
+
+def _split_cell(cell: str | None) -> list[str]:
+    return [v for v in re.split(r"[;\s]+", cell or "") if v]
+
+
+def read_request_file(path: Path) -> list[dict[str, Any]]:
+    """The request payloads of one drop file: JSON (an object or a list of objects) or CSV (one request
+    per row; columns among :data:`CSV_COLUMNS`, several ids in a cell separated by ``;`` or spaces)."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise RequestRejected(f"file larger than {MAX_FILE_BYTES} bytes ({size})")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestRejected(f"file is not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    if path.suffix.lower() == ".json":
+        try:
+            content = json.loads(text)
+        except ValueError as exc:
+            raise RequestRejected(f"malformed JSON: {exc}") from None
+        payloads = content if isinstance(content, list) else [content]
+    else:
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+            unknown = sorted(set(reader.fieldnames or []) - set(CSV_COLUMNS))
+            if unknown or not reader.fieldnames:
+                raise RequestRejected(f"CSV columns must be among {', '.join(CSV_COLUMNS)}; got {unknown or 'none'}")
+            payloads = []
+            for row in reader:
+                if None in row:
+                    raise RequestRejected(f"CSV line {reader.line_num} has more cells than columns")
+                payload: dict[str, Any] = {k: _split_cell(row.get(k)) for k in CSV_COLUMNS[:3]}
+                for key in ("reason", "idempotency_key"):
+                    if (row.get(key) or "").strip():
+                        payload[key] = row[key]
+                payloads.append(payload)
+        except csv.Error as exc:
+            raise RequestRejected(f"malformed CSV: {exc}") from None
+    if not payloads:
+        raise RequestRejected("the file holds no request")
+    if len(payloads) > MAX_REQUESTS_PER_FILE:
+        raise RequestRejected(f"more than {MAX_REQUESTS_PER_FILE} requests in one file")
+    return payloads
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}-{path.name}"
+    path.replace(target)
+    return target
+
+
+def import_directory(ws: Workspace, directory: Path) -> list[dict[str, Any]]:
+    """Take in every ``*.json`` and ``*.csv`` file of a drop directory (names starting with ``.`` are
+    skipped: write there, then rename). A file is all or nothing: every request in it is valid and stored,
+    and the file moves to ``done/`` with ``<name>.receipts.json``; or nothing of it is stored and it moves to
+    ``rejected/`` with ``<name>.reason.txt``. Requests without an idempotency key get one derived from the
+    file's content, so importing a file again (say, after a crash) stores nothing twice."""
+    directory = Path(directory)
+    results = []
+    for path in sorted(directory.iterdir()):
+        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in (".json", ".csv"):
+            continue
+        try:
+            payloads = read_request_file(path)
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            requests = []
+            for i, payload in enumerate(payloads):
+                if isinstance(payload, dict) and not payload.get("idempotency_key"):
+                    payload = {**payload, "idempotency_key": f"file-{digest}-{i}"}
+                try:
+                    requests.append(parse_request(payload))
+                except RequestRejected as exc:
+                    raise RequestRejected(f"request {i}: {exc}") from None
+            manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+            store = RequestStore(ws.requests_db)
+            for i, request in enumerate(requests):
+                if store.by_idempotency_key(request.idempotency_key) is None:
+                    try:
+                        check_request(request, manifest)
+                    except RequestRejected as exc:
+                        if _already_deleted(request, store) is None:
+                            raise RequestRejected(f"request {i}: {exc}") from None
+            receipts = [receipt(*submit(ws, request)) for request in requests]
+        except RequestRejected as exc:
+            moved = _move(path, directory / "rejected")
+            (moved.parent / f"{moved.name}.reason.txt").write_text(f"{exc}\n")
+            results.append({"file": path.name, "status": "rejected", "reason": str(exc)})
+            continue
+        moved = _move(path, directory / "done")
+        (moved.parent / f"{moved.name}.receipts.json").write_text(json.dumps(receipts, indent=2) + "\n")
+        results.append({"file": path.name, "status": "done", "receipts": receipts})
+    return results

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from unlearnops import registry
+from unlearnops.durable import workspace_lock
 from unlearnops.verification import verify_version
 from unlearnops.workspace import Workspace
 
@@ -106,9 +107,17 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
 
 
 def promote(ws: Workspace, version: str | None = None, check_only: bool = False) -> PromotionDecision:
-    """Check and, unless ``check_only``, move ``champion`` to the version and taint its predecessors."""
+    """Check and, unless ``check_only``, move ``champion`` to the version and taint its predecessors.
+    Holds the workspace lock, so a promotion never lands in the middle of a deletion batch."""
+    if check_only:
+        return check(ws, version)
+    with workspace_lock(ws.state_dir, wait=60.0, purpose="promotion"):
+        return _promote_locked(ws, version)
+
+
+def _promote_locked(ws: Workspace, version: str | None) -> PromotionDecision:
     decision = check(ws, version)
-    if check_only or not decision.promotable:
+    if not decision.promotable:
         return decision
     client = registry.client(ws)
     name = ws.settings.project.model_name

@@ -73,6 +73,35 @@ def _candidates_plot(details: dict[str, Any]) -> str | None:
     return uri
 
 
+def _search_plot(details: dict[str, Any]) -> str | None:
+    """The step search of each candidate layer: the target metric and the utility drop against λ."""
+    candidates = [c for c in (details.get("candidates") or []) if c.get("trace")]
+    if not candidates:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, (target_ax, utility_ax) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for c in candidates:
+        trace = sorted(c["trace"], key=lambda e: e["step"])
+        steps = [e["step"] for e in trace]
+        key = "auc" if "auc" in trace[0] else "class_accuracy"
+        target_ax.plot(steps, [e[key] for e in trace], "o-", ms=3, label=c["layer"])
+        utility_ax.plot(steps, [e["utility_drop"] for e in trace], "o-", ms=3, label=c["layer"])
+        if c.get("chosen"):
+            target_ax.axvline(c["chosen"]["step"], ls=":", lw=1)
+    target_ax.set(xscale="log", xlabel="λ (relative to ‖W‖)", ylabel="attack AUC / class accuracy",
+                  title="step search: target")
+    utility_ax.set(xscale="log", xlabel="λ (relative to ‖W‖)", ylabel="held-out accuracy drop",
+                   title="step search: utility")
+    target_ax.legend(fontsize=7)
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
@@ -117,6 +146,9 @@ def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.n
     explanation = _candidates_plot(unlearn_details)
     if explanation:
         sections += ["<h2>Method explanation</h2>", f'<img alt="layer candidates" src="{explanation}">']
+        search = _search_plot(unlearn_details)
+        if search:
+            sections.append(f'<img alt="step search" src="{search}">')
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unlearnops report</title>"

@@ -173,6 +173,11 @@ class RequestStore:
             row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
             return self._row(row), True
 
+    def by_idempotency_key(self, key: str) -> StoredRequest | None:
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM requests WHERE idempotency_key = ?", (key,)).fetchone()
+        return None if row is None else self._row(row)
+
     def get(self, request_id: str) -> StoredRequest:
         with self._connect() as db:
             row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()

@@ -1,10 +1,17 @@
 """The steps of the deletion flow as plain functions (the Prefect flow in ``pipelines/deletion.py`` is a thin
 wrapper). Each step reads and writes the batch record ``runs/<run_id>/batch.json`` so that a step can be run,
 tested or retried on its own.
+
+Crash safety: a step's completion is recorded in the batch (written atomically) after its effects are on
+disk. A run first resumes the workspace's unfinished batch, if any, at its first unfinished step; the steps
+with external effects detect work an interrupted attempt already did (a committed dataset version, a
+registered model version) instead of repeating it. :func:`process_pending` runs the steps under the
+workspace lock without Prefect; the flow calls the same functions.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 import uuid
@@ -17,8 +24,9 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from unlearnops import certificate, data, gates, registry
+from unlearnops import certificate, data, faults, gates, registry
 from unlearnops.data import load_dataset
+from unlearnops.durable import atomic_write_bytes, atomic_write_text, workspace_lock
 from unlearnops.gates import GateResult
 from unlearnops.locate import locate
 from unlearnops.report import SCORES_FILE, write_report
@@ -26,6 +34,9 @@ from unlearnops.requests import RequestStore, keyed_hash
 from unlearnops.workspace import Workspace
 
 FORGET_FILE = "forget.npz"
+#: The steps of a batch, in order. ``locate`` opens the batch; ``unlearn`` climbs the method ladder with the
+#: gates after each rung; ``finalize`` closes the batch.
+STEPS = ("locate", "dataset_version", "unlearn", "export", "register", "finalize")
 
 
 class NothingToDo(Exception):
@@ -66,20 +77,39 @@ class Batch(BaseModel):
     #: Failures of after-certification plugin hooks (reported, not fatal: the version is registered).
     hook_errors: list[str] = Field(default_factory=list)
     step_seconds: dict[str, float] = Field(default_factory=dict)
+    completed: list[str] = Field(default_factory=list)
+    resumed: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return "finalize" in self.completed
+
+    def remaining(self) -> list[str]:
+        return [step for step in STEPS if step not in self.completed]
 
     def run_dir(self, ws: Workspace) -> Path:
         return ws.runs_dir / self.run_id
 
     def save(self, ws: Workspace) -> None:
-        path = self.run_dir(ws) / "batch.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.model_dump_json(indent=2))
-        tmp.replace(path)
+        atomic_write_text(self.run_dir(ws) / "batch.json", self.model_dump_json(indent=2))
 
     @classmethod
     def load(cls, ws: Workspace, run_id: str) -> "Batch":
         return cls.model_validate_json((ws.runs_dir / run_id / "batch.json").read_text())
+
+
+def open_batches(ws: Workspace) -> list[Batch]:
+    """Batches that were started but not finalized (normally none, or the one a crash interrupted)."""
+    batches = [Batch.model_validate_json(p.read_text()) for p in sorted(ws.runs_dir.glob("*/batch.json"))]
+    return sorted((b for b in batches if not b.finished), key=lambda b: (b.created_at, b.run_id))
+
+
+def _complete(ws: Workspace, batch: Batch, step: str) -> None:
+    """Record that ``step`` is done (atomically), then honour a fault injected after it."""
+    if step not in batch.completed:
+        batch.completed.append(step)
+    batch.save(ws)
+    faults.point(step)
 
 
 @contextmanager
@@ -152,6 +182,24 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         dataset_before=data.current_version(ws).to_dict(),
     )
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
+    _complete(ws, batch, "locate")
+    return batch
+
+
+def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
+    """The unfinished batch of the workspace if there is one, else a new batch over the pending requests
+    (:class:`NothingToDo` when none). A method or config asked for explicitly replaces a resumed batch's
+    as long as its model is not registered yet (e.g. to retry a batch whose method failed)."""
+    unfinished = open_batches(ws)
+    if not unfinished:
+        return locate_pending(ws, method, method_config)
+    batch = unfinished[0]
+    batch.resumed += 1
+    ladder = [method] if method else batch.ladder
+    config = batch.requested_config if method_config is None else method_config
+    if "register" not in batch.completed and (ladder, config) != (batch.ladder, batch.requested_config):
+        batch.ladder, batch.requested_config, batch.method = ladder, config, ladder[0]
+        batch.completed = [s for s in batch.completed if s in ("locate", "dataset_version")]
     batch.save(ws)
     return batch
 
@@ -161,27 +209,34 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
 
 def cut_dataset_version(ws: Workspace, batch: Batch) -> Batch:
     """Keep the forget samples for unlearning in the run directory, then commit a dataset version
-    without them (DVC add + push to the workspace remote + git commit of ``data.dvc``)."""
+    without them (DVC add + push to the workspace remote + git commit of ``data.dvc``).
+
+    Re-running after an interruption is safe: a half-replaced dataset is rolled forward, samples already
+    removed are not looked for again, and the commit happens only if ``data.dvc`` changed, so a batch makes
+    at most one dataset revision."""
     with timed(batch, "dataset_version", ws):
+        data.recover_dataset(ws.data_dir)
         dataset = load_dataset(ws.data_dir, mmap=False)
         present = dataset.manifest["sample_id"].isin(batch.forget_ids).to_numpy()
         forget_path = batch.run_dir(ws) / FORGET_FILE
-        if present.any() and not forget_path.is_file():
-            forget = dataset.select(present)
-            np.savez(
-                forget_path,
-                features=forget.features,
-                labels=forget.labels,
-                sample_ids=forget.manifest["sample_id"].to_numpy(dtype=str),
-                split=forget.manifest["split"].to_numpy(dtype=str),
-            )
         if present.any():
+            if not forget_path.is_file():
+                forget = dataset.select(present)
+                buffer = io.BytesIO()
+                np.savez(
+                    buffer,
+                    features=forget.features,
+                    labels=forget.labels,
+                    sample_ids=forget.manifest["sample_id"].to_numpy(dtype=str),
+                    split=forget.manifest["split"].to_numpy(dtype=str),
+                )
+                atomic_write_bytes(forget_path, buffer.getvalue())
             data.save_dataset(ws.data_dir, dataset.select(~present))
-            version = data.commit_dataset_version(
-                ws, f"remove {int(present.sum())} samples for {', '.join(batch.request_ids)} (run {batch.run_id})"
-            )
-        else:
-            version = data.current_version(ws)
+        removed = len(batch.forget_ids)
+        version = data.commit_dataset_version(
+            ws, f"remove {removed} samples for {', '.join(batch.request_ids)} (run {batch.run_id})"
+        )
+        faults.point("dataset_version.committed")
         batch.dataset_after = version.to_dict()
     return batch
 
@@ -422,49 +477,82 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     }
 
 
+def _registered_version(ws: Workspace, batch: Batch) -> str | None:
+    """The model version an earlier, interrupted attempt of this batch registered, if any. MLflow runs of
+    the attempt that never got a version are deleted so they cannot be mistaken for results."""
+    import mlflow
+
+    mlflow_client = registry.client(ws)
+    experiment = mlflow.get_experiment_by_name(registry.EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = mlflow_client.search_runs(
+        [experiment.experiment_id], filter_string=f"tags.`{registry.TAG_PREFIX}run_id` = '{batch.run_id}'"
+    )
+    found = None
+    for run in runs:
+        versions = mlflow_client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        if versions:
+            found = str(versions[0].version)
+        else:
+            mlflow_client.delete_run(run.info.run_id)
+    return found
+
+
 def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
     """Sign the certificate and register the unlearned model as a new version. Alias ``candidate`` moves
-    to it only when every gate passed."""
+    to it only when every gate passed. A version that an interrupted attempt already registered is
+    completed (tags, alias), never registered twice."""
     from unlearnops.certificate import load_or_create_signing_key, sign, write
 
     with timed(batch, "register", ws):
         run_dir = batch.run_dir(ws)
-        signed = sign(build_certificate(ws, batch), load_or_create_signing_key(ws.keys_dir))
-        write(signed, run_dir / "certificate.json")
-        (run_dir / "unlearn.json").write_text(json.dumps(batch.unlearn, indent=2, default=str))
-        with np.load(run_dir / SCORES_FILE) as arrays:
-            scores = {k: arrays[k] for k in arrays.files}
-        explained = next((r["details"] for r in batch.rungs if (r.get("details") or {}).get("candidates")), {})
-        write_report(run_dir / "report.html", signed, scores, explained)
         certified = batch.status == "pass"
-        registered = registry.register_model(
-            ws,
-            _unlearned_model(ws, batch),
-            run_name=f"unlearn-{batch.run_id}",
-            params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
-            metrics=batch.metrics,
-            tags={
-                "kind": "unlearned",
-                "parent_version": batch.parent_version,
-                "dataset_rev": batch.dataset_after["git_rev"],
-                "dataset_md5": batch.dataset_after["dvc_md5"],
-                "requests": ",".join(batch.request_ids)[:5000],
-                "method": batch.method,
-                "certificate_status": signed["status"],
-                "weights_sha256": batch.weights_sha256 or "",
-                "onnx_sha256": (batch.onnx or {}).get("sha256", ""),
-                "run_id": batch.run_id,
-            },
-            artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json", "unlearn.json",
-                                             "report.html")],
-            aliases=("candidate",) if certified else (),
-        )
-        batch.registered_version = registered.version
+        tags = {
+            "kind": "unlearned",
+            "parent_version": batch.parent_version,
+            "dataset_rev": batch.dataset_after["git_rev"],
+            "dataset_md5": batch.dataset_after["dvc_md5"],
+            "requests": ",".join(batch.request_ids)[:5000],
+            "method": batch.method,
+            "certificate_status": "certified" if certified else f"not-certified ({batch.status})",
+            "weights_sha256": batch.weights_sha256 or "",
+            "onnx_sha256": (batch.onnx or {}).get("sha256", ""),
+            "run_id": batch.run_id,
+        }
+        version = _registered_version(ws, batch)
+        mlflow_client = registry.client(ws)
+        name = ws.settings.project.model_name
+        if version is None:
+            signed = sign(build_certificate(ws, batch), load_or_create_signing_key(ws.keys_dir))
+            write(signed, run_dir / "certificate.json")
+            (run_dir / "unlearn.json").write_text(json.dumps(batch.unlearn, indent=2, default=str))
+            with np.load(run_dir / SCORES_FILE) as arrays:
+                scores = {k: arrays[k] for k in arrays.files}
+            explained = next((r["details"] for r in batch.rungs if (r.get("details") or {}).get("candidates")), {})
+            write_report(run_dir / "report.html", signed, scores, explained)
+            version = registry.register_model(
+                ws,
+                _unlearned_model(ws, batch),
+                run_name=f"unlearn-{batch.run_id}",
+                params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
+                metrics=batch.metrics,
+                tags=tags,
+                artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json",
+                                                 "unlearn.json", "report.html")],
+            ).version
+            faults.point("register.version_created")
+        else:  # the version exists; its tags may not (the attempt died inside the registration)
+            for key, value in tags.items():
+                mlflow_client.set_model_version_tag(name, version, registry.TAG_PREFIX + key, value)
+        if certified:
+            mlflow_client.set_registered_model_alias(name, "candidate", version)
+        batch.registered_version = version
         from unlearnops.methods import load_plugins
 
         batch.hook_errors = load_plugins().after_certify({
-            "run_id": batch.run_id, "request_ids": batch.request_ids, "registered_version": registered.version,
-            "status": signed["status"], "certificate": signed,
+            "run_id": batch.run_id, "request_ids": batch.request_ids, "registered_version": version,
+            "status": tags["certificate_status"], "certificate": json.loads((run_dir / "certificate.json").read_text()),
         })
     return batch
 
@@ -483,9 +571,46 @@ def finalize(ws: Workspace, batch: Batch) -> Batch:
 
 
 def mark_failed(ws: Workspace, batch: Batch | None, error: BaseException) -> None:
+    """Record a failed attempt on the batch's requests (retryable: the batch stays open and resumes)."""
     store = RequestStore(ws.requests_db)
     ids = batch.request_ids if batch else [r.id for r in store.pending()]
     store.mark_failed(ids, f"{type(error).__name__}: {error}")
+
+
+def run_step(ws: Workspace, batch: Batch, step: str, device: str | None = None) -> Batch:
+    """Run one step of an open batch unless it is already complete; record its completion."""
+    if step in batch.completed:
+        return batch
+    if step == "unlearn":
+        batch = unlearn_with_escalation(ws, batch, device=device)
+    else:
+        batch = STEP_FUNCTIONS[step](ws, batch)
+    _complete(ws, batch, step)
+    return batch
+
+
+def process_pending(
+    ws: Workspace,
+    method: str | None = None,
+    method_config: dict | None = None,
+    device: str | None = None,
+    wait: float = 0.0,
+) -> Batch | None:
+    """Resume the unfinished batch or open a new one over the pending requests, and run its remaining
+    steps, all under the workspace lock (:class:`~unlearnops.durable.WorkspaceBusy` when another run holds
+    it longer than ``wait`` seconds). Returns the finished batch, or None when nothing is pending."""
+    with workspace_lock(ws.state_dir, wait=wait):
+        try:
+            batch = open_or_resume(ws, method, method_config)
+        except NothingToDo:
+            return None
+        try:
+            for step in batch.remaining():
+                batch = run_step(ws, batch, step, device=device)
+        except BaseException as exc:
+            mark_failed(ws, batch, exc)
+            raise
+        return batch
 
 
 def summary(batch: Batch) -> dict[str, Any]:
@@ -521,4 +646,13 @@ def summary(batch: Batch) -> dict[str, Any]:
         "dataset_rev_after": (batch.dataset_after or {}).get("git_rev"),
         "step_seconds": batch.step_seconds,
         "hook_errors": batch.hook_errors,
+        "resumed": batch.resumed,
     }
+
+
+STEP_FUNCTIONS = {
+    "dataset_version": cut_dataset_version,
+    "export": export,
+    "register": certify_and_register,
+    "finalize": finalize,
+}

@@ -1,0 +1,49 @@
+"""The scheduled deletion flow on a real Prefect server (about 1-2 minutes): `unlearnops schedule` starts a
+local server on 127.0.0.1 and serves the flow every few seconds; a request submitted afterwards is processed
+by a scheduled run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.test_crash import submit_subjects, subprocess_env
+from unlearnops.requests import RequestStore
+
+
+@pytest.fixture
+def trained_small(tmp_path):
+    from tests.conftest import make_workspace
+    from unlearnops.project import train_base
+
+    ws = make_workspace(tmp_path / "ws", limit=400, epochs=2)
+    train_base(ws)
+    return ws
+
+
+def test_a_scheduled_run_processes_a_submitted_request(trained_small, tmp_path):
+    ws = trained_small
+    env = {**subprocess_env(), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
+    with open(tmp_path / "schedule.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "unlearnops.cli", "schedule", "--interval", "5",
+                                 "--workspace", str(ws.root)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        [request_id] = submit_subjects(ws, 1)
+        store = RequestStore(ws.requests_db)
+        deadline = time.monotonic() + 420
+        while store.get(request_id).state != "processed":
+            assert proc.poll() is None, (tmp_path / "schedule.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "schedule.log").read_text()[-3000:]
+            time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = store.get(request_id)
+    assert done.model_version == "2" and done.dataset_rev
