@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = (
     "unlearnops.plugins.slug",
     "unlearnops.plugins.retrain",
+    "unlearnops.plugins.ft",
     "unlearnops.plugins.ga",
     "unlearnops.plugins.builtin_gates",
     "unlearnops.plugins.builtin_locators",
