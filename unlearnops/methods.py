@@ -33,6 +33,7 @@ BUILTIN_PLUGINS = (
     "unlearnops.plugins.retrain",
     "unlearnops.plugins.ft",
     "unlearnops.plugins.ga",
+    "unlearnops.plugins.l1sparse",
     "unlearnops.plugins.builtin_gates",
     "unlearnops.plugins.builtin_locators",
     "unlearnops.plugins.builtin_exporters",
