@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "unlearnops.plugins.ft",
     "unlearnops.plugins.ga",
     "unlearnops.plugins.l1sparse",
+    "unlearnops.plugins.scrub",
     "unlearnops.plugins.ssd",
     "unlearnops.plugins.builtin_gates",
     "unlearnops.plugins.builtin_locators",
