@@ -54,7 +54,10 @@ def random_label_finetune(model, inputs: UnlearnInputs, config, device, clock: C
               if mask is None or (name in mask and bool(mask[name].any()))]
     masks = None if mask is None else [mask[name] for name, p in model.named_parameters()
                                        if name in mask and bool(mask[name].any())]
-    optimizer = make_optimizer(params, config.optimizer, config.lr, config.momentum, config.weight_decay)
+    # With a mask, weight decay is added to the gradient before masking, so unmasked weights stay put.
+    decay = config.weight_decay if masks is not None else 0.0
+    optimizer = make_optimizer(params, config.optimizer, config.lr, config.momentum,
+                               0.0 if masks is not None else config.weight_decay)
     # One dataset of relabelled forget samples and retain samples, shuffled together (as the reference
     # implementation concatenates them): each sample weighs the same.
     x = torch.cat([forget.x, retain.x]) if len(retain) else forget.x
@@ -69,7 +72,7 @@ def random_label_finetune(model, inputs: UnlearnInputs, config, device, clock: C
             if masks is not None:
                 for p, m in zip(params, masks):
                     if p.grad is not None:
-                        p.grad.mul_(m)
+                        p.grad.add_(p.detach(), alpha=decay).mul_(m)
             optimizer.step()
             step += 1
             losses.append(float(loss.detach()))
