@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 BUILTIN_PLUGINS = (
     "unlearnops.plugins.slug",
     "unlearnops.plugins.retrain",
+    "unlearnops.plugins.ft",
+    "unlearnops.plugins.ga",
+    "unlearnops.plugins.l1sparse",
+    "unlearnops.plugins.scrub",
+    "unlearnops.plugins.ssd",
     "unlearnops.plugins.builtin_gates",
     "unlearnops.plugins.builtin_locators",
     "unlearnops.plugins.builtin_exporters",

@@ -1,0 +1,201 @@
+"""Shared pieces of the classic unlearning methods (FT, GA, RL, SalUn, SSD, SCRUB, l1-sparse, Boundary Shrink).
+
+Not a plugin: registers nothing. Gives each method the same notion of
+
+* the forgetting target: sample-level forgetting aims at the model's held-out accuracy (what a retrained
+  model shows on data it never saw); class forgetting (every forget sample has one label that the
+  retain data lacks) aims at 0 accuracy on that class, as a retrained model shows;
+* a time budget (``max_seconds``): training loops stop early and say so in ``details``;
+* early stopping at the target (``stop_at_target``): the iterative methods check forget accuracy after every
+  optimizer step and stop once it is at or below the target, so they do not over-forget (an over-forgotten
+  forget set is as detectable as a remembered one);
+* a utility guard (``utility_guard``): a step that costs more held-out accuracy than the caller's
+  ``utility_max_drop`` is undone and training stops;
+* deterministic shuffling from ``config.seed`` (a CPU generator, so the order is the same on every device).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from unlearnops.methods import MethodConfig, Samples, UnlearnInputs
+
+
+class ClassicConfig(MethodConfig):
+    """Options every classic method shares."""
+
+    max_seconds: float | None = Field(None, gt=0, description="Time budget; training stops early when spent.")
+    stop_at_target: bool = Field(
+        True, description="Stop once forget accuracy is at or below the target (held-out accuracy; 0 for a class)."
+    )
+    utility_guard: bool = Field(
+        True, description="Undo the last step and stop when held-out accuracy falls more than utility_max_drop."
+    )
+    utility_budget: float = Field(
+        0.8, gt=0, le=1, description="Share of utility_max_drop the guard lets training spend (held-out vs test noise)."
+    )
+    target_tolerance: float = Field(0.0, ge=0, le=1, description="Stop at target + tolerance.")
+    batch_size: int = Field(64, ge=1)
+
+
+class Data:
+    """A sample group as tensors on the device."""
+
+    def __init__(self, samples: Samples, device, labels: np.ndarray | torch.Tensor | None = None):
+        self.x = torch.as_tensor(np.asarray(samples.features), dtype=torch.float32).to(device)
+        y = samples.labels if labels is None else labels
+        self.y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y, dtype=torch.long).to(device)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device) -> list[torch.Tensor]:
+    """One epoch of shuffled index batches (drawn on the CPU: the same order on every device)."""
+    order = torch.randperm(n, generator=generator).to(device)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, data: Data, batch_size: int = 1024) -> float:
+    if len(data) == 0:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    correct = sum(int((model(data.x[i : i + batch_size]).argmax(1) == data.y[i : i + batch_size]).sum())
+                  for i in range(0, len(data), batch_size))
+    model.train(was_training)
+    return correct / len(data)
+
+
+def n_classes(model: nn.Module, data: Data) -> int:
+    with torch.no_grad():
+        was_training = model.training
+        model.eval()
+        out = int(model(data.x[:1]).shape[1])
+        model.train(was_training)
+    return out
+
+
+class Target:
+    """Watches the forget set and held-out data during training: is the model at the target yet, and has it
+    kept its utility?
+
+    Sample-level forgetting: the target is the *current* held-out accuracy (the edit moves non-members too),
+    so forget samples end up looking like non-members. Class forgetting: 0 accuracy on the forget class,
+    utility measured on the held-out samples of the other classes. The utility guard (``utility_guard``):
+    when held-out accuracy falls more than ``utility_budget × inputs.utility_max_drop`` below the original, the last step is
+    undone and training stops.
+    """
+
+    def __init__(self, model: nn.Module, inputs: UnlearnInputs, forget: Data, config: ClassicConfig, device):
+        labels = np.unique(np.asarray(inputs.forget.labels))
+        retain_labels = set(np.asarray(inputs.retain.labels).tolist())
+        self.mode = "class" if len(labels) == 1 and labels[0] not in retain_labels else "sample"
+        holdout = inputs.holdout
+        if self.mode == "class":
+            keep = np.asarray(holdout.labels) != labels[0]
+            holdout = Samples(np.asarray(holdout.features)[keep], np.asarray(holdout.labels)[keep])
+        self.holdout = Data(holdout, device)
+        self.forget, self.config = forget, config
+        self.max_drop = inputs.utility_max_drop * config.utility_budget
+        self.holdout_accuracy_before = accuracy(model, self.holdout)
+        self.forget_accuracy_before = accuracy(model, forget)
+        self.reached_at: int | None = None
+        self.guard_at: int | None = None
+        self.checks = 0
+        self._last_good = self._state(model) if config.utility_guard else None
+
+    @staticmethod
+    def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def target(self, holdout_accuracy: float) -> float:
+        return 0.0 if self.mode == "class" else holdout_accuracy
+
+    def stop(self, model: nn.Module, step: int) -> bool:
+        """After an optimizer step: True when training should stop (target reached, or utility broken, in
+        which case the step has been undone)."""
+        if not (self.config.stop_at_target or self.config.utility_guard):
+            return False
+        self.checks += 1
+        holdout_accuracy = accuracy(model, self.holdout)
+        if self.config.utility_guard and self.holdout_accuracy_before - holdout_accuracy > self.max_drop:
+            model.load_state_dict(self._last_good)
+            self.guard_at = step
+            return True
+        if self.config.utility_guard:
+            self._last_good = self._state(model)
+        if self.config.stop_at_target and (accuracy(model, self.forget)
+                                           <= self.target(holdout_accuracy) + self.config.target_tolerance):
+            self.reached_at = step
+            return True
+        return False
+
+    def reached(self, model: nn.Module, step: int) -> bool:
+        return self.stop(model, step)
+
+    def details(self, model: nn.Module) -> dict:
+        holdout_accuracy = accuracy(model, self.holdout)
+        return {"target_mode": self.mode,
+                "forget_accuracy_before": self.forget_accuracy_before,
+                "forget_accuracy_after": accuracy(model, self.forget),
+                "holdout_accuracy_before": self.holdout_accuracy_before,
+                "holdout_accuracy_after": holdout_accuracy,
+                "target_forget_accuracy": self.target(holdout_accuracy),
+                "target_reached_at_step": self.reached_at,
+                "utility_guard_stopped_at_step": self.guard_at}
+
+
+class Clock:
+    """The time budget."""
+
+    def __init__(self, max_seconds: float | None):
+        self.started = time.perf_counter()
+        self.max_seconds = max_seconds
+        self.ran_out = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def expired(self) -> bool:
+        if self.max_seconds is not None and self.elapsed >= self.max_seconds:
+            self.ran_out = True
+        return self.ran_out
+
+    def details(self) -> dict:
+        return {"max_seconds": self.max_seconds, "stopped_by_time_budget": self.ran_out}
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Parameter name -> relative change, for exactly the parameters that changed."""
+    out = {}
+    for name, p in model.named_parameters():
+        old = before[name]
+        if not torch.equal(p.detach(), old):
+            out[name] = float((p.detach() - old).norm() / old.norm().clamp_min(1e-12))
+    return out
+
+
+def random_wrong_labels(labels: torch.Tensor, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly drawn class other than each true label."""
+    offset = torch.randint(1, classes, (len(labels),), generator=generator).to(labels.device)
+    return (labels + offset) % classes
+
+
+def make_optimizer(params, name: str, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+    """``"sgd"`` (with momentum) or ``"adam"``. Adam's normalized steps move a model that memorized its
+    training data (tiny losses, tiny gradients) where plain SGD at a paper's lr barely moves it."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
