@@ -18,8 +18,8 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, changed, make_optimizer, snapshot
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
 
 
 class FTConfig(ClassicConfig):
@@ -68,12 +68,12 @@ class FT(Method):
     def unlearn(self, model, inputs: UnlearnInputs, config: FTConfig, device) -> UnlearnResult:
         clock = Clock(config.max_seconds)
         torch.manual_seed(config.seed)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         target = Target(model, inputs, forget, config, device)
         details = finetune(model, retain, target, clock, config, device)
         details.update(target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

@@ -17,8 +17,8 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, changed, make_optimizer, snapshot
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
 
 
 class GAConfig(ClassicConfig):
@@ -39,7 +39,7 @@ class GA(Method):
         clock = Clock(config.max_seconds)
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         forget = Data(inputs.forget, device)
         target = Target(model, inputs, forget, config, device)
         optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
@@ -60,7 +60,7 @@ class GA(Method):
                 break
         model.eval()
         details = {"steps": step, "forget_losses": losses, **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

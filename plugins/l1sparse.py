@@ -20,9 +20,9 @@ import torch
 from pydantic import Field
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
 from unlearnops.plugins.ft import finetune
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, changed, snapshot
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target
 
 
 class L1SparseConfig(ClassicConfig):
@@ -49,7 +49,7 @@ class L1Sparse(Method):
     def unlearn(self, model, inputs: UnlearnInputs, config: L1SparseConfig, device) -> UnlearnResult:
         clock = Clock(config.max_seconds)
         torch.manual_seed(config.seed)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         sparsity_before = near_zero_share(model)
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         target = Target(model, inputs, forget, config, device)
@@ -61,7 +61,7 @@ class L1Sparse(Method):
         details = finetune(model, retain, target, clock, config, device, penalty=penalty)
         details.update({"near_zero_weights_before": sparsity_before, "near_zero_weights_after": near_zero_share(model)},
                        **target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

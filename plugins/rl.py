@@ -17,18 +17,9 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
 from unlearnops.plugins.zoo_common import (
-    ClassicConfig,
-    Clock,
-    Data,
-    Target,
-    batches,
-    changed,
-    make_optimizer,
-    n_classes,
-    random_wrong_labels,
-    snapshot,
+    ClassicConfig, Clock, Data, Target, batches, make_optimizer, n_classes, random_wrong_labels,
 )
 
 
@@ -94,10 +85,10 @@ class RL(Method):
 
     def unlearn(self, model, inputs: UnlearnInputs, config: RLConfig, device) -> UnlearnResult:
         clock = Clock(config.max_seconds)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         details, target = random_label_finetune(model, inputs, config, device, clock)
         details.update(target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

@@ -18,9 +18,9 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
 from unlearnops.plugins.rl import RLConfig, random_label_finetune
-from unlearnops.plugins.zoo_common import Clock, Data, changed, snapshot
+from unlearnops.plugins.zoo_common import Clock, Data
 
 
 class SalUnConfig(RLConfig):
@@ -60,7 +60,7 @@ class SalUn(Method):
 
     def unlearn(self, model, inputs: UnlearnInputs, config: SalUnConfig, device) -> UnlearnResult:
         clock = Clock(config.max_seconds)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         mask = saliency_mask(model, Data(inputs.forget, device), config.sparsity, config.per_tensor)
         details, target = random_label_finetune(model, inputs, config, device, clock, mask=mask)
         kept = sum(int(m.sum()) for m in mask.values())
@@ -68,7 +68,7 @@ class SalUn(Method):
         details.update({"mask_kept_share": kept / total,
                         "mask_kept_share_per_tensor": {n: float(m.mean()) for n, m in mask.items()}},
                        **target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

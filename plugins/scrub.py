@@ -22,8 +22,8 @@ from pydantic import Field
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, changed, make_optimizer, snapshot
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
 
 
 class SCRUBConfig(ClassicConfig):
@@ -58,7 +58,7 @@ class SCRUB(Method):
         clock = Clock(config.max_seconds)
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -100,7 +100,7 @@ class SCRUB(Method):
         details = {"steps": step, "max_phases_run": len(max_losses), "min_phases_run": len(min_losses),
                    "max_phase_losses": max_losses, "min_phase_losses": min_losses,
                    **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

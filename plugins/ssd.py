@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, accuracy, changed, snapshot
+from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, accuracy
 
 
 class SSDConfig(ClassicConfig):
@@ -78,7 +78,7 @@ class SSD(Method):
     def unlearn(self, model, inputs: UnlearnInputs, config: SSDConfig, device) -> UnlearnResult:
         clock = Clock(config.max_seconds)
         torch.manual_seed(config.seed)
-        before = snapshot(model)
+        before = parameter_snapshot(model)
         model.eval()
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         if config.reference == "train":
@@ -118,7 +118,7 @@ class SSD(Method):
                    "selected_share": sum(selected.values()) / total, "selected_per_tensor": selected,
                    "reference_batches": ref_batches, "forget_batches": forget_batches,
                    **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed(model, before),
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 
 

@@ -173,20 +173,6 @@ class Clock:
         return {"max_seconds": self.max_seconds, "stopped_by_time_budget": self.ran_out}
 
 
-def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
-def changed(model: nn.Module, before: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Parameter name -> relative change, for exactly the parameters that changed."""
-    out = {}
-    for name, p in model.named_parameters():
-        old = before[name]
-        if not torch.equal(p.detach(), old):
-            out[name] = float((p.detach() - old).norm() / old.norm().clamp_min(1e-12))
-    return out
-
-
 def random_wrong_labels(labels: torch.Tensor, classes: int, generator: torch.Generator) -> torch.Tensor:
     """A uniformly drawn class other than each true label."""
     offset = torch.randint(1, classes, (len(labels),), generator=generator).to(labels.device)
