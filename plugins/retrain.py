@@ -47,17 +47,19 @@ class Retrain(Method):
     def unlearn(self, model, inputs: UnlearnInputs, config: RetrainConfig, device) -> UnlearnResult:
         started = time.perf_counter()
         params = {**DEFAULT_TRAINING, **inputs.train_params}
+        for key in ("epochs", "batch_size", "lr"):
+            params[key] = getattr(config, key) or params[key]
+        params["seed"] = config.seed
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
-        fresh = train_model(
+        train = inputs.train_function or train_model
+        fresh = train(
             inputs.model_factory() if inputs.model_factory else _reinitialized(model),
             retain.features,
             retain.labels,
-            epochs=config.epochs or params["epochs"],
-            batch_size=config.batch_size or params["batch_size"],
-            lr=config.lr or params["lr"],
-            seed=config.seed,
             device=device,
-        )
+            progress=None,
+            **params,
+        ).to(device)
         old = dict(model.named_parameters())
         changed = {
             name: float((p.detach() - old[name].detach()).norm() / old[name].detach().norm().clamp_min(1e-12))
@@ -68,7 +70,7 @@ class Retrain(Method):
             method=self.name,
             changed_parameters=changed,
             seconds=time.perf_counter() - started,
-            details={"trained_on": len(retain), "epochs": config.epochs or params["epochs"],
+            details={"trained_on": len(retain), "epochs": params["epochs"],
                      "from": "model factory" if inputs.model_factory else "re-initialized copy"},
         )
 

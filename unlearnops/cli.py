@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,8 +28,8 @@ certificate_app = typer.Typer(help="Check certificates of registered versions.",
 app.add_typer(certificate_app, name="certificate")
 
 err = Console(stderr=True)
-WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory [env UNLEARNOPS_WORKSPACE; "
-                               f"default ./{DEFAULT_WORKSPACE}].")
+WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
+                               f"default ./{DEFAULT_WORKSPACE}).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
@@ -51,8 +51,9 @@ class ExitCode:
 
 @contextmanager
 def stdout_to_stderr(enabled: bool):
-    """While ``enabled``, send everything written to file descriptor 1 (ours and subprocesses') to stderr,
-    so ``--json`` leaves exactly one JSON document on stdout."""
+    """While ``enabled``, send everything written to stdout — by Python code (``sys.stdout``) and by
+    subprocesses or C code (file descriptor 1) — to stderr, so ``--json`` leaves exactly one JSON document
+    on stdout."""
     if not enabled:
         yield
         return
@@ -60,7 +61,8 @@ def stdout_to_stderr(enabled: bool):
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -81,47 +83,125 @@ def fail(message: str, code: int = ExitCode.ERROR, as_json: bool = False) -> Non
 
 
 def _workspace(path: Optional[Path], must_exist: bool = True) -> Workspace:
+    from unlearnops.workspace import ConfigError
+
     ws = Workspace(path)
     if must_exist and not ws.exists():
-        fail(f"no workspace at {ws.root}: create one with `unlearnops init --workspace {ws.root}`")
-    ws.activate()
+        fail(f"no workspace at {ws.root}: create one with `unlearnops init {ws.root}`")
+    try:
+        ws.activate()
+    except ConfigError as exc:
+        fail(str(exc))
     return ws
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as TOML when they parse (numbers, booleans, lists), else text."""
+    import tomlkit
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option expects key=value, got {item!r}")
+        try:
+            options[key.strip()] = tomlkit.parse(f"v = {value}").unwrap()["v"]
+        except Exception:
+            options[key.strip()] = value
+    return options
 
 
 @app.command()
 def init(
+    directory: Optional[Path] = typer.Argument(None, help="Workspace directory (default: --workspace, else ./workspace)."),
     workspace: Optional[Path] = WorkspaceOption,
+    model_factory: Optional[str] = typer.Option(None, help="Import path 'module:callable' of your untrained model."),
+    train_function: Optional[str] = typer.Option(None, help="Import path of your training function."),
+    adapter: Optional[str] = typer.Option(None, help="Dataset adapter: image_folder, tabular, arrays, mnist_5k, ..."),
+    option: list[str] = typer.Option([], "--option", help="Adapter option key=value (data.options); repeatable."),
+    python_path: list[str] = typer.Option([], "--python-path", help="Directory for your modules, relative to the "
+                                          "workspace (e.g. '.'); repeatable."),
+    model_name: Optional[str] = typer.Option(None, help="Registered model name in MLflow."),
     limit: Optional[int] = typer.Option(None, min=100, help="Keep only the first N samples (quick trials)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Training epochs written to params.yaml."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Create a workspace: dataset version 1 under DVC, git repo, settings, signing keys."""
-    from unlearnops.project import init_workspace
-    from unlearnops.workspace import Params
+    """Create a workspace: check your model, training function and data, then git + DVC, settings
+    (unlearnops.toml, read first when it is already there), signing keys and dataset version 1."""
+    from unlearnops import api
+    from unlearnops.workspace import ConfigError
 
-    ws = Workspace(workspace)
-    params = None
-    if epochs is not None:
-        params = Params()
-        params.train.epochs = epochs
-    with stdout_to_stderr(as_json):
-        version = init_workspace(ws, params=params, limit=limit)
+    if directory is not None and workspace is not None and directory.resolve() != workspace.resolve():
+        fail("give the workspace either as DIRECTORY or as --workspace, not both")
+    ws = Workspace(directory or workspace)
+    payload: dict[str, Any] = {"workspace": str(ws.root)}
+    try:
+        with stdout_to_stderr(as_json):
+            api.init(ws, model_factory=model_factory, train_function=train_function, adapter=adapter,
+                     options=_parse_options(option) if option else None, python_path=python_path or None,
+                     model_name=model_name, epochs=epochs, limit=limit)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    from unlearnops import data
+
+    version = data.current_version(ws)
+    payload["dataset"] = version.to_dict()
     if as_json:
-        emit_json({"workspace": str(ws.root), "dataset": version.to_dict()})
+        emit_json(payload)
     else:
         err.print(f"workspace {ws.root}: dataset {version.n_samples} samples at {version.git_rev[:10]}")
 
 
 @app.command()
-def train(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
-    """`dvc repro` the base model and register it as version 1 with alias `champion` (once)."""
-    from unlearnops.project import train_base
+def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Model versions with aliases, certificate status and lineage; the dataset version; requests by state."""
+    from unlearnops import api
+
+    ws = _workspace(workspace)
+    with stdout_to_stderr(as_json):
+        report = api.status(ws)
+    if as_json:
+        emit_json(report)
+        return
+    console = Console()
+    console.print(f"workspace {report['workspace']} — model {report['model_name']} ({report['tracking_uri']})")
+    dataset = report["dataset"]
+    console.print(f"dataset: {dataset['n_samples']} samples at {dataset['git_rev'][:10]} (dvc {dataset['dvc_md5']})")
+    table = Table("version", "aliases", "certificate", "parent", "method", "dataset rev", "tainted")
+    for v in report["versions"]:
+        table.add_row(v["version"], ", ".join(v["aliases"]), v["certificate_status"], v["parent_version"],
+                      v["method"], v["dataset_rev"][:10], "yes" if v["tainted"] else "")
+    console.print(table)
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(report["requests"].items())) or "none"
+    console.print(f"requests: {counts}")
+
+
+@app.command()
+def train(
+    weights: Optional[Path] = typer.Option(None, help="Import this trained state dict instead of training."),
+    from_model: Optional[str] = typer.Option(None, help="Import an MLflow model URI instead of training "
+                                             "(models:/name/1, models:/name@alias, runs:/...)."),
+    source_tracking_uri: Optional[str] = typer.Option(None, help="Tracking URI to read --from-model from "
+                                                      "(default: the workspace's)."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Establish the base model, registered as version 1 with alias `champion` (once): `dvc repro` with
+    your training function, or import an already trained model (--weights / --from-model)."""
+    from unlearnops import api
+    from unlearnops.workspace import ConfigError
 
     ws = _workspace(workspace)
     started = time.perf_counter()
-    with stdout_to_stderr(as_json):
-        result = train_base(ws)
-    version = result if isinstance(result, str) else result.version
+    try:
+        with stdout_to_stderr(as_json):
+            if weights is not None or from_model is not None:
+                version = api.import_model(ws, weights=weights, model_uri=from_model,
+                                           source_tracking_uri=source_tracking_uri)
+            else:
+                version = api.train(ws)
+    except ConfigError as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json({"champion_version": version, "seconds": round(time.perf_counter() - started, 2)})
     else:
@@ -276,18 +356,15 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
 def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device: str | None,
                       wait: float = 0.0, orchestrate: bool = True) -> dict | None:
     """One run over the pending requests: a Prefect flow run, or the same steps in this process."""
-    if not orchestrate:
-        from unlearnops import steps
-        from unlearnops.durable import WorkspaceBusy
+    from unlearnops import api
+    from unlearnops.durable import WorkspaceBusy
 
-        try:
-            batch = steps.process_pending(ws, method, overrides or None, device, wait=wait)
-        except WorkspaceBusy as exc:
-            return {"skipped": str(exc)}
-        return None if batch is None else steps.summary(batch)
-    from unlearnops.pipelines.deletion import deletion_flow
-
-    return deletion_flow(str(ws.root), method=method, method_config=overrides or None, device=device, wait=wait)
+    try:
+        return api.run(ws, method=method, config=overrides, device=device, prefect=orchestrate, wait=wait)
+    except WorkspaceBusy as exc:
+        if orchestrate:
+            raise
+        return {"skipped": str(exc)}
 
 
 @app.command()
@@ -345,6 +422,9 @@ def _plugin_row(entry) -> dict[str, Any]:
         row["config"] = obj.Config().model_dump(mode="json")
     elif entry.kind == "gate":
         row["description"] = obj.description
+    elif entry.kind == "adapter":
+        row["description"] = obj.description
+        row["options"] = list(obj.Options.model_fields)
     elif entry.kind == "locator":
         row["request_field"] = obj.request_field
     else:
@@ -354,7 +434,7 @@ def _plugin_row(entry) -> dict[str, Any]:
 
 @plugins_app.command("list")
 def plugins_list(as_json: bool = JsonOption) -> None:
-    """List registered methods, gates, locators and exporters with their source and version, and every
+    """List registered methods, gates, dataset adapters, locators and exporters with their source and version, and every
     plugin that failed to load or register (with the reason)."""
     from unlearnops.methods import load_plugins
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from contextlib import chdir
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,20 @@ def load_dataset(path: Path, mmap: bool = True) -> Dataset:
 # -- git / DVC -------------------------------------------------------------------------------------
 
 
+def route_dvc_logs_to_stderr() -> None:
+    """DVC binds its console log handlers to the ``sys.stdout`` of the moment it is first imported; point
+    them at the current ``sys.stderr`` so DVC's messages never mix with a command's output (``--json``)
+    and never write to a stream that has since been closed (e.g. a test runner's capture)."""
+    import logging
+
+    import dvc  # noqa: F401  (installs the handlers)
+
+    for handler in logging.getLogger("dvc").handlers:
+        if isinstance(handler, logging.StreamHandler):
+            with handler.lock:  # not setStream(): it flushes the old stream, which may be closed
+                handler.stream = sys.stderr
+
+
 def git(root: Path, *args: str) -> str:
     result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
@@ -127,6 +142,7 @@ def init_repository(ws: Workspace) -> None:
     """Make the workspace a git repository with DVC and a local DVC remote inside it."""
     from dvc.repo import Repo
 
+    route_dvc_logs_to_stderr()
     root = ws.root
     if not (root / ".git").is_dir():
         git(root, "init", "-q", "-b", "main")
@@ -152,6 +168,7 @@ def commit_dataset_version(ws: Workspace, message: str, extra_paths: tuple[str, 
     """Track ``data/`` with DVC, push it to the workspace remote and commit ``data.dvc`` to git."""
     from dvc.repo import Repo
 
+    route_dvc_logs_to_stderr()
     with chdir(ws.root), Repo(str(ws.root)) as repo:  # DVC resolves paths against the working directory
         repo.add("data")
         repo.push()

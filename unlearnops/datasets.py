@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from dataclasses import dataclass
 from importlib import resources
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,3 +87,67 @@ def sklearn_digits(limit: int | None = None, subjects_per_sample: float = 0.1, s
     subject_index = rng.integers(0, max(1, round(n * subjects_per_sample)), size=n)
     sample_ids = [f"digits-{i:05d}" for i in range(n)]
     return features, build_manifest(sample_ids, [f"subject-{s:04d}" for s in subject_index], labels, features)
+
+
+class SourceError(ValueError):
+    """Source data cannot become a dataset; the message says what to fix."""
+
+
+@dataclass
+class SourceData:
+    """What a dataset adapter yields: one row per sample, in any array type numpy can read (torch tensors
+    included). ``splits`` is optional: by default each sample's split follows from its id alone."""
+
+    features: Any
+    labels: Any
+    sample_ids: Sequence[Any]
+    subject_ids: Sequence[Any]
+    splits: Sequence[str] | None = None
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch tensors, without importing torch here
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def source_to_dataset(source: SourceData) -> tuple[np.ndarray, pd.DataFrame]:
+    """Check ``source`` and turn it into (float32 features, manifest) in the workspace format."""
+    features = _as_numpy(source.features)
+    labels = _as_numpy(source.labels)
+    n = len(features)
+    if n == 0:
+        raise SourceError("the dataset is empty")
+    if features.ndim < 2:
+        raise SourceError(f"features must have one row per sample and at least one column, got shape {features.shape}")
+    if not np.issubdtype(features.dtype, np.number):
+        raise SourceError(f"features must be numeric, got dtype {features.dtype}")
+    features = features.astype(np.float32)
+    if not np.isfinite(features).all():
+        raise SourceError(f"features hold {int((~np.isfinite(features)).sum())} NaN or infinite values")
+    for name, column in (("labels", labels), ("sample_ids", source.sample_ids), ("subject_ids", source.subject_ids)):
+        if len(column) != n:
+            raise SourceError(f"{name} has {len(column)} entries but features have {n} rows")
+    if labels.ndim != 1 or not (np.issubdtype(labels.dtype, np.integer) or np.all(np.mod(labels, 1) == 0)):
+        raise SourceError("labels must be one integer class index per sample")
+    labels = labels.astype(np.int64)
+    if labels.min() < 0:
+        raise SourceError("labels must be class indices >= 0")
+    sample_ids = [str(v) for v in source.sample_ids]
+    subject_ids = [str(v) for v in source.subject_ids]
+    if any(not s.strip() for s in sample_ids) or any(not s.strip() for s in subject_ids):
+        raise SourceError("sample_id and subject_id must not be empty")
+    duplicated = pd.Series(sample_ids)[pd.Series(sample_ids).duplicated()].unique()[:5]
+    if len(duplicated):
+        raise SourceError(f"sample_id must be unique; repeated: {', '.join(map(str, duplicated))}")
+    manifest = build_manifest(sample_ids, subject_ids, labels, features)
+    if source.splits is not None:
+        splits = [str(v) for v in source.splits]
+        unknown = sorted(set(splits) - set(SPLITS))
+        if len(splits) != n or unknown:
+            raise SourceError(f"splits must be one of {SPLITS} per sample (unknown: {unknown[:5]})")
+        manifest["split"] = pd.Series(splits, dtype="string")
+    missing = [s for s in SPLITS if not (manifest["split"] == s).any()]
+    if missing:
+        raise SourceError(f"no sample falls in split(s) {missing}: the gates need train, holdout and test samples")
+    return features, manifest

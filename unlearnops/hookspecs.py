@@ -91,6 +91,20 @@ def register_exporters(register: Callable[[object], None]) -> None:
 
 
 @hookspec
+def register_dataset_adapters(register: Callable[[object], None]) -> None:
+    """Register dataset adapters (sources ``unlearnops init`` can build dataset version 1 from) by calling
+    ``register(adapter)``.
+
+    An adapter has ``name``, ``version``, ``description: str``, ``Options`` (a pydantic model of the
+    ``[data.options]`` table in ``unlearnops.toml``; unknown keys should be forbidden) and
+    ``load(options, root, limit) -> unlearnops.datasets.SourceData``: read the source (relative paths are
+    relative to the workspace ``root``; ``limit``, when not None, keeps the first N samples) and return
+    features, labels, sample ids and subject ids. Raise ``ValueError`` with a message that says what to fix
+    when the source is unreadable or malformed; ``init`` then stops before it writes anything.
+    """
+
+
+@hookspec
 def before_unlearn(event: dict) -> None:
     """Called once per batch just before the unlearning method runs (audit, notification, policy).
 

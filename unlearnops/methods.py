@@ -37,6 +37,7 @@ BUILTIN_PLUGINS = (
     "unlearnops.plugins.scrub",
     "unlearnops.plugins.ssd",
     "unlearnops.plugins.builtin_gates",
+    "unlearnops.plugins.builtin_adapters",
     "unlearnops.plugins.builtin_locators",
     "unlearnops.plugins.builtin_exporters",
 )
@@ -75,9 +76,12 @@ class UnlearnInputs:
     #: Every remaining training sample, for exact methods (retraining); None when the caller has none.
     retain_full: Samples | None = None
     #: Builds an untrained model of the same architecture (exact methods), and the workspace's training
-    #: parameters (epochs, batch_size, lr, seed).
+    #: parameters (epochs, batch_size, lr, seed, and any extra keys of ``params.yaml``).
     model_factory: Callable[[], nn.Module] | None = None
     train_params: dict[str, Any] = field(default_factory=dict)
+    #: The workspace's training function, called as ``fn(model, features, labels, device=..., progress=None,
+    #: **train_params)``; None means :func:`unlearnops.model.train_model`.
+    train_function: Callable[..., nn.Module] | None = None
 
 
 @dataclass
@@ -151,6 +155,7 @@ KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "gate": ("register_gates", ("description", "check")),
     "locator": ("register_locators", ("request_field", "locate")),
     "exporter": ("register_exporters", ("suffix", "export")),
+    "adapter": ("register_dataset_adapters", ("description", "Options", "load")),
 }
 
 
@@ -268,7 +273,7 @@ def contract_problems(kind: str, obj: object) -> list[str]:
     problems += [f"missing {attr!r}" for attr in KINDS[kind][1] if not hasattr(obj, attr)]
     if problems:
         return problems
-    callables = {"method": "unlearn", "gate": "check", "locator": "locate", "exporter": "export"}
+    callables = {"method": "unlearn", "gate": "check", "locator": "locate", "exporter": "export", "adapter": "load"}
     if not callable(getattr(obj, callables[kind])):
         problems.append(f"{callables[kind]} is not callable")
     if kind == "method":

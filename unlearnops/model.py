@@ -150,8 +150,9 @@ def save_weights(model: nn.Module, path: Path) -> str:
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
 
-def load_weights(factory_path: str, path: Path, device: torch.device | str = "cpu") -> nn.Module:
-    model = resolve(factory_path)()
+def load_weights(factory: Callable[[], nn.Module], path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """A model from ``factory()`` with the state dict saved at ``path``, in eval mode on ``device``."""
+    model = factory()
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 

@@ -11,37 +11,58 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
 from unlearnops import data, registry
 from unlearnops.data import Dataset, save_dataset
-from unlearnops.model import load_weights, resolve
-from unlearnops.workspace import Params, Settings, Workspace
+from unlearnops.datasets import SourceData, SourceError, source_to_dataset
+from unlearnops.model import load_weights
+from unlearnops.workspace import (
+    CONFIG_FILE,
+    ConfigError,
+    Params,
+    Settings,
+    Workspace,
+    import_object,
+    load_settings,
+)
 
 WORKSPACE_GITIGNORE = "/.unlearnops/\n/runs/\n"
 
 
 def init_workspace(
-    ws: Workspace, settings: Settings | None = None, params: Params | None = None, limit: int | None = None
+    ws: Workspace,
+    settings: Settings | None = None,
+    params: Params | None = None,
+    limit: int | None = None,
+    source: SourceData | None = None,
 ) -> data.DatasetVersion:
-    """Build the dataset, make the workspace a git + DVC repo and commit dataset version 1.
+    """Check the project, then make the workspace a git + DVC repo and commit dataset version 1.
 
+    ``settings`` default to the ``unlearnops.toml`` already in the directory (a user may write it first),
+    else the demo's; ``params`` likewise from ``params.yaml``. ``source`` gives the data directly (in-memory
+    arrays from the Python API) instead of the configured adapter. Everything — settings, imports, data,
+    and the model against the data — is checked before the first file is written: a bad configuration
+    raises :class:`ConfigError` naming the key and the file, and leaves the directory as it was.
     Safe to call again on an existing workspace: returns the current version and changes nothing.
     """
     if ws.exists() and (ws.root / "data.dvc").is_file():
         return data.current_version(ws)
-    ws.root.mkdir(parents=True, exist_ok=True)
+    config_path = ws.root / CONFIG_FILE
     if settings is None:
-        settings = Settings()
+        settings = load_settings(config_path) if config_path.is_file() else Settings()
     if params is None:
-        params = Params.model_validate(
+        params = ws.params if (ws.root / "params.yaml").is_file() else Params.model_validate(
             yaml.safe_load(resources.files("unlearnops.templates").joinpath("params.yaml").read_text())
         )
+    features, manifest = build_dataset(ws.root, settings, limit=limit, source=source)
+    check_model(ws.root, settings, features, manifest)
+
+    ws.root.mkdir(parents=True, exist_ok=True)
     ws.write_settings(settings, params)
     ws.activate()
     (ws.root / "dvc.yaml").write_text(resources.files("unlearnops.templates").joinpath("dvc.yaml").read_text())
     (ws.root / ".gitignore").write_text(WORKSPACE_GITIGNORE)
-    builder = resolve(settings.project.dataset)
-    features, manifest = builder(limit=limit) if limit is not None else builder()
     save_dataset(ws.data_dir, Dataset(features, manifest))
     data.init_repository(ws)
     ensure_keys(ws)
@@ -50,6 +71,80 @@ def init_workspace(
         f"dataset version 1: {len(manifest)} samples",
         extra_paths=("dvc.yaml", "params.yaml", "unlearnops.toml", ".dvc", ".dvcignore"),
     )
+
+
+def build_dataset(
+    root: Path, settings: Settings, limit: int | None = None, source: SourceData | None = None
+) -> tuple:
+    """Run the configured dataset adapter (or take ``source``) and check the result; errors name the key."""
+    config_path = Path(root) / CONFIG_FILE
+    if source is None:
+        from unlearnops.methods import load_plugins
+
+        adapters = load_plugins().entries["adapter"]
+        name = settings.data.adapter
+        if name not in adapters:
+            raise ConfigError(
+                f"{config_path}: data.adapter: unknown dataset adapter {name!r} (known: {', '.join(sorted(adapters))})"
+            )
+        adapter = adapters[name].obj
+        try:
+            options = adapter.Options(**settings.data.options)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"data.options.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"{config_path}: {problems}") from exc
+        try:
+            source = adapter.load(options, Path(root), limit)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"{config_path}: data (adapter {name!r}): {exc}") from exc
+    try:
+        return source_to_dataset(source)
+    except SourceError as exc:
+        raise ConfigError(f"{config_path}: data (adapter {settings.data.adapter!r}): {exc}") from exc
+
+
+def check_model(root: Path, settings: Settings, features, manifest) -> None:
+    """Import the model factory and training function and run the model on two real samples: the output
+    must be one row of class logits per sample, with a logit for every label in the data."""
+    import torch
+
+    config_path = Path(root) / CONFIG_FILE
+    project = settings.project
+    loaded = {}
+    for key in ("model_factory", "train_function"):
+        try:
+            loaded[key] = import_object(root, project.python_path, getattr(project, key))
+        except ValueError as exc:
+            hint = "" if project.python_path else " (modules next to unlearnops.toml need project.python_path = ['.'])"
+            raise ConfigError(f"{config_path}: project.{key}: {exc}{hint}") from exc
+        if not callable(loaded[key]):
+            raise ConfigError(f"{config_path}: project.{key}: {getattr(project, key)!r} is not callable")
+    try:
+        model = loaded["model_factory"]()
+    except Exception as exc:
+        raise ConfigError(f"{config_path}: project.model_factory: calling it failed: {exc!r}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError(f"{config_path}: project.model_factory returned {type(model).__name__}, not a torch nn.Module")
+    sample = torch.as_tensor(features[:2])
+    try:
+        with torch.no_grad():
+            logits = model.eval()(sample)
+    except Exception as exc:
+        raise ConfigError(
+            f"model/data mismatch: {project.model_factory} cannot take features of shape "
+            f"{tuple(sample.shape[1:])} from data.adapter {settings.data.adapter!r}: {exc}"
+        ) from exc
+    n_classes = int(manifest["label"].max()) + 1
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != len(sample):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model/data mismatch: {project.model_factory} must return (batch, classes) logits, got {shape}")
+    if logits.shape[1] < n_classes:
+        raise ConfigError(
+            f"model/data mismatch: {project.model_factory} outputs {logits.shape[1]} classes but the labels "
+            f"go up to {n_classes - 1}"
+        )
 
 
 def ensure_keys(ws: Workspace) -> None:
@@ -71,6 +166,7 @@ def reproduce(ws: Workspace) -> None:
     """``dvc repro`` in the workspace (stages run with this interpreter), then commit ``dvc.lock``."""
     from dvc.repo import Repo
 
+    data.route_dvc_logs_to_stderr()
     bin_dir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
@@ -87,7 +183,7 @@ def train_base(ws: Workspace) -> registry.RegisteredVersion | str:
     if existing is not None:
         return existing
     reproduce(ws)
-    model = load_weights(ws.settings.project.model_factory, ws.root / "models" / "base.pt")
+    model = load_weights(ws.model_factory, ws.root / "models" / "base.pt")
     metrics = json.loads((ws.root / "metrics.json").read_text())
     version = data.current_version(ws)
     return registry.register_model(
@@ -104,3 +200,73 @@ def train_base(ws: Workspace) -> registry.RegisteredVersion | str:
         },
         aliases=("champion",),
     )
+
+
+def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | None = None,
+                source_tracking_uri: str | None = None) -> registry.RegisteredVersion | str:
+    """Register an already trained model as version 1 with alias ``champion`` instead of training one.
+
+    ``weights``: a state-dict file for the configured model factory. ``model_uri``: an MLflow model URI
+    (``models:/name/3``, ``models:/name@alias``, ``runs:/…``) read from ``source_tracking_uri`` (default:
+    the workspace's own tracking URI); its weights are loaded into the configured factory's model, so the
+    architectures must match. The model is evaluated on every split of dataset version 1 before it is
+    registered; nothing is registered when the weights do not fit.
+    """
+    import torch
+
+    from unlearnops.data import load_dataset
+    from unlearnops.datasets import SPLITS
+    from unlearnops.model import evaluate, file_sha256
+
+    if (weights is None) == (model_uri is None):
+        raise ConfigError("give exactly one of a weights file or an MLflow model URI to import")
+    existing = registry.resolve_version(ws, "champion")
+    if existing is not None:
+        raise ConfigError(f"the workspace already has a champion (version {existing}); import only into a new one")
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise ConfigError(f"weights file {weights} does not exist")
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ConfigError(f"cannot read weights {weights}: {exc}") from exc
+        source, source_sha = str(Path(weights).resolve()), file_sha256(Path(weights))
+    else:
+        import mlflow
+
+        mlflow.set_tracking_uri(source_tracking_uri or ws.tracking_uri)
+        mlflow.set_registry_uri(source_tracking_uri or ws.tracking_uri)
+        try:
+            state = mlflow.pytorch.load_model(model_uri, map_location="cpu").state_dict()
+        except Exception as exc:
+            raise ConfigError(f"cannot load {model_uri} from {source_tracking_uri or ws.tracking_uri}: {exc}") from exc
+        source, source_sha = model_uri, ""
+    model = ws.model_factory()
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"the weights do not fit {ws.settings.project.model_factory}: {exc}") from exc
+    model.eval()
+    dataset = load_dataset(ws.data_dir)
+    metrics = {}
+    for split in SPLITS:
+        part = dataset.split(split)
+        metrics[f"{split}_accuracy"] = evaluate(model, part.features, part.labels).accuracy
+    version = data.current_version(ws)
+    return registry.register_model(
+        ws,
+        model,
+        run_name="imported-base-model",
+        params={"import_source": source},
+        metrics=metrics,
+        tags={
+            "kind": "imported",
+            "import_source": source,
+            "import_sha256": source_sha,
+            "dataset_rev": version.git_rev,
+            "dataset_md5": version.dvc_md5,
+            "certificate_status": "base",
+        },
+        aliases=("champion",),
+    )
+

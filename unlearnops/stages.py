@@ -34,7 +34,8 @@ def _load_split(ws: Workspace, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train(ws: Workspace) -> None:
-    from unlearnops.model import resolve, save_weights, train_model
+    """Train a fresh model from the configured factory with the configured training function."""
+    from unlearnops.model import pick_device, save_weights
 
     params = ws.params.train
     features, labels = _load_split(ws, "train")
@@ -43,15 +44,8 @@ def train(ws: Workspace) -> None:
     def progress(epoch: int, loss: float) -> None:
         print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    model = train_model(
-        resolve(ws.settings.project.model_factory)(),
-        features,
-        labels,
-        epochs=params.epochs,
-        batch_size=params.batch_size,
-        lr=params.lr,
-        seed=params.seed,
-        progress=progress,
+    model = ws.train_function(
+        ws.model_factory(), features, labels, device=pick_device(), progress=progress, **params.model_dump()
     )
     save_weights(model, ws.root / BASE_WEIGHTS)
     print(f"train: {time.perf_counter() - started:.1f} s", file=sys.stderr)
@@ -61,7 +55,7 @@ def evaluate(ws: Workspace) -> None:
     from unlearnops.model import evaluate as evaluate_model
     from unlearnops.model import load_weights
 
-    model = load_weights(ws.settings.project.model_factory, ws.root / BASE_WEIGHTS)
+    model = load_weights(ws.model_factory, ws.root / BASE_WEIGHTS)
     metrics = {}
     for split in SPLITS:
         features, labels = _load_split(ws, split)

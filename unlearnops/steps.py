@@ -271,7 +271,7 @@ def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: in
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
     from unlearnops.methods import UnlearnInputs, run_method
-    from unlearnops.model import pick_device, resolve, save_weights, seed_everything
+    from unlearnops.model import pick_device, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
         plugins, method, config = _method_and_config(ws, batch.method, batch.method_config)
@@ -290,8 +290,9 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             holdout=_split_samples(ws, "holdout"),
             utility_max_drop=settings.gates.utility_max_drop,
             retain_full=_split_samples(ws, "train"),
-            model_factory=resolve(settings.project.model_factory),
+            model_factory=ws.model_factory,
             train_params=ws.params.train.model_dump(),
+            train_function=ws.train_function,
         )
         model = registry.load_model(ws, batch.parent_version)
         plugins.before_unlearn({
@@ -322,7 +323,7 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
 def _unlearned_model(ws: Workspace, batch: Batch):
     from unlearnops.model import load_weights
 
-    return load_weights(ws.settings.project.model_factory, batch.run_dir(ws) / "unlearned.pt")
+    return load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.pt")
 
 
 # -- 4. gates -------------------------------------------------------------------------------------------

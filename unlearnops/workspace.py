@@ -10,29 +10,76 @@ rewrites) and ``PREFECT_API_URL`` switch the embedded defaults to real servers.
 from __future__ import annotations
 
 import os
+import sys
 from functools import cached_property
 from pathlib import Path
+from typing import Any, Callable
 
 import tomlkit
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_WORKSPACE = Path("workspace")
 CONFIG_FILE = "unlearnops.toml"
 PARAMS_FILE = "params.yaml"
 
 
+class ConfigError(ValueError):
+    """A settings file is unreadable or invalid; the message names the file and the key to fix."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+IMPORT_PATH = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
 class ProjectSettings(_Strict):
-    model_name: str = Field("unlearnops-demo", description="Registered model name in MLflow.")
-    model_factory: str = Field(
-        "unlearnops.model:SmallCNN", description="Import path of a callable returning an untrained nn.Module."
+    model_name: str = Field(
+        "unlearnops-demo", min_length=1, pattern=r"^[\w.-]+$", description="Registered model name in MLflow."
     )
-    dataset: str = Field(
-        "unlearnops.datasets:mnist_5k", description="Import path of the dataset builder used by `init`."
+    model_factory: str = Field(
+        "unlearnops.model:SmallCNN",
+        pattern=IMPORT_PATH,
+        description="Import path 'module:callable' returning an untrained nn.Module that maps a float32 batch "
+        "of features to class logits.",
+    )
+    train_function: str = Field(
+        "unlearnops.model:train_model",
+        pattern=IMPORT_PATH,
+        description="Import path of the training function, called as fn(model, features, labels, device=..., "
+        "progress=..., **params.yaml[train]) and returning the trained module; used by `dvc repro` and by the "
+        "retraining method.",
+    )
+    python_path: list[str] = Field(
+        [],
+        description="Directories (relative to the workspace root) put on sys.path before importing the user's "
+        "model factory, training function or dataset adapter, e.g. ['.'] for modules kept in the workspace.",
+    )
+
+
+class DataSettings(_Strict):
+    adapter: str = Field(
+        "mnist_5k",
+        min_length=1,
+        description="Dataset adapter used by `init` to build dataset version 1 (`unlearnops plugins list` "
+        "shows them: image_folder, tabular, arrays, mnist_5k, sklearn_digits, or one from a plugin).",
+    )
+    options: dict[str, Any] = Field(
+        {}, description="Options of the adapter (paths relative to the workspace root); validated by the adapter."
+    )
+
+
+class LocationSettings(_Strict):
+    mlflow_tracking_uri: str = Field(
+        "", description="MLflow tracking/registry URI; empty: sqlite in .unlearnops/ [env UNLEARNOPS_TRACKING_URI wins]."
+    )
+    prefect_api_url: str = Field(
+        "", description="Prefect API URL; empty: a temporary local server per run [env PREFECT_API_URL wins]."
+    )
+    signing_key_dir: str = Field(
+        "", description="Directory of the Ed25519 signing key and the subject HMAC key; empty: .unlearnops/keys."
     )
 
 
@@ -42,7 +89,7 @@ class UnlearnSettings(_Strict):
         min_length=1,
         description="Methods tried in order, each from the parent's weights, until one passes every gate.",
     )
-    seed: int = 0
+    seed: int = Field(0, description="Seed of every method's config and of the retain sample.")
     retain_sample: int = Field(512, ge=1, description="Retain samples used for gradients and utility checks.")
 
 
@@ -60,7 +107,7 @@ class GateSettings(_Strict):
         "membership either, and forget accuracy passed with power (recorded as a caveat).",
     )
     bootstrap: int = Field(500, ge=50, description="Bootstrap resamples for confidence intervals.")
-    confidence: float = Field(0.95, gt=0.5, lt=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Confidence level of the gates' intervals and tests.")
     label_kl_max: float = Field(
         0.01, ge=0, description="Allowed KL divergence of the label distribution from the previous version."
     )
@@ -68,11 +115,17 @@ class GateSettings(_Strict):
 
 class Settings(_Strict):
     project: ProjectSettings = ProjectSettings()
+    data: DataSettings = DataSettings()
+    locations: LocationSettings = LocationSettings()
     unlearn: UnlearnSettings = UnlearnSettings()
     gates: GateSettings = GateSettings()
 
 
-class TrainParams(_Strict):
+class TrainParams(BaseModel):
+    """The ``train`` section of ``params.yaml``: passed as keywords to the training function. Keys beyond
+    these four are allowed and passed on, for a user's own training function."""
+
+    model_config = ConfigDict(extra="allow")
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -134,11 +187,16 @@ class Workspace:
 
     @property
     def keys_dir(self) -> Path:
-        return self.state_dir / "keys"
+        configured = self.settings.locations.signing_key_dir
+        return (self.root / configured).resolve() if configured else self.state_dir / "keys"
 
     @property
     def tracking_uri(self) -> str:
-        return os.environ.get("UNLEARNOPS_TRACKING_URI") or f"sqlite:///{self.mlflow_db}"
+        return (
+            os.environ.get("UNLEARNOPS_TRACKING_URI")
+            or self.settings.locations.mlflow_tracking_uri
+            or f"sqlite:///{self.mlflow_db}"
+        )
 
     def exists(self) -> bool:
         return (self.root / CONFIG_FILE).is_file() and (self.root / ".git").is_dir()
@@ -146,25 +204,42 @@ class Workspace:
     # -- settings ----------------------------------------------------------------------------------
     @cached_property
     def settings(self) -> Settings:
+        """``unlearnops.toml`` validated; a :class:`ConfigError` names the file and the bad key."""
         path = self.root / CONFIG_FILE
         if not path.is_file():
             return Settings()
-        return Settings.model_validate(tomlkit.parse(path.read_text()).unwrap())
+        return load_settings(path)
 
     @cached_property
     def params(self) -> Params:
         path = self.root / PARAMS_FILE
         if not path.is_file():
             return Params()
-        return Params.model_validate(yaml.safe_load(path.read_text()) or {})
+        try:
+            return Params.model_validate(yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        except ValidationError as exc:
+            raise ConfigError(validation_message(path, exc)) from exc
+
+    def import_object(self, import_path: str) -> Callable:
+        """Resolve ``module:name`` after putting the configured ``project.python_path`` on ``sys.path``."""
+        return import_object(self.root, self.settings.project.python_path, import_path)
+
+    @property
+    def model_factory(self) -> Callable:
+        """The configured callable that builds an untrained model."""
+        return self.import_object(self.settings.project.model_factory)
+
+    @property
+    def train_function(self) -> Callable:
+        """The configured training function (see ``ProjectSettings.train_function``)."""
+        return self.import_object(self.settings.project.train_function)
 
     def write_settings(self, settings: Settings, params: Params) -> None:
+        """Write ``unlearnops.toml`` (every key preceded by its description) and ``params.yaml``."""
         self.root.mkdir(parents=True, exist_ok=True)
-        doc = tomlkit.document()
-        doc.add(tomlkit.comment("unlearnops workspace settings; see README 'Configuration'."))
-        for key, value in settings.model_dump().items():
-            doc.add(key, value)
-        (self.root / CONFIG_FILE).write_text(tomlkit.dumps(doc))
+        (self.root / CONFIG_FILE).write_text(documented_toml(settings))
         (self.root / PARAMS_FILE).write_text(yaml.safe_dump(params.model_dump(), sort_keys=False))
         self.__dict__.pop("settings", None)
         self.__dict__.pop("params", None)
@@ -185,6 +260,64 @@ class Workspace:
             "DVC_NO_ANALYTICS": "1",
             "GX_ANALYTICS_ENABLED": "false",
         }
+        if self.settings.locations.prefect_api_url:
+            defaults["PREFECT_API_URL"] = self.settings.locations.prefect_api_url
         for key, value in defaults.items():
             os.environ.setdefault(key, value)
         os.environ["UNLEARNOPS_WORKSPACE"] = str(self.root)
+        # Registered models are pickled modules: unpickling needs the user's model code importable.
+        import_object(self.root, self.settings.project.python_path, "unlearnops.model:SmallCNN")
+
+
+def validation_message(path: Path, exc: ValidationError) -> str:
+    """One line per invalid key: ``file: section.key: problem (got value)``."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        got = "" if error["type"] == "missing" else f" (got {error.get('input')!r})"
+        lines.append(f"{path}: {key}: {error['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and validate an ``unlearnops.toml``; every problem raises :class:`ConfigError` naming the key."""
+    try:
+        document = tomlkit.parse(path.read_text()).unwrap()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except Exception as exc:  # tomlkit raises its own ParseError subclasses
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        return Settings.model_validate(document)
+    except ValidationError as exc:
+        raise ConfigError(validation_message(path, exc)) from exc
+
+
+def import_object(root: Path, python_path: list[str], import_path: str) -> Callable:
+    """Resolve ``module:name`` with the ``python_path`` directories (relative to ``root``) on ``sys.path``."""
+    from unlearnops.model import resolve
+
+    for entry in reversed(python_path):
+        directory = str((Path(root) / entry).resolve())
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    return resolve(import_path)
+
+
+def documented_toml(settings: Settings) -> str:
+    """``settings`` as TOML text in which a comment with its description precedes every key."""
+    import textwrap
+
+    doc = tomlkit.document()
+    doc.add(tomlkit.comment("unlearnops workspace settings; README 'Configuration' lists them all."))
+    for section, section_field in Settings.model_fields.items():
+        table = tomlkit.table()
+        values = getattr(settings, section)
+        for key, field in type(values).model_fields.items():
+            for line in textwrap.wrap(field.description or "", 100):
+                table.add(tomlkit.comment(line))
+            value = getattr(values, key)
+            if value is not None:
+                table.add(key, value)
+        doc.add(section, table)
+    return tomlkit.dumps(doc)

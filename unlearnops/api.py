@@ -1,0 +1,226 @@
+"""The Python API: the CLI's workflow for notebooks and other orchestrators.
+
+::
+
+    from unlearnops import api
+
+    ws = api.init("my-project", model_factory="mymodel:Net", train_function="mymodel:train",
+                  adapter="tabular", options={"path": "data.csv"}, python_path=["."])
+    api.train(ws)                                  # or api.import_model(ws, weights="net.pt")
+    api.submit(ws, subjects=["alice"])
+    summary = api.run(ws)                          # one Prefect run of the deletion flow
+    api.promote(ws, check=True)
+    api.status(ws)
+
+Every function takes a :class:`~unlearnops.workspace.Workspace` or a path to one and returns plain data
+(the same JSON documents the CLI prints with ``--json``). Errors are exceptions: ``ConfigError`` for bad
+settings, ``RequestRejected`` for bad requests, ``PromotionError`` for promotion errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from unlearnops.datasets import SourceData
+from unlearnops.workspace import CONFIG_FILE, ConfigError, Settings, Workspace, load_settings, validation_message
+
+WorkspaceLike = Workspace | str | Path
+
+
+def workspace(ws: WorkspaceLike | None = None) -> Workspace:
+    """A :class:`Workspace` from a path (or ``UNLEARNOPS_WORKSPACE``), activated for this process."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    ws.activate()
+    return ws
+
+
+def project_settings(
+    directory: Path,
+    *,
+    model_name: str | None = None,
+    model_factory: str | None = None,
+    train_function: str | None = None,
+    python_path: Sequence[str] | None = None,
+    adapter: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Settings:
+    """The settings ``init`` will write: an ``unlearnops.toml`` already in ``directory`` (else the
+    defaults), with the given values replacing the file's. Invalid values raise :class:`ConfigError`."""
+    config_path = Path(directory) / CONFIG_FILE
+    base = load_settings(config_path) if config_path.is_file() else Settings()
+    values = base.model_dump()
+    for section, key, value in (
+        ("project", "model_name", model_name),
+        ("project", "model_factory", model_factory),
+        ("project", "train_function", train_function),
+        ("project", "python_path", None if python_path is None else list(python_path)),
+        ("data", "adapter", adapter),
+        ("data", "options", options),
+    ):
+        if value is not None:
+            values[section][key] = value
+    if adapter is not None and options is None and adapter != base.data.adapter:
+        values["data"]["options"] = {}
+    try:
+        return Settings.model_validate(values)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            raise ConfigError(validation_message(config_path, exc)) from exc
+        raise
+
+
+def init(
+    directory: WorkspaceLike | None = None,
+    *,
+    model_name: str | None = None,
+    model_factory: str | None = None,
+    train_function: str | None = None,
+    python_path: Sequence[str] | None = None,
+    adapter: str | None = None,
+    options: dict[str, Any] | None = None,
+    epochs: int | None = None,
+    limit: int | None = None,
+    arrays: SourceData | None = None,
+) -> Workspace:
+    """Create a workspace (git + DVC, settings, keys, dataset version 1) after checking the project.
+
+    ``arrays`` builds version 1 from in-memory numpy arrays or torch tensors instead of an adapter (the
+    settings then record ``data.adapter = "arrays"`` without options). A workspace that already exists
+    is returned unchanged.
+    """
+    from unlearnops.project import init_workspace
+    from unlearnops.workspace import Params
+
+    ws = directory if isinstance(directory, Workspace) else Workspace(directory)
+    if ws.exists() and (ws.root / "data.dvc").is_file():
+        ws.activate()
+        return ws
+    if arrays is not None:
+        adapter, options = "arrays", {}
+    settings = project_settings(
+        ws.root, model_name=model_name, model_factory=model_factory, train_function=train_function,
+        python_path=python_path, adapter=adapter, options=options,
+    )
+    params = None
+    if epochs is not None:
+        params = ws.params if (ws.root / "params.yaml").is_file() else Params()
+        params.train.epochs = epochs
+    init_workspace(ws, settings=settings, params=params, limit=limit, source=arrays)
+    return workspace(ws)
+
+
+def train(ws: WorkspaceLike | None = None) -> str:
+    """``dvc repro`` the base model and register it as version 1, alias ``champion`` (once); its version."""
+    from unlearnops.project import train_base
+
+    result = train_base(workspace(ws))
+    return result if isinstance(result, str) else result.version
+
+
+def import_model(
+    ws: WorkspaceLike | None = None,
+    *,
+    weights: str | Path | None = None,
+    model_uri: str | None = None,
+    source_tracking_uri: str | None = None,
+) -> str:
+    """Register an already trained model (state-dict file or MLflow URI) as the starting champion."""
+    from unlearnops.project import import_base
+
+    result = import_base(workspace(ws), weights=None if weights is None else Path(weights), model_uri=model_uri,
+                         source_tracking_uri=source_tracking_uri)
+    return result if isinstance(result, str) else result.version
+
+
+def submit(
+    ws: WorkspaceLike | None = None,
+    *,
+    subjects: Sequence[str] = (),
+    samples: Sequence[str] = (),
+    hashes: Sequence[str] = (),
+    reason: str = "erasure",
+    idempotency_key: str | None = None,
+) -> dict[str, Any]:
+    """Validate and store a deletion request; its receipt (``id``, ``state``, ``created``)."""
+    from unlearnops.intake import receipt
+    from unlearnops.intake import submit as submit_request
+
+    stored, created = submit_request(workspace(ws), {
+        "subject_ids": list(subjects), "sample_ids": list(samples), "content_sha256": list(hashes),
+        "reason": reason, "idempotency_key": idempotency_key,
+    })
+    return receipt(stored, created)
+
+
+def run(
+    ws: WorkspaceLike | None = None,
+    *,
+    method: str | None = None,
+    config: dict[str, Any] | None = None,
+    device: str | None = None,
+    prefect: bool = True,
+    wait: float = 0.0,
+) -> dict[str, Any] | None:
+    """Process every pending request in one run (a Prefect flow run unless ``prefect=False``); the run's
+    summary, or None when nothing was pending."""
+    ws = workspace(ws)
+    if not prefect:
+        from unlearnops import steps
+
+        batch = steps.process_pending(ws, method, config or None, device, wait=wait)
+        return None if batch is None else steps.summary(batch)
+    from unlearnops.pipelines.deletion import deletion_flow
+
+    return deletion_flow(str(ws.root), method=method, method_config=config or None, device=device, wait=wait)
+
+
+def promote(ws: WorkspaceLike | None = None, version: str | None = None, check: bool = False) -> dict[str, Any]:
+    """Verify a candidate and move ``champion`` to it (``check``: decide only); the decision."""
+    from unlearnops.promote import promote as promote_version
+
+    return promote_version(workspace(ws), version, check_only=check).to_dict()
+
+
+def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
+    """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state."""
+    from unlearnops import data, registry
+    from unlearnops.requests import RequestStore
+
+    ws = workspace(ws)
+    name = ws.settings.project.model_name
+    client = registry.client(ws)
+    versions = []
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client.get_registered_model(name).aliases  # search results may omit aliases
+        found = client.search_model_versions(f"name='{name}'")
+    except MlflowException:  # nothing registered yet
+        aliases, found = {}, []
+    for mv in sorted(found, key=lambda v: int(v.version)):
+        tags = {k.removeprefix(registry.TAG_PREFIX): v for k, v in mv.tags.items() if k.startswith(registry.TAG_PREFIX)}
+        versions.append({
+            "version": str(mv.version),
+            "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+            "certificate_status": tags.get("certificate_status", ""),
+            "parent_version": tags.get("parent_version", ""),
+            "method": tags.get("method", tags.get("kind", "")),
+            "dataset_rev": tags.get("dataset_rev", ""),
+            "tainted": tags.get("tainted") == "true",
+            "created": mv.creation_timestamp,
+        })
+    requests: dict[str, int] = {}
+    for stored in RequestStore(ws.requests_db).list():
+        requests[stored.state] = requests.get(stored.state, 0) + 1
+    dataset = data.current_version(ws)
+    return {
+        "workspace": str(ws.root),
+        "model_name": name,
+        "tracking_uri": ws.tracking_uri,
+        "dataset": dataset.to_dict(),
+        "versions": versions,
+        "requests": requests,
+    }
