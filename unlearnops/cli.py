@@ -525,9 +525,10 @@ def purge(
     as_json: bool = JsonOption,
 ) -> None:
     """After a successor is promoted, remove the deleted samples' bytes: old dataset versions and derived
-    outputs in the DVC cache, run cache and remote, derived workspace files, and the weights of tainted
-    versions (certificates and metadata stay; versions tagged purged). Exit 0 done, 1 refused (no successor
-    promoted, unfinished batch, data in git history), 2 error."""
+    outputs in the DVC cache, run cache and remote, derived workspace files, and the weights of versions
+    outside the champion's lineage (certificates and metadata stay; versions tagged purged). Exit 0 done,
+    1 refused (no successor promoted, unfinished batch, data in git history), 2 error."""
+    from unlearnops.data import DataError
     from unlearnops.durable import WorkspaceBusy
     from unlearnops.purge import PurgeRefused
     from unlearnops.purge import purge as run_purge
@@ -538,7 +539,7 @@ def purge(
             report = run_purge(ws, dry_run=dry_run, wait=wait)
     except PurgeRefused as exc:
         fail(f"purge refused: {exc}", ExitCode.REFUSED, as_json)
-    except WorkspaceBusy as exc:
+    except (WorkspaceBusy, DataError) as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
     result = report.to_dict()
     if as_json:

@@ -10,10 +10,11 @@ What holds the bytes of a deleted sample after its deletion batch, and what purg
   as dependencies or outputs (they would let ``dvc repro`` restore the old outputs). Removed.
 * **Workspace files**: stage outputs named in the workspace's ``dvc.lock`` that were computed from a dirty
   version (``prepared/``, ``models/base.pt``). Removed; ``dvc repro`` rebuilds them from the current version.
-* **Model weights** of every version tagged tainted (trained on data deleted since): the weight files of
-  the MLflow logged model, the ONNX run artifact, and the copies in ``.unlearnops/runs/<run>/``. Removed;
-  the certificate, report, metrics, params and tags stay for audit, and the version is tagged
-  ``unlearnops.purged=true``.
+* **Model weights** of every version that does not descend from the champion: its ancestors (tainted by
+  the promotion) and versions unlearned from one of them that were never promoted (they still carry what
+  the champion's lineage deleted). The weight files of the MLflow logged model, the ONNX run artifact, and
+  the copies in ``.unlearnops/runs/<run>/`` are removed; the certificate, report, metrics, params and tags
+  stay for audit, and the version is tagged ``unlearnops.purged=true`` (and tainted, if it was not).
 * **Git**: DVC keeps data out of git (``data.dvc`` and ``dvc.lock`` hold hashes only). Purge checks every
   commit for a file under a DVC-tracked path (``data/``, stage outputs); it does not rewrite history, so
   such a file is reported as ``git_history`` and the purge exits 1 (rewrite it with ``git filter-repo``).
@@ -226,10 +227,7 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
         raise PurgeRefused(f"the deletion batch {unfinished[0].run_id} is unfinished: finish it with "
                            "`unlearnops run` first")
     versions = {str(v.version): v for v in client.search_model_versions(f"name='{name}'")}
-    lineage, current = [], champion
-    while current and current in versions and current not in lineage:
-        lineage.append(current)
-        current = versions[current].tags.get(registry.TAG_PREFIX + "parent_version")
+    lineage = _chain(versions, champion)
     processed = RequestStore(ws.requests_db).list(("processed",))
     purged_requests = [r.id for r in processed if r.model_version in lineage]
     if not purged_requests:
@@ -322,9 +320,9 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
     for path in _tracked_paths(ws):
         report.git_history += sorted(p for p in committed if p == path or p.startswith(path + "/"))
 
-    # Weights of tainted versions.
+    # Weights of every version that does not descend from the champion.
     mlflow_removals = []
-    for version in sorted((v for v in versions.values() if v.tags.get(TAINTED_TAG) == "true"),
+    for version in sorted((v for v in versions.values() if champion not in _chain(versions, str(v.version))),
                           key=lambda v: int(v.version)):
         found = _weight_artifacts(ws, client, name, version)
         for store, uri, path, size in found:
@@ -339,6 +337,15 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
                     removals.append(("run-scratch", None, str(path)))
                     report.items.append(Item("run-scratch", str(path.relative_to(ws.root)), path.stat().st_size))
     return report, removals, mlflow_removals
+
+
+def _chain(versions: dict, version: str) -> list[str]:
+    """``version``, its parent, its parent's parent, … (by the ``parent_version`` tags)."""
+    chain: list[str] = []
+    while version and version in versions and version not in chain:
+        chain.append(version)
+        version = versions[version].tags.get(registry.TAG_PREFIX + "parent_version")
+    return chain
 
 
 def _weight_artifacts(ws: Workspace, client, name: str, version) -> list[tuple[str, str, str, int]]:
@@ -397,6 +404,11 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
         for version, found in mlflow_removals:
             for _, uri, path, _ in found:
                 get_artifact_repository(uri).delete_artifacts(path)
+            if version.tags.get(TAINTED_TAG) != "true":
+                client.set_model_version_tag(name, version.version, TAINTED_TAG, "true")
+                client.set_model_version_tag(name, version.version, registry.TAG_PREFIX + "tainted_reason",
+                                             f"not descended from the champion v{report.champion}: carries "
+                                             "data its lineage deleted")
             if version.tags.get(PURGED_TAG) != "true":
                 client.set_model_version_tag(name, version.version, PURGED_TAG, "true")
                 client.set_model_version_tag(name, version.version, registry.TAG_PREFIX + "purged_at", stamp)
