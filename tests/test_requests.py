@@ -68,3 +68,133 @@ def test_unknown_subject_changes_nothing(fresh_workspace):
 def test_keyed_hash_is_keyed():
     assert keyed_hash(b"k1", "alice") != keyed_hash(b"k2", "alice")
     assert "alice" not in keyed_hash(b"k1", "alice")
+
+
+# -- rejected state ----------------------------------------------------------------------------------------
+
+
+def test_rejection_is_final_needs_a_reason_and_only_applies_to_waiting_requests(tmp_path):
+    from unlearnops.requests import TransitionRefused
+
+    store = RequestStore(tmp_path / "requests.db")
+    waiting, _ = store.add(DeletionRequest(subject_ids=["s1"]))
+    done, _ = store.add(DeletionRequest(subject_ids=["s2"]))
+    store.mark_processed([done.id], "rev", "2")
+    with pytest.raises(TransitionRefused, match="reason"):
+        store.mark_rejected(waiting.id, "  ")
+    rejected = store.mark_rejected(waiting.id, "duplicate of a ticket handled by hand")
+    assert (rejected.state, rejected.rejection_reason) == ("rejected", "duplicate of a ticket handled by hand")
+    assert store.mark_rejected(waiting.id, "another reason").rejection_reason == rejected.rejection_reason
+    assert store.pending() == []
+    store.mark_failed([waiting.id], "late failure")  # a final state is never left
+    store.mark_processed([waiting.id], "rev", "3")
+    assert RequestStore(tmp_path / "requests.db").get(waiting.id).state == "rejected"
+    with pytest.raises(TransitionRefused, match="is processed"):
+        store.mark_rejected(done.id, "too late")
+    with pytest.raises(KeyError):
+        store.mark_rejected("req-nope", "x")
+
+
+def test_a_store_from_before_the_rejected_state_is_upgraded(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "requests.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE requests (id TEXT PRIMARY KEY, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " state TEXT NOT NULL, request_json TEXT NOT NULL, idempotency_key TEXT UNIQUE,"
+        " located_json TEXT NOT NULL DEFAULT '[]', dataset_rev TEXT, model_version TEXT, error TEXT,"
+        " attempts INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO requests (id, created_at, updated_at, state, request_json) VALUES"
+        " ('req-old', 't', 't', 'received', '{\"subject_ids\": [\"a\"]}');"
+    )
+    db.commit()
+    db.close()
+    store = RequestStore(path)
+    assert store.get("req-old").rejection_reason is None
+    assert store.mark_rejected("req-old", "upgraded").state == "rejected"
+
+
+def _remove_subject(ws, subject: str) -> None:
+    """Samples vanish without a deletion request (say, the dataset was edited by hand)."""
+    from unlearnops import data
+
+    dataset = data.load_dataset(ws.data_dir, mmap=False)
+    data.save_dataset(ws.data_dir, dataset.select(dataset.manifest["subject_id"] != subject))
+
+
+def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh_workspace):
+    import pandas as pd
+
+    from unlearnops.steps import NothingToDo, locate_pending
+
+    ws = fresh_workspace
+    subjects = sorted(pd.read_parquet(ws.data_dir / "manifest.parquet").subject_id.unique())
+    vanished, _ = submit(ws, {"subject_ids": [subjects[0]]})
+    # An earlier request deleted subject 1 (processed); a later one for the same subject was stored while
+    # the samples were still there (say, while the earlier batch ran).
+    store = RequestStore(ws.requests_db)
+    earlier, _ = submit(ws, {"subject_ids": [subjects[1]]})
+    store.mark_processed([earlier.id], "rev-1", "2")
+    later, created = store.add(DeletionRequest(subject_ids=[subjects[1]], reason="asked twice"))
+    assert created
+    _remove_subject(ws, subjects[0])
+    _remove_subject(ws, subjects[1])
+
+    with pytest.raises(NothingToDo):
+        locate_pending(ws)
+    gone = store.get(vanished.id)
+    assert gone.state == "rejected" and f"unknown subject id: {subjects[0]}" in gone.rejection_reason
+    again = store.get(later.id)
+    assert (again.state, again.resolved_by, again.dataset_rev, again.model_version) == (
+        "processed", earlier.id, "rev-1", "2")
+    assert store.pending() == []
+    # A rejected request covers nothing: the same subject can be asked for again (and is refused only
+    # because its samples are gone and nobody deleted them).
+    with pytest.raises(RequestRejected, match="unknown subject id"):
+        submit(ws, {"subject_ids": [subjects[0]]})
+
+
+def test_operator_rejects_a_waiting_request_from_the_cli(fresh_workspace):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from unlearnops.cli import app
+    from unlearnops.steps import Batch
+
+    runner = CliRunner()
+    ws = fresh_workspace
+    root = str(ws.root)
+    subjects = sorted(pd.read_parquet(ws.data_dir / "manifest.parquet").subject_id.unique())
+    first, _ = submit(ws, {"subject_ids": [subjects[0]]})
+    second, _ = submit(ws, {"subject_ids": [subjects[1]]})
+
+    result = runner.invoke(app, ["request", "reject", first.id, "--reason", "identity not verified",
+                                 "--workspace", root, "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(runner.invoke(app, ["request", "show", first.id, "--workspace", root, "--json"]).stdout)
+    assert (shown["state"], shown["rejection_reason"]) == ("rejected", "identity not verified")
+    assert [r.id for r in RequestStore(ws.requests_db).pending()] == [second.id]
+
+    unknown = runner.invoke(app, ["request", "reject", "req-000000000000", "--reason", "x", "--workspace", root,
+                                  "--json"])
+    assert unknown.exit_code == 1 and "no request" in json.loads(unknown.stdout)["error"]
+    no_reason = runner.invoke(app, ["request", "reject", second.id, "--reason", "", "--workspace", root, "--json"])
+    assert no_reason.exit_code == 1 and RequestStore(ws.requests_db).get(second.id).state == "received"
+
+    # A request inside an unfinished batch (its samples may be cut already) cannot be rejected.
+    batch = Batch(run_id="20260101T000000-abcdef", created_at="2026-01-01T00:00:00+00:00",
+                  request_ids=[second.id], forget_ids=[], forget_hashes=[], subject_hashes=[], parent_version="1",
+                  ladder=["slug"], method="slug", dataset_before={"git_rev": "x", "dvc_md5": "y", "n_samples": 1},
+                  completed=["locate"])
+    batch.save(ws)
+    in_batch = runner.invoke(app, ["request", "reject", second.id, "--reason", "x", "--workspace", root, "--json"])
+    assert in_batch.exit_code == 1 and "unfinished batch" in json.loads(in_batch.stdout)["error"]
+
+    RequestStore(ws.requests_db).mark_processed([second.id], "rev", "2")
+    batch.completed.append("finalize")
+    batch.save(ws)
+    processed = runner.invoke(app, ["request", "reject", second.id, "--reason", "x", "--workspace", root, "--json"])
+    assert processed.exit_code == 1 and "is processed" in json.loads(processed.stdout)["error"]

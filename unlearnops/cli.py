@@ -256,12 +256,13 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
     if as_json:
         emit_json([s.model_dump(mode="json") for s in stored])
         return
-    table = Table("id", "state", "received", "targets", "dataset rev", "model version", "error")
+    table = Table("id", "state", "received", "targets", "dataset rev", "model version", "error / reason")
     for s in stored:
         r = s.request
         targets = f"{len(r.subject_ids)} subjects, {len(r.sample_ids)} samples, {len(r.content_sha256)} hashes"
         table.add_row(s.id, s.state, s.created_at, targets, (s.dataset_rev or "")[:10], s.model_version or "",
-                      (s.error or "")[:60])
+                      (s.error or s.rejection_reason or (f"already deleted by {s.resolved_by}"
+                                                         if s.resolved_by else ""))[:60])
     Console().print(table)
 
 
@@ -282,6 +283,32 @@ def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, a
         emit_json(stored.model_dump(mode="json"))
     else:
         Console().print_json(stored.model_dump_json())
+
+
+@request_app.command("reject")
+def request_reject(request_id: str,
+                   reason: str = typer.Option(..., help="Why the request is refused (1-500 characters)."),
+                   wait: float = typer.Option(30.0, min=0, help="Seconds to wait for a run holding the workspace."),
+                   workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Reject a waiting request (received, located or failed, not in an unfinished batch) with a reason;
+    it will not be processed. Exit 1 if unknown, processed, or in an unfinished batch."""
+    from unlearnops.durable import WorkspaceBusy
+    from unlearnops.requests import TransitionRefused
+    from unlearnops.steps import reject_request
+
+    ws = _workspace(workspace)
+    try:
+        stored = reject_request(ws, request_id, reason, wait=wait)
+    except KeyError:
+        fail(f"no request {request_id!r}", ExitCode.REFUSED, as_json)
+    except TransitionRefused as exc:
+        fail(str(exc), ExitCode.REFUSED, as_json)
+    except WorkspaceBusy as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(stored.model_dump(mode="json"))
+    else:
+        err.print(f"{stored.id}: rejected ({stored.rejection_reason})")
 
 
 @request_app.command("import")
@@ -560,12 +587,54 @@ def certificate_verify(
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
-        err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}")
+        purged = "; weights purged (not checked)" if result.purged else ""
+        err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}"
+                  f"{purged}")
     else:
         err.print(f"[red]version {version}: NOT verified[/red]")
         for problem in result.problems:
             err.print(f"  - {problem}")
     raise typer.Exit(ExitCode.OK if result.ok else ExitCode.REFUSED)
+
+
+@app.command()
+def purge(
+    dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
+    wait: float = typer.Option(60.0, min=0, help="Seconds to wait for a run holding the workspace."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """After a successor is promoted, remove the deleted samples' bytes: old dataset versions and derived
+    outputs in the DVC cache, run cache and remote, derived workspace files, and the weights of versions
+    outside the champion's lineage (certificates and metadata stay; versions tagged purged). Exit 0 done,
+    1 refused (no successor promoted, unfinished batch, data in git history), 2 error."""
+    from unlearnops.data import DataError
+    from unlearnops.durable import WorkspaceBusy
+    from unlearnops.purge import PurgeRefused
+    from unlearnops.purge import purge as run_purge
+
+    ws = _workspace(workspace)
+    try:
+        with stdout_to_stderr(as_json):
+            report = run_purge(ws, dry_run=dry_run, wait=wait)
+    except PurgeRefused as exc:
+        fail(f"purge refused: {exc}", ExitCode.REFUSED, as_json)
+    except (WorkspaceBusy, DataError) as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    result = report.to_dict()
+    if as_json:
+        emit_json(result)
+    else:
+        verb = "would remove" if dry_run else "removed"
+        for store, total in result["would_remove" if dry_run else "removed"].items():
+            err.print(f"{store}: {verb} {total['count']} ({total['bytes']} bytes)")
+        if not report.items:
+            err.print("nothing to purge")
+        err.print(f"champion v{report.champion}; requests purged: {len(report.requests)}, waiting for a "
+                  f"promotion: {len(report.waiting_requests)}; weights of versions {report.model_versions or '-'}")
+        for path in report.git_history:
+            err.print(f"[red]git history holds tracked data:[/red] {path} (purge does not rewrite history)")
+    raise typer.Exit(ExitCode.OK if report.complete else ExitCode.REFUSED)
 
 
 @plugins_app.command("new")

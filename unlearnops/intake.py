@@ -49,10 +49,12 @@ def receipt(stored: StoredRequest, created: bool) -> dict[str, Any]:
     return {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at}
 
 
-def _already_deleted(request: DeletionRequest, store: RequestStore) -> StoredRequest | None:
-    """The earliest stored request that covers every target of ``request`` that the dataset lacks, or
-    None when some target was never asked for."""
-    earlier = [r for r in store.list() if r.state != "rejected"]
+def already_deleted(request: DeletionRequest, store: RequestStore, states: tuple[str, ...] | None = None,
+                    exclude: str | None = None) -> StoredRequest | None:
+    """The earliest stored request (in ``states``; default: any but rejected; never ``exclude``) that
+    overlaps ``request`` when such requests together cover every one of its targets, else None (some
+    target was never asked for)."""
+    earlier = [r for r in store.list(states) if r.state != "rejected" and r.id != exclude]
     covered: dict[str, set[str]] = {"subject_ids": set(), "sample_ids": set(), "content_sha256": set()}
     for r in earlier:
         covered["subject_ids"] |= set(r.request.subject_ids)
@@ -85,7 +87,7 @@ def submit(ws: Workspace, payload: Any) -> tuple[StoredRequest, bool]:
     try:
         check_request(request, manifest)
     except RequestRejected:
-        earlier = _already_deleted(request, store)
+        earlier = already_deleted(request, store)
         if earlier is None:
             raise
         if not locate(request, manifest).sample_ids:
@@ -178,7 +180,7 @@ def import_directory(ws: Workspace, directory: Path) -> list[dict[str, Any]]:
                     try:
                         check_request(request, manifest)
                     except RequestRejected as exc:
-                        if _already_deleted(request, store) is None:
+                        if already_deleted(request, store) is None:
                             raise RequestRejected(f"request {i}: {exc}") from None
             receipts = [receipt(*submit(ws, request)) for request in requests]
         except RequestRejected as exc:

@@ -46,9 +46,14 @@ def check_request(request: DeletionRequest, manifest: pd.DataFrame) -> Located:
     """Refuse a request that names anything absent from the current dataset (nothing is stored)."""
     located = locate(request, manifest)
     if located.unmatched:
-        parts = []
-        for request_field, missing in located.unmatched.items():
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            parts.append(f"unknown {request_field.rstrip('s').replace('_', ' ')}: {shown}")
-        raise RequestRejected("; ".join(parts))
+        raise RequestRejected(describe_unmatched(located))
     return located
+
+
+def describe_unmatched(located: Located) -> str:
+    """``unknown subject id: a, b; unknown sample id: c`` (at most five ids per field)."""
+    parts = []
+    for request_field, missing in located.unmatched.items():
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        parts.append(f"unknown {request_field.rstrip('s').replace('_', ' ')}: {shown}")
+    return "; ".join(parts)

@@ -84,6 +84,8 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         decision.reasons.append(f"certificate status is {verification.status!r}, not 'certified'")
     else:
         decision.checked.append("certified")
+    if tags.get(registry.TAG_PREFIX + "purged") == "true":
+        decision.reasons.append("its weights were purged (`unlearnops purge`)")
     if tags.get(TAINTED_TAG) == "true":
         decision.reasons.append(f"tainted: {tags.get(registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
     if champion is not None:

@@ -1,7 +1,12 @@
 """Deletion requests: one validated schema, a durable sqlite store, and the request lifecycle.
 
-States: ``received`` → ``located`` → ``processed`` (dataset revision, model version) | ``failed``
-(retryable, with attempts). Malformed or unknown requests are refused before anything is stored.
+States: ``received`` → ``located`` → ``processed`` (dataset revision, model version) | ``rejected``
+(reason; final) | ``failed`` (retryable, with attempts). Malformed or unknown requests are refused before
+anything is stored. A stored request is rejected by the flow when, at locate time, none of its targets is in
+the dataset and no earlier request deleted them (they vanished some other way), or by an operator
+(``unlearnops request reject``) while it waits; one whose every target an earlier request already deleted is
+processed as a no-op pointing at that request (``resolved_by``) and that request's dataset revision and model
+version.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_TARGETS = 100_000
 
-State = Literal["received", "located", "processed", "failed"]
+State = Literal["received", "located", "processed", "rejected", "failed"]
 PENDING_STATES = ("received", "located", "failed")
+FINAL_STATES = ("processed", "rejected")
 
 
 class RequestRejected(ValueError):
@@ -82,6 +88,14 @@ class StoredRequest(BaseModel):
     model_version: str | None = None
     error: str | None = None
     attempts: int = 0
+    #: Why the request was rejected (state ``rejected``): by the flow, or by an operator.
+    rejection_reason: str | None = None
+    #: The earlier request that had already deleted every target of this one (an idempotent no-op).
+    resolved_by: str | None = None
+
+
+class TransitionRefused(ValueError):
+    """The request is not in a state that allows the change (e.g. rejecting a processed request)."""
 
 
 def keyed_hash(key: bytes, value: str) -> str:
@@ -105,9 +119,13 @@ CREATE TABLE IF NOT EXISTS requests (
     dataset_rev TEXT,
     model_version TEXT,
     error TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    rejection_reason TEXT,
+    resolved_by TEXT
 );
 """
+#: Columns added after the first schema; added to older stores when they are opened.
+_ADDED_COLUMNS = {"rejection_reason": "TEXT", "resolved_by": "TEXT"}
 
 
 class RequestStore:
@@ -119,6 +137,11 @@ class RequestStore:
         db = sqlite3.connect(self.path, timeout=30)
         try:
             db.executescript(_SCHEMA)
+            present = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in present:
+                    db.execute(f"ALTER TABLE requests ADD COLUMN {column} {kind}")
+            db.commit()
         finally:
             db.close()
 
@@ -151,6 +174,8 @@ class RequestStore:
             model_version=row["model_version"],
             error=row["error"],
             attempts=row["attempts"],
+            rejection_reason=row["rejection_reason"],
+            resolved_by=row["resolved_by"],
         )
 
     def add(self, request: DeletionRequest) -> tuple[StoredRequest, bool]:
@@ -212,7 +237,7 @@ class RequestStore:
             for request_id in request_ids:
                 db.execute(
                     "UPDATE requests SET state='processed', dataset_rev=?, model_version=?, updated_at=?,"
-                    " error=NULL WHERE id=?",
+                    " error=NULL WHERE id=? AND state != 'rejected'",
                     (dataset_rev, model_version, _now(), request_id),
                 )
 
@@ -220,6 +245,38 @@ class RequestStore:
         with self._connect() as db:
             for request_id in request_ids:
                 db.execute(
-                    "UPDATE requests SET state='failed', error=?, attempts=attempts+1, updated_at=? WHERE id=?",
+                    "UPDATE requests SET state='failed', error=?, attempts=attempts+1, updated_at=?"
+                    " WHERE id=? AND state IN ('received', 'located', 'failed')",
                     (error[:2000], _now(), request_id),
                 )
+
+    def mark_rejected(self, request_id: str, reason: str) -> StoredRequest:
+        """Reject a waiting request (final). Rejecting a rejected request again returns it unchanged;
+        a processed request cannot be rejected (:class:`TransitionRefused`)."""
+        reason = (reason or "").strip()
+        if not 1 <= len(reason) <= 500:
+            raise TransitionRefused("a rejection needs a reason of 1-500 characters")
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no request {request_id!r}")
+            if row["state"] == "rejected":
+                return self._row(row)
+            if row["state"] not in PENDING_STATES:
+                raise TransitionRefused(f"request {request_id} is {row['state']}: only a waiting request "
+                                        f"({', '.join(PENDING_STATES)}) can be rejected")
+            db.execute(
+                "UPDATE requests SET state='rejected', rejection_reason=?, updated_at=? WHERE id=?",
+                (reason, _now(), request_id),
+            )
+            return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone())
+
+    def mark_already_deleted(self, request_id: str, earlier: StoredRequest) -> None:
+        """Close a waiting request whose every target ``earlier`` (processed) already deleted: processed,
+        with the earlier request's dataset revision and model version, and ``resolved_by`` naming it."""
+        with self._connect() as db:
+            db.execute(
+                "UPDATE requests SET state='processed', dataset_rev=?, model_version=?, resolved_by=?,"
+                " error=NULL, updated_at=? WHERE id=? AND state IN ('received', 'located', 'failed')",
+                (earlier.dataset_rev, earlier.model_version, earlier.id, _now(), request_id),
+            )

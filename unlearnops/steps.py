@@ -145,6 +145,19 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
+    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+    located: dict[str, list[str]] = {}
+    for stored in pending:
+        # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
+        found = locate(stored.request, manifest)
+        ids = found.sample_ids | set(stored.located_sample_ids)
+        if ids:
+            located[stored.id] = sorted(ids)
+        else:
+            close_unlocatable(store, stored, found)
+    pending = [r for r in pending if r.id in located]
+    if not pending:
+        raise NothingToDo("no pending deletion request has samples left in the dataset")
     from unlearnops.methods import PluginError
 
     try:  # a missing or broken method fails the requests before the dataset is touched
@@ -156,12 +169,6 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     parent = registry.resolve_version(ws, "champion")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
-    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
-    located: dict[str, list[str]] = {}
-    for stored in pending:
-        # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
-        found = locate(stored.request, manifest).sample_ids | set(stored.located_sample_ids)
-        located[stored.id] = sorted(found)
     store.mark_located(located)
     forget_ids = sorted(set().union(*located.values()))
     hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
@@ -184,6 +191,23 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
     _complete(ws, batch, "locate")
     return batch
+
+
+def close_unlocatable(store: RequestStore, stored, found) -> str:
+    """Settle a waiting request none of whose targets is in the dataset any more: when earlier processed
+    requests already deleted them all, it is an idempotent no-op (processed, ``resolved_by`` the earlier
+    request, with its dataset revision and model version); otherwise its targets vanished some other way
+    and it is rejected with the reason. Returns the new state."""
+    from unlearnops.intake import already_deleted
+    from unlearnops.locate import describe_unmatched
+
+    earlier = already_deleted(stored.request, store, states=("processed",), exclude=stored.id)
+    if earlier is not None:
+        store.mark_already_deleted(stored.id, earlier)
+        return "processed"
+    store.mark_rejected(stored.id, "nothing to delete: no target is in the dataset any more and no earlier "
+                                   f"request deleted them ({describe_unmatched(found)})")
+    return "rejected"
 
 
 def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
@@ -576,6 +600,25 @@ def mark_failed(ws: Workspace, batch: Batch | None, error: BaseException) -> Non
     store = RequestStore(ws.requests_db)
     ids = batch.request_ids if batch else [r.id for r in store.pending()]
     store.mark_failed(ids, f"{type(error).__name__}: {error}")
+
+
+def reject_request(ws: Workspace, request_id: str, reason: str, wait: float = 30.0):
+    """An operator rejects a waiting request (``unlearnops request reject``). Holds the workspace lock, so
+    no run opens a batch over the request meanwhile; a request that is part of an unfinished batch (its
+    samples may already be cut from the dataset) cannot be rejected, nor a processed one
+    (:class:`~unlearnops.requests.TransitionRefused`); rejecting a rejected request again changes nothing."""
+    from unlearnops.requests import TransitionRefused
+
+    with workspace_lock(ws.state_dir, wait=wait, purpose="request reject"):
+        store = RequestStore(ws.requests_db)
+        stored = store.get(request_id)
+        for batch in open_batches(ws):
+            if request_id in batch.request_ids and stored.state != "rejected":
+                raise TransitionRefused(
+                    f"request {request_id} is part of the unfinished batch {batch.run_id} (its samples may "
+                    "already be cut from the dataset): the next run completes it"
+                )
+        return store.mark_rejected(request_id, reason)
 
 
 def run_step(ws: Workspace, batch: Batch, step: str, device: str | None = None) -> Batch:

@@ -21,6 +21,8 @@ class Verification:
     status: str | None = None
     problems: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
+    #: The weights were removed by ``unlearnops purge`` (certificate and tags are still checked).
+    purged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -28,7 +30,7 @@ class Verification:
 
     def to_dict(self) -> dict:
         return {"version": self.version, "ok": self.ok, "certificate_status": self.status,
-                "checked": self.checked, "problems": self.problems}
+                "checked": self.checked, "problems": self.problems, "purged": self.purged}
 
 
 def workspace_public_key(ws: Workspace):
@@ -66,22 +68,36 @@ def verify_version(ws: Workspace, version: str) -> Verification:
         except CertificateError as exc:
             result.problems.append(str(exc))
 
-        weights_sha = save_weights(registry.load_model(ws, version), tmp_path / "weights.pt")
-        if weights_sha == certificate.get("weights_sha256"):
-            result.checked.append("weights_sha256")
+        # A purged version's weights and ONNX file were removed on purpose: nothing left to compare.
+        result.purged = model_version.tags.get(registry.TAG_PREFIX + "purged") == "true"
+        if not result.purged:
+            _check_weights(ws, version, model_version, certificate, tmp_path, result)
+    _check_tags(model_version, certificate, result)
+    return result
+
+
+def _check_weights(ws: Workspace, version: str, model_version, certificate: dict, tmp_path: Path,
+                   result: Verification) -> None:
+    from mlflow.exceptions import MlflowException
+
+    weights_sha = save_weights(registry.load_model(ws, version), tmp_path / "weights.pt")
+    if weights_sha == certificate.get("weights_sha256"):
+        result.checked.append("weights_sha256")
+    else:
+        result.problems.append("registered weights differ from the certified weights")
+
+    onnx_sha = (certificate.get("onnx") or {}).get("sha256")
+    try:
+        onnx_path = registry.download_run_artifact(ws, model_version.run_id, "model.onnx", tmp_path)
+        if file_sha256(onnx_path) == onnx_sha:
+            result.checked.append("onnx_sha256")
         else:
-            result.problems.append("registered weights differ from the certified weights")
+            result.problems.append("ONNX file differs from the certified one")
+    except (MlflowException, OSError) as exc:
+        result.problems.append(f"ONNX file missing: {exc}")
 
-        onnx_sha = (certificate.get("onnx") or {}).get("sha256")
-        try:
-            onnx_path = registry.download_run_artifact(ws, model_version.run_id, "model.onnx", tmp_path)
-            if file_sha256(onnx_path) == onnx_sha:
-                result.checked.append("onnx_sha256")
-            else:
-                result.problems.append("ONNX file differs from the certified one")
-        except (MlflowException, OSError) as exc:
-            result.problems.append(f"ONNX file missing: {exc}")
 
+def _check_tags(model_version, certificate: dict, result: Verification) -> None:
     tags = model_version.tags
     expected_tags = {
         "unlearnops.certificate_status": certificate.get("status"),
@@ -94,4 +110,3 @@ def verify_version(ws: Workspace, version: str) -> Verification:
         result.problems.append("registry tags disagree with the certificate: " + ", ".join(mismatched))
     else:
         result.checked.append("tags")
-    return result
