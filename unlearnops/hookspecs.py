@@ -6,7 +6,8 @@ the ``unlearnops`` entry-point group of its distribution::
     [project.entry-points.unlearnops]
     my_method = "my_package.my_module"
 
-Built-in methods, gates, locators and exporters in ``plugins/`` register through exactly these hooks.
+Built-in methods, gates, dataset adapters, locators and exporters in ``plugins/`` register through exactly
+these hooks.
 ``UNLEARNOPS_PLUGINS=name,name`` limits which entry points load (empty: none; unset: all).
 
 Every registered object needs ``name: str`` (unique within its kind) and ``version: str``. A plugin that
