@@ -64,6 +64,12 @@ class SlugConfig(MethodConfig):
     )
     grid_points: int = Field(10, ge=2, le=64)
     joint: bool = Field(True, description="With several request groups: one update per group, applied jointly.")
+    cache_activations: bool = Field(
+        True,
+        description="Evaluate each step on cached activations: everything that does not depend on the edited "
+        "layer is computed once per candidate (torch.fx), so a step costs only the layers above it. Falls back "
+        "to whole forward passes for models torch.fx cannot trace.",
+    )
     batch_size: int = Field(1024, ge=1)
 
 
@@ -113,12 +119,17 @@ def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter]
 
 
 @torch.no_grad()
-def _scores(model: nn.Module, data: _Tensors, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logit-scaled confidence of the true label, and correctness, per sample."""
+def _scores(model, data: _Tensors, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logit-scaled confidence of the true label, and correctness, per sample. ``model`` is the network or
+    a :class:`_Tail` (which reads its cached inputs for ``data``)."""
     phis, correct = [], []
     for start in range(0, len(data), batch_size):
-        x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-        logp = F.log_softmax(model(x).float(), dim=1)
+        y = data.y[start : start + batch_size]
+        if isinstance(model, _Tail):
+            logits = model(data, start, start + batch_size)
+        else:
+            logits = model(data.x[start : start + batch_size])
+        logp = F.log_softmax(logits.float(), dim=1)
         lp = logp.gather(1, y[:, None]).squeeze(1)
         others = logp.scatter(1, y[:, None], float("-inf"))
         phis.append(lp - torch.logsumexp(others, dim=1))
@@ -128,12 +139,100 @@ def _scores(model: nn.Module, data: _Tensors, batch_size: int) -> tuple[np.ndarr
     return torch.cat(phis).cpu().numpy(), torch.cat(correct).cpu().numpy()
 
 
+class _Tail:
+    """The part of a traced model that depends on one parameter, fed with cached activations.
+
+    ``torch.fx`` traces the model; the nodes that (transitively) use the parameter form the tail, and every
+    value the tail reads from outside — the edited layer's input, skip connections from below — is computed
+    once per sample group and kept on the device. A step then costs only the tail's layers. Editing the
+    parameter in place is seen by the tail, which shares the model's modules and parameters.
+    """
+
+    def __init__(self, traced: torch.fx.GraphModule, parameter: str):
+        graph = traced.graph
+        owner, _, _ = parameter.rpartition(".")
+        seeds = {n for n in graph.nodes if (n.op == "call_module" and n.target == owner)
+                 or (n.op == "get_attr" and n.target == parameter)}
+        if not seeds:
+            raise ValueError(f"{parameter} is not used by a traced call")
+        dirty: set[torch.fx.Node] = set()
+        for node in graph.nodes:  # topological order
+            if node in seeds or any(isinstance(a, torch.fx.Node) and a in dirty for a in node.all_input_nodes):
+                dirty.add(node)
+        output = next(n for n in graph.nodes if n.op == "output")
+        self.boundary = [n for n in graph.nodes if n not in dirty and n.op != "get_attr"
+                         and any(user in dirty for user in n.users)]
+        tail_graph = torch.fx.Graph()
+        env: dict[torch.fx.Node, torch.fx.Node] = {}
+        for node in self.boundary:
+            env[node] = tail_graph.placeholder(f"cached_{node.name}")
+        for node in graph.nodes:
+            if node in dirty and node.op != "output":
+                env[node] = tail_graph.node_copy(node, lambda n: env[n] if n in env else self._constant(tail_graph, n, env))
+        tail_graph.output(torch.fx.map_arg(output.args[0], lambda n: env[n]))
+        self.module = torch.fx.GraphModule(traced, tail_graph)
+        self.traced = traced
+        self.cache: dict[int, list[torch.Tensor]] = {}
+
+    @staticmethod
+    def _constant(graph: torch.fx.Graph, node: torch.fx.Node, env: dict) -> torch.fx.Node:
+        if node.op != "get_attr":
+            raise ValueError(f"tail reads {node.name} that is neither cached nor a constant")
+        env[node] = graph.get_attr(node.target)
+        return env[node]
+
+    @torch.no_grad()
+    def prepare(self, data: _Tensors, batch_size: int) -> None:
+        """Compute and keep the boundary values for ``data`` (once per group and candidate layer)."""
+        if id(data) in self.cache:
+            return
+        wanted = set(self.boundary)
+        chunks: list[list[torch.Tensor]] = []
+
+        class Recorder(torch.fx.Interpreter):
+            def run_node(self, n):
+                value = super().run_node(n)
+                if n in wanted:
+                    self.recorded[n] = value
+                return value
+
+        for start in range(0, len(data), batch_size):
+            recorder = Recorder(self.traced)
+            recorder.recorded = {}
+            recorder.run(data.x[start : start + batch_size])
+            chunks.append([recorder.recorded[n] for n in self.boundary])
+        self.cache[id(data)] = [torch.cat([c[i] for c in chunks]) if chunks else None
+                                for i in range(len(self.boundary))]
+
+    def __call__(self, data: _Tensors, start: int, stop: int) -> torch.Tensor:
+        return self.module(*[value[start:stop] for value in self.cache[id(data)]])
+
+
+def _tail_for(model: nn.Module, parameter: str, datasets: list[_Tensors], batch_size: int):
+    """A prepared :class:`_Tail` for ``parameter``, or None when the model cannot be traced or the tail
+    does not reproduce the model's outputs exactly on the first group."""
+    try:
+        traced = torch.fx.symbolic_trace(model)
+        tail = _Tail(traced, parameter)
+        for data in datasets:
+            tail.prepare(data, batch_size)
+        probe = datasets[0]
+        with torch.no_grad():
+            stop = min(len(probe), batch_size)
+            if stop and not torch.allclose(tail(probe, 0, stop), model(probe.x[:stop]), rtol=1e-4, atol=1e-5):
+                return None
+        return tail
+    except Exception:  # untraceable models (data-dependent control flow, ...) use whole forward passes
+        return None
+
+
 class _Judge:
     """Evaluates the model (forward passes only) against the target for one forget group."""
 
     def __init__(self, model, forget: _Tensors, holdout: _Tensors, mode: str, config: SlugConfig,
                  utility_max_drop: float, n_classes: int):
         self.model, self.forget, self.config = model, forget, config
+        self.forward = model  # the network, or a _Tail while a candidate layer is searched
         self.mode = mode
         self.allowed_drop = utility_max_drop * config.utility_budget
         if mode == "class":
@@ -150,14 +249,19 @@ class _Judge:
             self.holdout_phi, holdout_correct = _scores(model, holdout, config.batch_size)
             self.holdout_accuracy = float(holdout_correct.mean())
 
+    @property
+    def datasets(self) -> list[_Tensors]:
+        """The sample groups every evaluation reads."""
+        return [self.forget, self.utility_set] + ([self.target_set] if self.mode == "class" else [])
+
     def __call__(self) -> dict:
-        forget_phi, forget_correct = _scores(self.model, self.forget, self.config.batch_size)
-        utility_phi, utility_correct = _scores(self.model, self.utility_set, self.config.batch_size)
+        forget_phi, forget_correct = _scores(self.forward, self.forget, self.config.batch_size)
+        utility_phi, utility_correct = _scores(self.forward, self.utility_set, self.config.batch_size)
         drop = self.base_utility - float(utility_correct.mean())
         result = {"forget_accuracy": float(forget_correct.mean()), "utility_drop": drop,
                   "utility_ok": drop <= self.allowed_drop}
         if self.mode == "class":
-            _, class_correct = _scores(self.model, self.target_set, self.config.batch_size)
+            _, class_correct = _scores(self.forward, self.target_set, self.config.batch_size)
             class_accuracy = float(class_correct.mean()) if len(class_correct) else result["forget_accuracy"]
             result["class_accuracy"] = class_accuracy
             result["reached"] = class_accuracy <= self.chance + self.config.class_tolerance
@@ -322,11 +426,16 @@ class Slug(Method):
         combined = sorted((n for n in params if n not in front),
                           key=lambda n: -importance[n] * (1 - alignment[n]))
         for name in front[: config.max_candidates] + combined[: config.extra_candidates]:
+            started = time.perf_counter()
             original = params[name].detach().clone()
             direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
+            tail = _tail_for(model, name, judge.datasets, config.batch_size) if config.cache_activations else None
+            judge.forward = tail or model
             chosen, trace = _search_step(params[name], original, direction, judge, config)
+            judge.forward = model
             tried.append({"layer": name, "importance": importance[name], "alignment": alignment[name],
-                          "evaluations": len(trace), "chosen": chosen, "trace": trace})
+                          "evaluations": len(trace), "cached_activations": tail is not None,
+                          "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace})
         best = min(tried, key=_rank) if tried else None
         update = None
         if best and best["chosen"]:

@@ -152,3 +152,43 @@ def test_cpu_and_gpu_choose_the_same_layer_and_step(class_task):
         assert gpu.changed_parameters[name] == pytest.approx(cpu.changed_parameters[name], rel=1e-3)
     for (n, p_cpu), (_, p_gpu) in zip(cpu.model.named_parameters(), gpu.model.named_parameters()):
         torch.testing.assert_close(p_gpu.cpu(), p_cpu, rtol=1e-4, atol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("factory, shape", [("SmallCNN", (1, 28, 28)), ("ResNetSmall", (1, 28, 28)),
+                                            ("TabularMLP", (64,))])
+def test_cached_activations_reproduce_the_edited_model_exactly(factory, shape):
+    """Each step evaluates only the layers that depend on the edited tensor, on cached inputs (skip
+    connections included): the outputs must equal a whole forward pass of the edited model."""
+    import unlearnops.model as models
+    from unlearnops.plugins.slug import _Tensors, _tail_for
+
+    seed_everything(0)
+    model = getattr(models, factory)().eval()
+    rng = np.random.default_rng(0)
+    data = _Tensors(Samples(rng.random((70, *shape), dtype=np.float32), rng.integers(0, 10, 70)), "cpu")
+    for name, param in model.named_parameters():
+        if param.dim() < 2:
+            continue
+        tail = _tail_for(model, name, [data], batch_size=32)
+        assert tail is not None, name
+        with torch.no_grad():
+            original = param.detach().clone()
+            param.add_(0.3 * torch.randn_like(param))
+            cached = torch.cat([tail(data, start, start + 32) for start in range(0, 70, 32)])
+            assert torch.allclose(cached, model(data.x), atol=1e-5), name
+            param.copy_(original)
+
+
+def test_cached_and_uncached_search_agree(class_task):
+    model, inputs = class_task
+    results = {}
+    for cache in (True, False):
+        method, config = _slug(cache_activations=cache)
+        result = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
+        results[cache] = result
+        assert all(c["cached_activations"] is cache for c in result.details["candidates"])
+    with_cache, without = results[True].details, results[False].details
+    assert with_cache["chosen_layer"] == without["chosen_layer"]
+    for a, b in zip(with_cache["candidates"], without["candidates"]):
+        assert [e["step"] for e in a["trace"]] == [e["step"] for e in b["trace"]]
+        assert np.allclose([e["utility_drop"] for e in a["trace"]], [e["utility_drop"] for e in b["trace"]])
