@@ -28,7 +28,7 @@ from unlearnops import certificate, data, faults, gates, registry
 from unlearnops.data import load_dataset
 from unlearnops.durable import atomic_write_bytes, atomic_write_text, workspace_lock
 from unlearnops.gates import GateResult
-from unlearnops.locate import locate
+from unlearnops.locate import LocateContext, configured_locators, locate_requests, read_manifest
 from unlearnops.report import SCORES_FILE, write_report
 from unlearnops.requests import RequestStore, keyed_hash
 from unlearnops.workspace import Workspace
@@ -54,6 +54,10 @@ class Batch(BaseModel):
     forget_groups: dict[str, list[str]] = Field(default_factory=dict)
     forget_hashes: list[str]
     subject_hashes: list[str]
+    #: Which locator found which sample: request, sample_id, locator, score, via, locators (see locate.Located).
+    located: list[dict[str, Any]] = Field(default_factory=list)
+    #: The locators asked (name -> version), each request's policy, thresholds, and notes (skipped locators).
+    locate_info: dict[str, Any] = Field(default_factory=dict)
     parent_version: str
     #: Methods to try in order; each rung starts again from the parent's weights.
     ladder: list[str]
@@ -156,14 +160,24 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     parent = registry.resolve_version(ws, "champion")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
-    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+    try:
+        located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent)
+    except PluginError as exc:
+        store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
+        raise
+    request_ids = [r.id for r in pending]
+    records = located_all.records(request_ids)
     located: dict[str, list[str]] = {}
-    for stored in pending:
+    for index, stored in enumerate(pending):
+        found = set(located_all.for_request(index)["sample_id"].astype(str))
         # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
-        found = locate(stored.request, manifest).sample_ids | set(stored.located_sample_ids)
-        located[stored.id] = sorted(found)
+        earlier = set(stored.located_sample_ids) - found
+        records += [{"request": stored.id, "sample_id": s, "locator": "earlier-attempt", "score": None,
+                     "via": None, "locators": "earlier-attempt"} for s in sorted(earlier)]
+        located[stored.id] = sorted(found | earlier)
     store.mark_located(located)
     forget_ids = sorted(set().union(*located.values()))
+    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "content_sha256"]).to_pandas()
     hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
     key = subject_key(ws)
     subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids})
@@ -173,6 +187,14 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         request_ids=[r.id for r in pending],
         forget_ids=forget_ids,
         forget_groups=located,
+        located=records,
+        locate_info={
+            "locators": {loc.name: loc.version for loc in locators},
+            "policies": {r.id: r.request.policy for r in pending},
+            "min_score": {loc.name: settings.min_score.get(loc.name, loc.default_min_score)
+                          for loc in locators if loc.kind == "near-duplicate"},
+            "notes": located_all.notes,
+        },
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
@@ -184,6 +206,27 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
     _complete(ws, batch, "locate")
     return batch
+
+
+def locate_context(ws: Workspace, model_version: str | None) -> LocateContext:
+    """The locators' view of the workspace's current dataset: the memory-mapped manifest and features, and
+    the registered model ``model_version`` (None: no model) loaded on first use."""
+    def features():
+        return load_dataset(ws.data_dir).features
+
+    def model():
+        return None if model_version is None else registry.load_model(ws, model_version)
+
+    return LocateContext(read_manifest(ws.data_dir / data.MANIFEST_FILE), features, model,
+                         ws.settings.locate.min_score)
+
+
+def locate_with_settings(ws: Workspace, requests, model_version: str | None):
+    """Run the workspace's configured locators (``[locate] locators``) over ``requests``; returns
+    (:class:`~unlearnops.locate.Located`, the locators, the locate settings)."""
+    settings = ws.settings.locate
+    locators = configured_locators(settings.locators)
+    return locate_requests(list(requests), locate_context(ws, model_version), locators), locators, settings
 
 
 def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
@@ -446,6 +489,15 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def located_summary(batch: Batch) -> dict[str, Any]:
+    """How the batch's samples were found: locators asked, policies, thresholds, counts per locator, and one
+    row per (request, sample) with the locator that found it and its score (certificate, ``locate --json``)."""
+    by_locator: dict[str, int] = {}
+    for record in batch.located:
+        by_locator[record["locator"]] = by_locator.get(record["locator"], 0) + 1
+    return {**batch.locate_info, "by_locator": by_locator, "samples": batch.located}
+
+
 def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     return {
         "issued_at": _now(),
@@ -454,6 +506,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "requests": batch.request_ids,
         "subjects_hmac_sha256": batch.subject_hashes,
         "samples_removed": len(batch.forget_ids),
+        "located": located_summary(batch),
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
@@ -620,6 +673,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "run_id": batch.run_id,
         "requests": batch.request_ids,
         "samples_removed": len(batch.forget_ids),
+        "located_by": located_summary(batch)["by_locator"],
         "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
         "method": batch.method,
         "rungs": [f"{r['method']}: {r['status']}" for r in batch.rungs],

@@ -66,10 +66,25 @@ class GateSettings(_Strict):
     )
 
 
+class LocateSettings(_Strict):
+    locators: list[str] = Field(
+        ["sample_id", "subject_id", "content_sha256", "phash", "embedding"],
+        min_length=1,
+        description="Registered locators the flow asks, in order of precedence. Near-duplicate locators run only "
+        "for requests whose policy is `expand`.",
+    )
+    min_score: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per near-duplicate locator, the lowest score that counts as a match (default: the locator's "
+        "own `default_min_score`).",
+    )
+
+
 class Settings(_Strict):
     project: ProjectSettings = ProjectSettings()
     unlearn: UnlearnSettings = UnlearnSettings()
     gates: GateSettings = GateSettings()
+    locate: LocateSettings = LocateSettings()
 
 
 class TrainParams(_Strict):
