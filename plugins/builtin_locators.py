@@ -43,7 +43,7 @@ class _NearDuplicateLocator:
         seed_request = seeds["request"].to_numpy()[query_index]
         seed_row = seeds["row"].to_numpy()[query_index]
         keep = rows != seed_row
-        return matches_frame(seed_request[keep], rows[keep], scores[keep], ctx.sample_ids[seed_row[keep]])
+        return matches_frame(seed_request[keep], rows[keep], scores[keep], ctx.sample_ids_at(seed_row[keep]))
 
 
 class PHashLocator(_NearDuplicateLocator):

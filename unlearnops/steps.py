@@ -193,6 +193,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
             "policies": {r.id: r.request.policy for r in pending},
             "min_score": {loc.name: settings.min_score.get(loc.name, loc.default_min_score)
                           for loc in locators if loc.kind == "near-duplicate"},
+            "max_per_seed": settings.max_per_seed,
             "notes": located_all.notes,
         },
         forget_hashes=sorted(set(hashes)),
@@ -217,8 +218,9 @@ def locate_context(ws: Workspace, model_version: str | None) -> LocateContext:
     def model():
         return None if model_version is None else registry.load_model(ws, model_version)
 
-    return LocateContext(read_manifest(ws.data_dir / data.MANIFEST_FILE), features, model,
-                         ws.settings.locate.min_score)
+    settings = ws.settings.locate
+    return LocateContext(read_manifest(ws.data_dir / data.MANIFEST_FILE), features, model, settings.min_score,
+                         settings.max_per_seed)
 
 
 def locate_with_settings(ws: Workspace, requests, model_version: str | None):

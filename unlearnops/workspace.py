@@ -78,6 +78,11 @@ class LocateSettings(_Strict):
         description="Per near-duplicate locator, the lowest score that counts as a match (default: the locator's "
         "own `default_min_score`).",
     )
+    max_per_seed: int = Field(
+        10, ge=1,
+        description="A located sample with more near-duplicates than this (from one locator) is ambiguous: the "
+        "locator cannot tell copies from look-alikes there, so none of them is taken (and a note says so).",
+    )
 
 
 class Settings(_Strict):
