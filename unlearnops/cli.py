@@ -496,6 +496,28 @@ def locate_command(
         err.print(f"[yellow]{name}:[/yellow] {note}")
 
 
+@app.command("bench-locate")
+def bench_locate(
+    out: Path = typer.Option(Path("bench/results/locate.json"), help="JSON results; a .md table beside it."),
+    quick: bool = typer.Option(False, help="A tenth of the sizes, 1500 MNIST digits (about a minute)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Locating benchmarks: 10 000 requests in a 1 000 000-row manifest, near-duplicate precision/recall on
+    planted copies of real MNIST digits, cosine search of 1000 queries over 100 000 embeddings."""
+    from unlearnops.bench.locate_bench import markdown, run, write_outputs
+
+    started = time.perf_counter()
+    with stdout_to_stderr(as_json):
+        results = run(quick, progress=lambda message: err.print(f"[dim]{time.perf_counter() - started:7.1f}s[/dim] "
+                                                              f"{message}"))
+        paths = write_outputs(results, out)
+    if as_json:
+        emit_json({**results, "outputs": {k: str(v) for k, v in paths.items()}})
+    else:
+        sys.stdout.write(markdown(results))
+        err.print(f"wrote {', '.join(str(p) for p in paths.values())} in {time.perf_counter() - started:.0f} s")
+
+
 @app.command(name="promote")
 def promote_command(
     version: Optional[str] = typer.Argument(None, help="Version to promote [default: alias 'candidate']."),
@@ -594,7 +616,8 @@ def print_summary(summary: dict) -> None:
     console = Console()
     console.print(table)
     console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
-                  f"({summary['forget_samples_trained']} were training samples)")
+                  f"({summary['forget_samples_trained']} were training samples); located by "
+                  + ", ".join(f"{k} {v}" for k, v in (summary.get("located_by") or {}).items()))
     console.print(f"rungs tried: {'; '.join(summary['rungs'])}")
     console.print(f"method {summary['method']} on {summary['device']}; changed: {summary['changed_parameters']}")
     console.print(f"gates: {summary['gates']} → [bold]{summary['certificate_status']}[/bold]")
@@ -614,6 +637,8 @@ def demo(
     subjects: int = typer.Option(30, min=1, help="How many subjects ask to be forgotten."),
     limit: Optional[int] = typer.Option(None, min=100, help="Use only the first N samples (quick trials)."),
     epochs: Optional[int] = typer.Option(None, min=1, help="Base-model training epochs."),
+    planted_copies: bool = typer.Option(False, help="Data with a near-duplicate of every sample of the first 10 "
+                                        "subjects under other ids; the request uses policy expand."),
     as_json: bool = JsonOption,
 ) -> None:
     """The whole story: workspace, base model, a deletion request for a few subjects, the flow, a summary."""
@@ -621,7 +646,8 @@ def demo(
 
     ws = Workspace(workspace)
     with stdout_to_stderr(as_json):
-        summary = run_demo(ws, subjects=subjects, limit=limit, epochs=epochs, progress=not as_json)
+        summary = run_demo(ws, subjects=subjects, limit=limit, epochs=epochs, progress=not as_json,
+                           planted_copies=planted_copies)
     if as_json:
         emit_json(summary)
     else:
