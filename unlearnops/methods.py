@@ -153,7 +153,7 @@ class PluginError(RuntimeError):
 KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "method": ("register_methods", ("Config", "needs_retain", "supports_gpu", "unlearn")),
     "gate": ("register_gates", ("description", "check")),
-    "locator": ("register_locators", ("request_field", "locate")),
+    "locator": ("register_locators", ("kind", "locate")),
     "exporter": ("register_exporters", ("suffix", "export")),
     "adapter": ("register_dataset_adapters", ("description", "Options", "load")),
 }
@@ -276,6 +276,8 @@ def contract_problems(kind: str, obj: object) -> list[str]:
     callables = {"method": "unlearn", "gate": "check", "locator": "locate", "exporter": "export", "adapter": "load"}
     if not callable(getattr(obj, callables[kind])):
         problems.append(f"{callables[kind]} is not callable")
+    if kind == "locator" and getattr(obj, "kind", None) not in ("exact", "near-duplicate"):
+        problems.append(f"kind must be 'exact' or 'near-duplicate', got {getattr(obj, 'kind', None)!r}")
     if kind == "method":
         config = obj.Config
         if not (isinstance(config, type) and issubclass(config, BaseModel)):

@@ -213,3 +213,31 @@ class TabularMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+
+
+@torch.no_grad()
+def penultimate_features(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The representation the model's classifier sees: the input of its last ``nn.Linear`` layer (or what
+    ``model.penultimate(x)`` returns, when the model defines it), one float32 row per sample."""
+    device = next(model.parameters()).device
+    model.eval()
+    own = getattr(model, "penultimate", None)
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if own is None and not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer and no penultimate(x) method")
+    captured: list[torch.Tensor] = []
+    hook = None if own else linears[-1].register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    out = []
+    try:
+        for start in range(0, len(features), batch_size):
+            x = torch.as_tensor(np.asarray(features[start:start + batch_size]), dtype=torch.float32).to(device)
+            if own:
+                out.append(own(x).flatten(1).cpu())
+            else:
+                captured.clear()
+                model(x)
+                out.append(captured[-1].flatten(1).cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)

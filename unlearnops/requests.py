@@ -28,6 +28,9 @@ SHA256_PATTERN = r"^[0-9a-f]{64}$"
 MAX_TARGETS = 100_000
 
 State = Literal["received", "located", "processed", "rejected", "failed"]
+#: ``exact``: only the samples the request names (ids, hashes); ``expand``: also their near-duplicates found
+#: by the near-duplicate locators above their thresholds.
+Policy = Literal["exact", "expand"]
 PENDING_STATES = ("received", "located", "failed")
 FINAL_STATES = ("processed", "rejected")
 
@@ -45,6 +48,7 @@ class DeletionRequest(BaseModel):
     sample_ids: list[str] = Field(default_factory=list, max_length=MAX_TARGETS)
     content_sha256: list[str] = Field(default_factory=list, max_length=MAX_TARGETS)
     reason: str = Field("erasure", min_length=1, max_length=500)
+    policy: Policy = "exact"
     idempotency_key: str | None = Field(None, pattern=ID_PATTERN)
 
     @field_validator("subject_ids", "sample_ids")

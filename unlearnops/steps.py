@@ -28,7 +28,7 @@ from unlearnops import certificate, data, faults, gates, registry
 from unlearnops.data import load_dataset
 from unlearnops.durable import atomic_write_bytes, atomic_write_text, workspace_lock
 from unlearnops.gates import GateResult
-from unlearnops.locate import locate
+from unlearnops.locate import LocateContext, configured_locators, locate_requests, read_manifest
 from unlearnops.report import SCORES_FILE, write_report
 from unlearnops.requests import RequestStore, keyed_hash
 from unlearnops.workspace import Workspace
@@ -54,6 +54,10 @@ class Batch(BaseModel):
     forget_groups: dict[str, list[str]] = Field(default_factory=dict)
     forget_hashes: list[str]
     subject_hashes: list[str]
+    #: Which locator found which sample: request, sample_id, locator, score, via, locators (see locate.Located).
+    located: list[dict[str, Any]] = Field(default_factory=list)
+    #: The locators asked (name -> version), each request's policy, thresholds, and notes (skipped locators).
+    locate_info: dict[str, Any] = Field(default_factory=dict)
     parent_version: str
     #: Methods to try in order; each rung starts again from the parent's weights.
     ladder: list[str]
@@ -137,7 +141,10 @@ def _method_and_config(ws: Workspace, name: str, overrides: dict | None):
 
 
 def locate_pending(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
-    """Gather every pending request, find its samples in the current dataset, open a batch."""
+    """Gather every pending request, find its samples in the current dataset with the configured locators,
+    settle requests with nothing left to delete (no-op or rejected), open a batch over the rest."""
+    from unlearnops.locate import unmatched_targets
+    from unlearnops.methods import PluginError
     from unlearnops.project import subject_key
 
     started = time.perf_counter()
@@ -145,32 +152,42 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
-    manifest = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+    parent = registry.resolve_version(ws, "champion")
+    if parent is None:
+        raise RuntimeError("no champion model: run `unlearnops train` first")
+    try:
+        located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent)
+    except PluginError as exc:
+        store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
+        raise
+    records = located_all.records([r.id for r in pending])
     located: dict[str, list[str]] = {}
-    for stored in pending:
+    manifest_table = None
+    for index, stored in enumerate(pending):
+        found = set(located_all.for_request(index)["sample_id"].astype(str))
         # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
-        found = locate(stored.request, manifest)
-        ids = found.sample_ids | set(stored.located_sample_ids)
-        if ids:
-            located[stored.id] = sorted(ids)
-        else:
-            close_unlocatable(store, stored, found)
+        earlier = set(stored.located_sample_ids) - found
+        if not found | earlier:
+            if manifest_table is None:
+                manifest_table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
+            close_unlocatable(store, stored, unmatched_targets(stored.request, manifest_table))
+            continue
+        records += [{"request": stored.id, "sample_id": s, "locator": "earlier-attempt", "score": None,
+                     "via": None, "locators": "earlier-attempt"} for s in sorted(earlier)]
+        located[stored.id] = sorted(found | earlier)
     pending = [r for r in pending if r.id in located]
+    records = [r for r in records if r["request"] in located]
     if not pending:
         raise NothingToDo("no pending deletion request has samples left in the dataset")
-    from unlearnops.methods import PluginError
-
     try:  # a missing or broken method fails the requests before the dataset is touched
         for index, name in enumerate([method] if method else ws.settings.unlearn.ladder):
             _method_and_config(ws, name, method_config if index == 0 else None)
     except PluginError as exc:
         store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
         raise
-    parent = registry.resolve_version(ws, "champion")
-    if parent is None:
-        raise RuntimeError("no champion model: run `unlearnops train` first")
     store.mark_located(located)
     forget_ids = sorted(set().union(*located.values()))
+    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "content_sha256"]).to_pandas()
     hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
     key = subject_key(ws)
     subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids})
@@ -180,6 +197,15 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         request_ids=[r.id for r in pending],
         forget_ids=forget_ids,
         forget_groups=located,
+        located=records,
+        locate_info={
+            "locators": {loc.name: loc.version for loc in locators},
+            "policies": {r.id: r.request.policy for r in pending},
+            "min_score": {loc.name: settings.min_score.get(loc.name, loc.default_min_score)
+                          for loc in locators if loc.kind == "near-duplicate"},
+            "max_per_seed": settings.max_per_seed,
+            "notes": located_all.notes,
+        },
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
@@ -193,7 +219,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     return batch
 
 
-def close_unlocatable(store: RequestStore, stored, found) -> str:
+def close_unlocatable(store: RequestStore, stored, unmatched: dict[str, list[str]]) -> str:
     """Settle a waiting request none of whose targets is in the dataset any more: when earlier processed
     requests already deleted them all, it is an idempotent no-op (processed, ``resolved_by`` the earlier
     request, with its dataset revision and model version); otherwise its targets vanished some other way
@@ -206,8 +232,30 @@ def close_unlocatable(store: RequestStore, stored, found) -> str:
         store.mark_already_deleted(stored.id, earlier)
         return "processed"
     store.mark_rejected(stored.id, "nothing to delete: no target is in the dataset any more and no earlier "
-                                   f"request deleted them ({describe_unmatched(found)})")
+                                   f"request deleted them ({describe_unmatched(unmatched)})")
     return "rejected"
+
+
+def locate_context(ws: Workspace, model_version: str | None) -> LocateContext:
+    """The locators' view of the workspace's current dataset: the memory-mapped manifest and features, and
+    the registered model ``model_version`` (None: no model) loaded on first use."""
+    def features():
+        return load_dataset(ws.data_dir).features
+
+    def model():
+        return None if model_version is None else registry.load_model(ws, model_version)
+
+    settings = ws.settings.locate
+    return LocateContext(read_manifest(ws.data_dir / data.MANIFEST_FILE), features, model, settings.min_score,
+                         settings.max_per_seed)
+
+
+def locate_with_settings(ws: Workspace, requests, model_version: str | None):
+    """Run the workspace's configured locators (``[locate] locators``) over ``requests``; returns
+    (:class:`~unlearnops.locate.Located`, the locators, the locate settings)."""
+    settings = ws.settings.locate
+    locators = configured_locators(settings.locators)
+    return locate_requests(list(requests), locate_context(ws, model_version), locators), locators, settings
 
 
 def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
@@ -471,6 +519,15 @@ def software_versions() -> dict[str, str]:
     return versions
 
 
+def located_summary(batch: Batch) -> dict[str, Any]:
+    """How the batch's samples were found: locators asked, policies, thresholds, counts per locator, and one
+    row per (request, sample) with the locator that found it and its score (certificate, ``locate --json``)."""
+    by_locator: dict[str, int] = {}
+    for record in batch.located:
+        by_locator[record["locator"]] = by_locator.get(record["locator"], 0) + 1
+    return {**batch.locate_info, "by_locator": by_locator, "samples": batch.located}
+
+
 def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     return {
         "issued_at": _now(),
@@ -479,6 +536,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "requests": batch.request_ids,
         "subjects_hmac_sha256": batch.subject_hashes,
         "samples_removed": len(batch.forget_ids),
+        "located": located_summary(batch),
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
@@ -664,6 +722,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "run_id": batch.run_id,
         "requests": batch.request_ids,
         "samples_removed": len(batch.forget_ids),
+        "located_by": located_summary(batch)["by_locator"],
         "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
         "method": batch.method,
         "rungs": [f"{r['method']}: {r['status']}" for r in batch.rungs],

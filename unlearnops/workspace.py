@@ -113,12 +113,32 @@ class GateSettings(_Strict):
     )
 
 
+class LocateSettings(_Strict):
+    locators: list[str] = Field(
+        ["sample_id", "subject_id", "content_sha256", "phash", "embedding"],
+        min_length=1,
+        description="Registered locators the flow asks, in order of precedence. Near-duplicate locators run only "
+        "for requests whose policy is `expand`.",
+    )
+    min_score: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per near-duplicate locator, the lowest score that counts as a match (default: the locator's "
+        "own `default_min_score`).",
+    )
+    max_per_seed: int = Field(
+        10, ge=1,
+        description="A located sample with more near-duplicates than this (from one locator) is ambiguous: the "
+        "locator cannot tell copies from look-alikes there, so none of them is taken (and a note says so).",
+    )
+
+
 class Settings(_Strict):
     project: ProjectSettings = ProjectSettings()
     data: DataSettings = DataSettings()
     locations: LocationSettings = LocationSettings()
     unlearn: UnlearnSettings = UnlearnSettings()
     gates: GateSettings = GateSettings()
+    locate: LocateSettings = LocateSettings()
 
 
 class TrainParams(BaseModel):
