@@ -152,9 +152,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
-    parent = registry.resolve_version(ws, "champion")
-    if parent is None:
-        raise RuntimeError("no champion model: run `unlearnops train` first")
+    parent = registry.resolve_version(ws, "champion")  # None: settle what can be settled, then refuse
     try:
         located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent)
     except PluginError as exc:
@@ -179,6 +177,8 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     records = [r for r in records if r["request"] in located]
     if not pending:
         raise NothingToDo("no pending deletion request has samples left in the dataset")
+    if parent is None:
+        raise RuntimeError("no champion model: run `unlearnops train` first")
     try:  # a missing or broken method fails the requests before the dataset is touched
         for index, name in enumerate([method] if method else ws.settings.unlearn.ladder):
             _method_and_config(ws, name, method_config if index == 0 else None)
