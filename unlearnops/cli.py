@@ -250,6 +250,7 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
     """Run the deletion flow on a schedule until interrupted: every run batches all pending requests, one
     run at a time. Uses PREFECT_API_URL, or starts a local Prefect server (sqlite in the workspace)."""
     from unlearnops import schedule as scheduling
+    from unlearnops import servers
 
     if (cron is None) == (interval is None):
         fail("give exactly one of --cron and --interval")
@@ -257,7 +258,7 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
     if os.environ.get("PREFECT_API_URL"):
         scheduling.serve(ws, cron=cron, interval=interval)
         return
-    with scheduling.local_server(ws, port) as api_url:
+    with servers.running(servers.prefect_server(ws.prefect_home, port)) as (api_url,):
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported by serve()
         err.print(f"Prefect server {api_url}; serving deletion runs ({cron or f'every {interval:g} s'})")
         scheduling.serve(ws, cron=cron, interval=interval)
