@@ -134,3 +134,15 @@ def running(*servers: LocalServer, timeout: float = 300.0) -> Iterator[tuple[str
     finally:
         for server in servers:
             server.stop()
+
+
+def prefect_worker(pool: str, api_url: str, log: Path, env: dict[str, str] | None = None) -> LocalServer:
+    """``prefect worker start --pool POOL --type process`` against ``api_url``, with its health check on a
+    free loopback port (what a Kubernetes liveness probe asks in production). ``env`` reaches the flow runs
+    it starts (e.g. ``UNLEARNOPS_TRACKING_URI``)."""
+    port = free_port()
+    full_env = {**os.environ, **(env or {}), **QUIET_ENV, "PREFECT_API_URL": api_url,
+                "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1", "PREFECT_WORKER_WEBSERVER_PORT": str(port)}
+    command = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--with-healthcheck"]
+    return LocalServer(f"Prefect worker ({pool})", command, url=api_url, health_url=f"http://127.0.0.1:{port}/health",
+                       log=log, env=full_env)
