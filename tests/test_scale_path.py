@@ -4,13 +4,16 @@ real ``mlflow server`` (sqlite backend store, artifacts proxied to a directory o
 ``PREFECT_API_URL``. Everything must end up on the servers: versions, aliases, tags and artifacts in MLflow
 (nothing in the workspace's embedded registry), flow runs Completed in Prefect (no ephemeral Prefect
 database). A second test runs the deletion flow the production way: a deployment of a work pool, run by a
-``prefect worker`` process. Both servers are stopped afterwards, also when an assertion fails. About 2-4
-minutes on 2 cores.
+``prefect worker`` process; a third runs the bootstrap job script of ``deploy/`` (twice) with a directory
+standing in for the S3 DVC remote. Servers are stopped afterwards, also when an assertion fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import TEST_SUBJECTS, make_workspace
-from tests.test_crash import cli
+from tests.test_crash import cli, subprocess_env
 from unlearnops import servers
 from unlearnops.requests import RequestStore
 
@@ -30,6 +33,23 @@ RUN_ARTIFACTS = {"certificate.json", "model.onnx", "report.html", "gx_validation
 def _json(result) -> dict:
     assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-4000:]}"
     return json.loads(result.stdout)
+
+
+def _last_json(stdout: str) -> dict:
+    """The last JSON document of a script that ran several ``--json`` commands."""
+    decoder, text, found = json.JSONDecoder(), stdout.strip(), None
+    index = 0
+    while index < len(text):
+        start = text.find("{", index)
+        if start < 0:
+            break
+        try:
+            found, end = decoder.raw_decode(text, start)
+            index = end
+        except ValueError:
+            index = start + 1
+    assert found is not None, stdout
+    return found
 
 
 def _flow_run_states(api_url: str) -> Counter:
@@ -166,3 +186,35 @@ def test_a_prefect_worker_runs_the_deletion_deployment_of_its_work_pool(live):
     version = client.get_model_version(ws.settings.project.model_name, done.model_version)
     assert version.tags["unlearnops.parent_version"] == champion
     assert version.tags["unlearnops.requests"] == receipt["id"]
+
+
+def test_the_bootstrap_job_script_sets_up_a_workspace_on_the_servers(live, tmp_path):
+    """deploy/docker/bootstrap-workspace.sh as the compose and Kubernetes jobs run it (a directory instead of
+    the S3 DVC remote; its own MLflow server, since the model name is the project's key in a registry), run
+    twice: the second run (a restarted job) changes nothing."""
+    from mlflow import MlflowClient
+
+    script = Path(__file__).resolve().parents[1] / "deploy" / "docker" / "bootstrap-workspace.sh"
+    remote = tmp_path / "dvc-remote"
+    registry_server = servers.mlflow_server(tmp_path / "mlflow-server")
+    with servers.running(registry_server, timeout=600) as (tracking_uri,):
+        env = {**subprocess_env(), "PREFECT_API_URL": live.api_url, "UNLEARNOPS_TRACKING_URI": tracking_uri,
+               "UNLEARNOPS_WORKSPACE": str(tmp_path / "ws"), "UNLEARNOPS_DVC_REMOTE_URL": str(remote),
+               "UNLEARNOPS_WORK_POOL": "bootstrap-pool", "UNLEARNOPS_INIT_OPTIONS": "--limit 300 --epochs 1",
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        runs = [subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=900)
+                for _ in range(2)]
+        for run in runs:
+            assert run.returncode == 0, run.stderr[-4000:]
+        first, second = (_last_json(run.stdout) for run in runs)
+        assert first["work_pool"] == "bootstrap-pool" and second["deployment_id"] == first["deployment_id"]
+
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        (version,) = client.search_model_versions("name='unlearnops-demo'")  # trained once, not twice
+        assert client.get_registered_model("unlearnops-demo").aliases == {"champion": version.version}
+    config = (tmp_path / "ws" / ".dvc" / "config.local").read_text()
+    assert "remote = storage" in config and str(remote) in config
+    assert list(remote.rglob("*")), "dvc push left the object-storage remote empty"
+    deployment = httpx.get(f"{live.api_url}/deployments/{first['deployment_id']}", timeout=30).raise_for_status().json()
+    assert deployment["work_pool_name"] == "bootstrap-pool"
+    assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
