@@ -48,11 +48,11 @@ def subprocess_env() -> dict[str, str]:
             and k not in ("UNLEARNOPS_TRACKING_URI", "UNLEARNOPS_FAULT_AFTER")}
 
 
-def cli(ws, *args: str, fault: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def cli(ws, *args: str, fault: str | None = None, timeout: float = 300,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``unlearnops ARGS --workspace WS`` in a new process group (killed afterwards with anything it left,
-    such as Prefect's ephemeral server)."""
-    env = subprocess_env()
-    env["PREFECT_HOME"] = str(ws.prefect_home)
+    such as Prefect's ephemeral server); ``env`` adds variables (e.g. server URLs)."""
+    env = {**subprocess_env(), "PREFECT_HOME": str(ws.prefect_home), **(env or {})}
     if fault:
         env["UNLEARNOPS_FAULT_AFTER"] = fault
     # Output goes to files, not pipes: a child left behind by the killed process would hold a pipe open.

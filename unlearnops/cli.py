@@ -355,18 +355,37 @@ def serve_intake(host: str = typer.Option("127.0.0.1", help="Address to listen o
 def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. "0 2 * * *".'),
              interval: Optional[float] = typer.Option(None, min=1, help="Or: seconds between runs."),
              port: Optional[int] = typer.Option(None, help="Port of the local Prefect server (default: free)."),
-             workspace: Optional[Path] = WorkspaceOption) -> None:
+             work_pool: Optional[str] = typer.Option(
+                 None, help="Register a deployment of this work pool (its workers run the flow) and exit; "
+                            "needs PREFECT_API_URL. Without --cron/--interval runs start on demand."),
+             workspace: Optional[Path] = WorkspaceOption,
+             as_json: bool = JsonOption) -> None:
     """Run the deletion flow on a schedule until interrupted: every run batches all pending requests, one
-    run at a time. Uses PREFECT_API_URL, or starts a local Prefect server (sqlite in the workspace)."""
+    run at a time. Uses PREFECT_API_URL, or starts a local Prefect server (sqlite in the workspace). With
+    --work-pool, register the scheduled deployment for that pool's workers instead of serving it here."""
     from unlearnops import schedule as scheduling
+    from unlearnops import servers
 
-    if (cron is None) == (interval is None):
-        fail("give exactly one of --cron and --interval")
+    if cron is not None and interval is not None or (cron is None and interval is None and not work_pool):
+        fail("give exactly one of --cron and --interval (or neither, with --work-pool)", as_json=as_json)
     ws = _workspace(workspace)
+    if work_pool:
+        if not os.environ.get("PREFECT_API_URL"):
+            fail("--work-pool needs PREFECT_API_URL: the Prefect server the pool's workers poll", as_json=as_json)
+        try:
+            with stdout_to_stderr(as_json):
+                registered = scheduling.deploy(ws, work_pool, cron=cron, interval=interval)
+        except ValueError as exc:
+            fail(str(exc), as_json=as_json)
+        if as_json:
+            emit_json(registered)
+        else:
+            err.print(f"deployment {registered['deployment']} ({registered['deployment_id']}) on pool {work_pool}")
+        return
     if os.environ.get("PREFECT_API_URL"):
         scheduling.serve(ws, cron=cron, interval=interval)
         return
-    with scheduling.local_server(ws, port) as api_url:
+    with servers.running(servers.prefect_server(ws.prefect_home, port)) as (api_url,):
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported by serve()
         err.print(f"Prefect server {api_url}; serving deletion runs ({cron or f'every {interval:g} s'})")
         scheduling.serve(ws, cron=cron, interval=interval)

@@ -40,12 +40,22 @@ def client(ws: Workspace):
     return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
 
 
+def is_server(tracking_uri: str) -> bool:
+    """True when ``tracking_uri`` names an MLflow tracking server (http/https) rather than a database."""
+    return tracking_uri.split("://", 1)[0].lower() in ("http", "https")
+
+
 def _experiment_id(ws: Workspace) -> str:
+    """The workspace experiment, created on first use. With a database URI its artifacts go to
+    ``.unlearnops/mlartifacts``; with a tracking server the server decides (its artifact store, proxied
+    with ``--serve-artifacts``), so no artifact of a server-backed registry lands on the client's disk."""
     import mlflow
 
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
+    if is_server(ws.tracking_uri):
+        return mlflow.create_experiment(EXPERIMENT)
     ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
     return mlflow.create_experiment(EXPERIMENT, artifact_location=ws.mlflow_artifacts.as_uri())
 
