@@ -146,8 +146,28 @@ def test_data_gate_with_great_expectations():
     assert "expect_column_values_to_not_be_in_set" in bad.metrics["failed"]
     assert "expect_table_row_count_to_equal" in bad.metrics["failed"]
 
-    skewed = after[after.label != 0].reset_index(drop=True)
-    kept_ids = set(skewed.sample_id)
-    dropped = before[~before.sample_id.isin(kept_ids)]
-    skew, _ = gates.data_gate(before, skewed, dropped.sample_id.tolist(), dropped.content_sha256.tolist(), SETTINGS)
-    assert skew.status == "fail" and "expect_column_distinct_values_to_equal_set" in skew.metrics["failed"]
+    # Removing a whole class that the request names in full is class forgetting, not a broken version.
+    whole_class = before[before.label == 0]
+    rest = before[before.label != 0].reset_index(drop=True)
+    forgot, _ = gates.data_gate(before, rest, whole_class.sample_id.tolist(), whole_class.content_sha256.tolist(),
+                                SETTINGS)
+    assert forgot.status == "pass" and forgot.metrics["classes_removed"] == [0]
+
+    # A request that takes half of one class skews the label mix beyond the configured bound.
+    half = before[before.label == 0].iloc[:34]
+    skewed = before[~before.sample_id.isin(set(half.sample_id))].reset_index(drop=True)
+    skew, _ = gates.data_gate(before, skewed, half.sample_id.tolist(), half.content_sha256.tolist(), SETTINGS)
+    assert skew.status == "fail" and skew.metrics["failed"] == ["expect_column_kl_divergence_to_be_less_than"]
+
+
+def test_atypical_forget_sets_are_inconclusive_not_over_forgotten():
+    """Samples the parent never fit (e.g. labels no other sample supports) sit below unseen data before
+    any unlearning: that is no evidence of over-forgetting, and no evidence of forgetting either."""
+    atypical = _mia(-1.0, parent_shift=-1.0)
+    assert atypical.status == "inconclusive" and "atypical" in atypical.summary
+    never_fit = _correct(40, 0.05)
+    result = gates.forget_accuracy_gate(never_fit, HOLDOUT, never_fit, HOLDOUT, SETTINGS)
+    assert result.status == "inconclusive" and "atypical" in result.summary
+    # Still over-forgetting when the unlearning itself pushed a fitted forget set down.
+    pushed = gates.forget_accuracy_gate(_correct(200, 0.5), HOLDOUT, _correct(200, 1.0), HOLDOUT, SETTINGS)
+    assert pushed.status == "fail" and "over-forgetting" in pushed.summary

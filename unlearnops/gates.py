@@ -70,7 +70,11 @@ def data_gate(
     asset = context.data_sources.add_pandas("dataset").add_dataframe_asset("manifest")
     batch = asset.add_batch_definition_whole_dataframe("version").get_batch(batch_parameters={"dataframe": after})
 
-    label_share = before["label"].value_counts(normalize=True).sort_index()
+    # A class whose every sample the request removes (class forgetting) is explained by the request; the
+    # label checks guard the remaining classes against accidental over-deletion.
+    removed_mask = before["sample_id"].isin(set(removed_ids))
+    kept_labels = set(before.loc[~removed_mask, "label"])
+    label_share = before.loc[before["label"].isin(kept_labels), "label"].value_counts(normalize=True).sort_index()
     expected_rows = len(before) - len(set(removed_ids) & set(before["sample_id"]))
     suite = gx.ExpectationSuite(name="dataset_version")
     expectations = [
@@ -101,6 +105,7 @@ def data_gate(
             "rows_before": len(before),
             "rows_after": len(after),
             "removed": len(removed_ids),
+            "classes_removed": sorted(int(v) for v in set(before["label"]) - kept_labels),
             "expectations": len(validation.results),
             "failed": failed,
         },
@@ -175,7 +180,8 @@ def mia_gate(
     ranks samples identically), forget set vs class-matched held-out non-members.
 
     Fail when the AUC's CI lies wholly above ``0.5 + mia_margin`` (still member-like) or wholly below
-    ``0.5 - mia_margin`` (over-forgetting). Pass when the CI sits inside the band *and* the same attack
+    ``0.5 - mia_margin`` (over-forgetting — unless the parent was already there: an atypical forget set the
+    attack cannot judge, inconclusive). Pass when the CI sits inside the band *and* the same attack
     detected the parent model's membership (CI wholly above the band) — otherwise the attack has no power
     here and cannot tell a no-op from forgetting, so the verdict is inconclusive with ``power: false``.
     """
@@ -195,6 +201,11 @@ def mia_gate(
     low, high = ci
     if low > band[1]:
         status, summary = "fail", "forget set still looks like training members"
+    elif high < band[0] and parent_ci[1] < band[0]:
+        status, summary = "inconclusive", (
+            "atypical forget set: the parent already scored it below unseen data (samples it never fit, e.g. "
+            "labels no other sample supports), so a population attack cannot judge it; audit mode can"
+        )
     elif high < band[0]:
         status, summary = "fail", "over-forgetting: forget set looks less member-like than unseen data"
     elif low >= band[0] and high <= band[1] and power:
@@ -243,7 +254,8 @@ def forget_accuracy_gate(
     """Forget accuracy should sit at the held-out level (Fisher's exact test, forget vs held-out).
 
     Fail when it is significantly above ``holdout + margin`` (not forgotten) or below ``holdout - margin``
-    (over-forgetting). Pass when neither, provided the same test flags the parent model's forget accuracy;
+    (over-forgetting; inconclusive instead when the parent was already significantly below: an atypical
+    forget set). Pass when neither, provided the same test flags the parent model's forget accuracy;
     otherwise (too few samples, or a parent already at the held-out level) nothing tells a no-op from
     forgetting and the verdict is inconclusive.
     """
@@ -260,9 +272,15 @@ def forget_accuracy_gate(
     p_above = _fisher(forget_correct, holdout_correct, "greater")
     p_below = _fisher(forget_correct, holdout_correct, "less")
     parent_p_above = _fisher(parent_forget_correct, parent_holdout_correct, "greater")
+    parent_p_below = _fisher(parent_forget_correct, parent_holdout_correct, "less")
     power = parent_p_above < alpha
     if accuracy > holdout_accuracy + margin and p_above < alpha:
         status, summary = "fail", "forget accuracy significantly above held-out accuracy"
+    elif accuracy < holdout_accuracy - margin and p_below < alpha and parent_p_below < alpha:
+        status, summary = "inconclusive", (
+            f"atypical forget set: the parent's accuracy on it ({parent_accuracy:.3f}) was already significantly "
+            "below held-out, so held-out accuracy is not the level a retrained model would reach"
+        )
     elif accuracy < holdout_accuracy - margin and p_below < alpha:
         status, summary = "fail", "over-forgetting: forget accuracy significantly below held-out accuracy"
     elif power:
@@ -285,6 +303,7 @@ def forget_accuracy_gate(
             "p_above": p_above,
             "p_below": p_below,
             "parent_p_above": parent_p_above,
+            "parent_p_below": parent_p_below,
             "power": power,
         },
         thresholds={"margin": margin, "alpha": alpha},
