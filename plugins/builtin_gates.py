@@ -3,6 +3,8 @@ in :mod:`unlearnops.gates` that implements it."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from unlearnops import __version__, gates, hookimpl
 from unlearnops.gates import GateResult
 from unlearnops.methods import GateEvidence
@@ -21,6 +23,12 @@ class DataGate:
         return result
 
 
+def _sample_level(evidence: GateEvidence) -> np.ndarray:
+    """Mask of the forgotten samples whose class stays in the dataset: the ones held-out data can judge."""
+    removed = gates.classes_removed_in_full(evidence.forget_labels, evidence.manifest_after)
+    return ~np.isin(evidence.forget_labels, sorted(removed))
+
+
 class MembershipInferenceGate:
     name = "membership_inference"
     version = __version__
@@ -31,9 +39,12 @@ class MembershipInferenceGate:
         if len(evidence.forget_labels) == 0:
             return GateResult(name=self.name, status="inconclusive", summary="no forgotten training sample",
                               metrics={"n_forget": 0}, thresholds={})
+        keep = _sample_level(evidence)
+        if not keep.any():
+            return gates.not_applicable(self.name, "every forgotten sample's class was removed in full")
         return gates.mia_gate(
-            evidence.after["forget"].phi, evidence.forget_labels, evidence.after["holdout"].phi,
-            evidence.holdout_labels, settings, parent_forget_phi=evidence.before["forget"].phi,
+            evidence.after["forget"].phi[keep], evidence.forget_labels[keep], evidence.after["holdout"].phi,
+            evidence.holdout_labels, settings, parent_forget_phi=evidence.before["forget"].phi[keep],
             parent_holdout_phi=evidence.before["holdout"].phi, seed=evidence.seed,
         )
 
@@ -44,10 +55,28 @@ class ForgetAccuracyGate:
     description = "Forget accuracy at the held-out level (Fisher's exact test), with power shown on the parent."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
+        keep = _sample_level(evidence)
+        if len(keep) and not keep.any():
+            return gates.not_applicable(self.name, "every forgotten sample's class was removed in full")
         return gates.forget_accuracy_gate(
-            evidence.after["forget"].correct, evidence.after["holdout"].correct,
-            evidence.before["forget"].correct, evidence.before["holdout"].correct, settings,
+            evidence.after["forget"].correct[keep], evidence.after["holdout"].correct,
+            evidence.before["forget"].correct[keep], evidence.before["holdout"].correct, settings,
         )
+
+
+class ClassForgettingGate:
+    name = "class_forgetting"
+    version = __version__
+    description = ("For classes removed in full: accuracy on their forgotten samples at chance (binomial test), "
+                   "with power shown on the parent.")
+
+    def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
+        removed = ~_sample_level(evidence)
+        if not removed.any():
+            return gates.not_applicable(self.name, "no class was removed in full")
+        n_classes = int(evidence.manifest_before["label"].nunique())
+        return gates.class_forgetting_gate(evidence.after["forget"].correct[removed],
+                                           evidence.before["forget"].correct[removed], n_classes, settings)
 
 
 class UtilityGate:
@@ -61,5 +90,5 @@ class UtilityGate:
 
 @hookimpl
 def register_gates(register):
-    for gate in (DataGate(), MembershipInferenceGate(), ForgetAccuracyGate(), UtilityGate()):
+    for gate in (DataGate(), MembershipInferenceGate(), ForgetAccuracyGate(), ClassForgettingGate(), UtilityGate()):
         register(gate)

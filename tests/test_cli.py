@@ -60,7 +60,7 @@ def test_plugins_list_json():
     assert slug["capabilities"] == {"needs_retain": True, "needs_labels": True, "model_families": ["Module"],
                                     "supports_gpu": True}
     assert slug["config"]["seed"] == 0
-    assert {name for kind, name in rows if kind == "gate"} == {"data", "membership_inference", "forget_accuracy",
+    assert {name for kind, name in rows if kind == "gate"} == {"data", "membership_inference", "forget_accuracy", "class_forgetting",
                                                                "utility"}
     assert {name for kind, name in rows if kind == "locator"} == {"sample_id", "subject_id", "content_sha256",
                                                                   "phash", "embedding"}

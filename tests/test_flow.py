@@ -86,7 +86,7 @@ def test_registry_versions_aliases_and_certificate(processed, tmp_path):
     verify(certificate)
     assert certificate["requests"] == [stored.id]
     assert certificate["dataset_after"]["git_rev"] == summary["dataset_rev_after"]
-    assert {g["name"] for g in certificate["gates"]} == {"data", "membership_inference", "forget_accuracy",
+    assert {g["name"] for g in certificate["gates"]} == {"data", "membership_inference", "forget_accuracy", "class_forgetting",
                                                          "utility"}
     assert all("thresholds" in g for g in certificate["gates"])
     raw = json.dumps(certificate) + json.dumps(tags)

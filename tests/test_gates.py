@@ -171,3 +171,28 @@ def test_atypical_forget_sets_are_inconclusive_not_over_forgotten():
     # Still over-forgetting when the unlearning itself pushed a fitted forget set down.
     pushed = gates.forget_accuracy_gate(_correct(200, 0.5), HOLDOUT, _correct(200, 1.0), HOLDOUT, SETTINGS)
     assert pushed.status == "fail" and "over-forgetting" in pushed.summary
+
+
+def test_class_forgetting_gate_judges_removed_classes_against_chance():
+    knew_it = _correct(120, 0.98)
+    assert gates.class_forgetting_gate(_correct(120, 0.0), knew_it, 3, SETTINGS).status == "pass"
+    still = gates.class_forgetting_gate(_correct(120, 0.9), knew_it, 3, SETTINGS)
+    assert still.status == "fail" and "recognizes" in still.summary
+    never_knew = gates.class_forgetting_gate(_correct(120, 0.0), _correct(120, 0.0), 3, SETTINGS)
+    assert never_knew.status == "inconclusive" and never_knew.metrics["power"] is False
+
+
+def test_exact_methods_are_excused_over_forgetting_but_never_remaining_members():
+    over = _result("forget_accuracy", "fail")
+    over.summary = gates.OVER_FORGETTING + ": forget accuracy significantly below held-out accuracy"
+    data, utility = _result("data", "pass"), _result("utility", "pass")
+    status, caveats = gates.overall_status([data, over, utility], SETTINGS, exact=True)
+    assert status == "pass" and "retraining defines the target" in caveats[0]
+    assert gates.overall_status([data, over, utility], SETTINGS, exact=False)[0] == "fail"
+    member = _result("forget_accuracy", "fail")
+    member.summary = "forget accuracy significantly above held-out accuracy"
+    assert gates.overall_status([data, member, utility], SETTINGS, exact=True)[0] == "fail"
+    # A gate with nothing to judge is left out of the verdict, never counted as a pass.
+    skipped = gates.not_applicable("class_forgetting", "no class was removed in full")
+    assert gates.overall_status([data, skipped, utility], SETTINGS)[0] == "pass"
+    assert gates.overall_status([skipped], SETTINGS)[0] == "inconclusive"

@@ -694,6 +694,47 @@ def serve(
                 log_level="warning")
 
 
+@app.command()
+def explain(
+    version: str = typer.Argument(..., help="Registered model version number."),
+    out: Optional[Path] = typer.Option(None, help="Write the fast path's candidate and step-search plots here (PNG)."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Which rungs of the ladder ran for VERSION, why each stopped, and the fast path's candidates and search."""
+    from unlearnops.explain import ExplainError
+    from unlearnops.explain import explain as explain_version
+
+    ws = _workspace(workspace)
+    try:
+        with stdout_to_stderr(as_json):
+            story = explain_version(ws, version, out)
+    except ExplainError as exc:
+        fail(str(exc), ExitCode.REFUSED, as_json)
+    if as_json:
+        emit_json(story)
+        return
+    console = Console()
+    console.print(f"version {story['version']}: {story['status']} — parent v{story['parent_version']}, "
+                  f"{story['samples_removed']} samples removed, method {story['method']}")
+    for rung in story["rungs"]:
+        console.print(f"rung {rung['rung']} [bold]{rung['method']}[/bold]: {rung['status']} in "
+                      f"{rung['seconds']} s — {rung['why']}", highlight=False)
+        if rung["candidates"]:
+            table = Table("layer", "importance", "alignment", "evaluations", "cached", "step", "target", "utility drop")
+            for c in rung["candidates"]:
+                mark = " ★" if c["chosen"] else ""
+                table.add_row(c["layer"] + mark, f"{c['importance']:.3g}", f"{c['alignment']:.3f}",
+                              str(c["evaluations"]), str(c["cached_activations"]),
+                              "" if c["step"] is None else f"{c['step']:.4g}", str(c["reached_target"]),
+                              "" if c["utility_drop"] is None else f"{c['utility_drop']:+.4f}")
+            console.print(table)
+        for plot in rung["plots"]:
+            console.print(f"  plot: {plot}")
+    for caveat in story["caveats"]:
+        console.print(f"caveat: {caveat}", highlight=False)
+
+
 @certificate_app.command("verify")
 def certificate_verify(
     version: str = typer.Argument(..., help="Registered model version number."),

@@ -70,9 +70,11 @@ def register_model(
     tags: dict[str, str],
     artifacts: list[Path] = (),
     aliases: tuple[str, ...] = (),
+    nested_runs: list[dict[str, Any]] = (),
 ) -> RegisteredVersion:
     """Log ``model`` in a new run, register it as the next version of the workspace's model, tag the
-    version with ``tags`` (prefixed ``unlearnops.``) and point ``aliases`` at it."""
+    version with ``tags`` (prefixed ``unlearnops.``) and point ``aliases`` at it. Each of ``nested_runs``
+    (``name``, ``params``, ``metrics``, ``tags``) becomes a child run, e.g. one per rung of the ladder."""
     import mlflow
     import torch
 
@@ -84,6 +86,11 @@ def register_model(
         mlflow.set_tags({TAG_PREFIX + k: v for k, v in tags.items()})
         for path in artifacts:
             mlflow.log_artifact(str(path))
+        for child in nested_runs:
+            with mlflow.start_run(experiment_id=run.info.experiment_id, run_name=child["name"], nested=True):
+                mlflow.log_params({k: str(v)[:500] for k, v in child.get("params", {}).items()})
+                mlflow.log_metrics({k: float(v) for k, v in child.get("metrics", {}).items() if v is not None})
+                mlflow.set_tags({TAG_PREFIX + k: str(v)[:5000] for k, v in child.get("tags", {}).items()})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             info = mlflow.pytorch.log_model(

@@ -430,10 +430,10 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
             for name, e in ev.items():
                 metrics[f"{name}_accuracy_{tag}"] = e.accuracy
                 metrics[f"{name}_loss_{tag}"] = float(np.mean(e.loss)) if len(e.loss) else float("nan")
-            if len(forget):
-                metrics[f"mia_auc_{tag}"] = gates.class_matched_auc(
-                    ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels
-                )
+            auc = gates.class_matched_auc(ev["forget"].phi, forget.labels, ev["holdout"].phi, holdout.labels) \
+                if len(forget) else None
+            if auc is not None and np.isfinite(auc):  # NaN: no held-out sample shares a class with the forget set
+                metrics[f"mia_auc_{tag}"] = auc
         np.savez(batch.run_dir(ws) / SCORES_FILE,
                  **{f"{split}_phi_{tag}": evaluations[tag][split].phi
                     for tag in ("before", "after") for split in ("forget", "holdout")})
@@ -477,6 +477,7 @@ def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = No
                 "config": batch.method_config,
                 "status": batch.status,
                 "gates": {g.name: g.status for g in batch.gates},
+                "gate_summaries": {g.name: g.summary for g in batch.gates},
                 "caveats": batch.caveats,
                 "changed_parameters": len((batch.unlearn or {}).get("changed_parameters") or {}),
                 "details": (batch.unlearn or {}).get("details"),
@@ -623,6 +624,7 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
                 tags=tags,
                 artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json",
                                                  "unlearn.json", "report.html")],
+                nested_runs=[rung_run(index, rung) for index, rung in enumerate(batch.rungs)],
             ).version
             faults.point("register.version_created")
         else:  # the version exists; its tags may not (the attempt died inside the registration)
@@ -638,6 +640,17 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
             "status": tags["certificate_status"], "certificate": json.loads((run_dir / "certificate.json").read_text()),
         })
     return batch
+
+
+def rung_run(index: int, rung: dict[str, Any]) -> dict[str, Any]:
+    """One rung of the ladder as a nested MLflow run: its method, config, verdict, gates and time."""
+    return {
+        "name": f"rung-{index + 1}-{rung['method']}",
+        "params": {"method": rung["method"], **{f"config.{k}": v for k, v in (rung.get("config") or {}).items()}},
+        "metrics": {"seconds": rung.get("seconds"), "changed_parameters": rung.get("changed_parameters")},
+        "tags": {"rung": index + 1, "status": rung["status"],
+                 **{f"gate.{name}": status for name, status in (rung.get("gates") or {}).items()}},
+    }
 
 
 # -- 7. finalize ------------------------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""The escalation ladder end to end on real data: the fast path certifies what it can prove forgotten in
+one rung, a forget set it cannot prove forgotten escalates to retraining, the identity method never
+certifies, every rung is in the certificate, in nested MLflow runs and in `unlearnops explain`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unlearnops import api
+from unlearnops.cli import app
+from unlearnops.datasets import SourceData, mnist_5k
+
+LIMIT = 900  # the first 900 digits of the mnist_5k file: 500 zeros and 400 ones
+N_ODD = 12
+
+
+@pytest.fixture(scope="module")
+def odd_workspace(tmp_path_factory):
+    """Real digits where 12 training samples carry a label no other sample has (5–9): a model cannot fit
+    them from the other samples, and a retrained model never predicts them."""
+    features, manifest = mnist_5k(limit=LIMIT)
+    labels = manifest["label"].to_numpy().copy()
+    rng = np.random.default_rng(0)
+    train = np.flatnonzero(manifest["split"].to_numpy() == "train")
+    odd = rng.choice(train, size=N_ODD, replace=False)
+    labels[odd] = 5 + np.arange(N_ODD) % 5
+    ws = api.init(tmp_path_factory.mktemp("ladder") / "ws", epochs=6, arrays=SourceData(
+        features, labels, manifest["sample_id"].tolist(), manifest["subject_id"].tolist(),
+        manifest["split"].tolist()))
+    api.train(ws)
+    return ws, manifest["sample_id"].to_numpy()[odd].tolist(), manifest
+
+
+def _certificate(ws, run_id):
+    return json.loads((ws.runs_dir / run_id / "certificate.json").read_text())
+
+
+def test_identity_never_certifies(odd_workspace, tmp_path):
+    """A no-op on a subject the model fit: refused, and nothing gets the candidate alias."""
+    from noop_plugin import NoOpPlugin
+
+    from unlearnops.methods import register_plugin, unregister_plugin
+
+    ws, odd_ids, manifest = odd_workspace
+    register_plugin(NoOpPlugin(), "identity-for-test")
+    try:
+        owners_of_odd = set(manifest.loc[manifest["sample_id"].isin(odd_ids), "subject_id"])
+        train = manifest[(manifest["split"] == "train") & ~manifest["subject_id"].isin(owners_of_odd)]
+        train_subjects = train["subject_id"].value_counts().index[:6]
+        api.submit(ws, subjects=list(train_subjects))
+        summary = api.run(ws, method="noop", prefect=False)
+    finally:
+        unregister_plugin("identity-for-test")
+    assert summary["certificate_status"] != "certified"
+    assert "candidate" not in next(v for v in api.status(ws)["versions"] if v["version"] == summary["registered_version"])["aliases"]
+
+
+def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_workspace, tmp_path):
+    ws, odd_ids, _ = odd_workspace
+    api.submit(ws, samples=odd_ids)
+    summary = api.run(ws, prefect=False)
+    assert summary["rungs"][0] != "slug: pass" and summary["rungs"][-1] == "retrain: pass", summary["rungs"]
+    assert summary["certificate_status"] == "certified"
+    certificate = _certificate(ws, summary["run_id"])
+    assert [r["method"] for r in certificate["rungs"]] == ["slug", "retrain"]
+    first = certificate["rungs"][0]
+    assert first["gates"]["class_forgetting"] == "inconclusive"  # the parent never fit them: nothing to prove
+    assert any("exact method" in c for c in certificate["caveats"])
+
+    # explain: every rung, why it stopped, the fast path's candidates and plots
+    result = CliRunner().invoke(app, ["explain", summary["registered_version"], "--out", str(tmp_path),
+                                      "--workspace", str(ws.root), "--json"])
+    assert result.exit_code == 0, result.output
+    story = json.loads(result.stdout)
+    assert [r["method"] for r in story["rungs"]] == ["slug", "retrain"]
+    assert "class_forgetting: inconclusive" in story["rungs"][0]["why"]
+    assert story["rungs"][1]["why"].startswith("passed every gate")
+    candidates = story["rungs"][0]["candidates"]
+    assert candidates and all(c["cached_activations"] for c in candidates)
+    assert story["rungs"][0]["plots"] and all((tmp_path / p.split("/")[-1]).is_file() for p in story["rungs"][0]["plots"])
+
+    # one nested MLflow run per rung under the version's run
+    from unlearnops import registry
+
+    client = registry.client(ws)
+    version = client.get_model_version(ws.settings.project.model_name, summary["registered_version"])
+    children = client.search_runs([client.get_run(version.run_id).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{version.run_id}'")
+    assert sorted(r.data.tags["unlearnops.status"] for r in children) == ["inconclusive", "pass"]
+    refused = CliRunner().invoke(app, ["explain", "999", "--workspace", str(ws.root)])
+    assert refused.exit_code == 1 and "no version 999" in refused.output
+
+
+def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_workspace):
+    ws, _, _ = odd_workspace
+    from unlearnops.data import load_dataset
+
+    dataset = load_dataset(ws.data_dir)
+    ones = dataset.manifest.loc[dataset.manifest["label"] == 1, "sample_id"].astype(str).tolist()
+    api.submit(ws, samples=ones)
+    summary = api.run(ws, prefect=False)
+    assert summary["rungs"] == ["slug: pass"], summary
+    assert summary["certificate_status"] == "certified"
+    gates = {g["name"]: g for g in _certificate(ws, summary["run_id"])["gates"]}
+    assert gates["class_forgetting"]["status"] == "pass" and gates["class_forgetting"]["metrics"]["power"]
+    assert gates["forget_accuracy"]["metrics"]["applicable"] is False

@@ -1,0 +1,105 @@
+"""``unlearnops explain VERSION``: how a registered version came to be — which rungs of the ladder ran, why
+each stopped, and for the fast path its layer candidates and step search — read from the version's signed
+certificate in the registry (so it works on any machine that can reach the registry)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from unlearnops import registry
+from unlearnops.workspace import Workspace
+
+
+class ExplainError(RuntimeError):
+    """The version does not exist or carries no certificate."""
+
+
+def _why(rung: dict[str, Any]) -> str:
+    if rung["status"] == "pass":
+        return "passed every gate" + (f" ({len(rung['caveats'])} caveat(s))" if rung.get("caveats") else "")
+    summaries = rung.get("gate_summaries") or {}
+    open_gates = [f"{name}: {status}" + (f" — {summaries[name]}" if name in summaries else "")
+                  for name, status in (rung.get("gates") or {}).items() if status != "pass"]
+    return "; ".join(open_gates) or rung["status"]
+
+
+def _candidates(details: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for c in details.get("candidates") or []:
+        chosen = c.get("chosen") or {}
+        rows.append({
+            "layer": c["layer"],
+            "importance": c["importance"],
+            "alignment": c["alignment"],
+            "evaluations": c.get("evaluations"),
+            "cached_activations": c.get("cached_activations"),
+            "seconds": c.get("seconds"),
+            "step": chosen.get("step"),
+            "reached_target": chosen.get("reached"),
+            "utility_drop": chosen.get("utility_drop"),
+            "chosen": c["layer"] == details.get("chosen_layer"),
+        })
+    return rows
+
+
+def certificate_of(ws: Workspace, version: str) -> dict[str, Any]:
+    """The signed certificate registered with ``version``."""
+    from mlflow.exceptions import MlflowException
+
+    client = registry.client(ws)
+    try:
+        model_version = client.get_model_version(ws.settings.project.model_name, version)
+    except MlflowException as exc:
+        raise ExplainError(f"no version {version} of {ws.settings.project.model_name}") from exc
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
+        except Exception as exc:
+            raise ExplainError(f"version {version} has no certificate (a base or imported model?)") from exc
+        return json.loads(Path(path).read_text())
+
+
+def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[str, Any]:
+    """The story of ``version``: one entry per rung tried (method, verdict, why, seconds, the fast path's
+    candidates); with ``plots_dir``, the candidates and step-search plots of each rung as PNG files."""
+    from unlearnops.report import _candidates_plot, _search_plot
+
+    signed = certificate_of(ws, version)
+    rungs = []
+    for index, rung in enumerate(signed.get("rungs") or [], start=1):
+        details = rung.get("details") or {}
+        entry = {
+            "rung": index,
+            "method": rung["method"],
+            "status": rung["status"],
+            "why": _why(rung),
+            "seconds": rung.get("seconds"),
+            "gates": rung.get("gates"),
+            "changed_parameters": rung.get("changed_parameters"),
+            "candidates": _candidates(details),
+            "chosen_layer": details.get("chosen_layer"),
+            "plots": [],
+        }
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            for kind, plot in (("candidates", _candidates_plot), ("search", _search_plot)):
+                uri = plot(details) if details.get("candidates") else None
+                if uri:
+                    path = plots_dir / f"v{version}-rung{index}-{rung['method']}-{kind}.png"
+                    path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+                    entry["plots"].append(str(path))
+        rungs.append(entry)
+    return {
+        "version": version,
+        "status": signed.get("status"),
+        "parent_version": signed.get("parent_model_version"),
+        "method": (signed.get("method") or {}).get("name"),
+        "samples_removed": signed.get("samples_removed"),
+        "caveats": signed.get("caveats") or [],
+        "gates": {g["name"]: {"status": g["status"], "summary": g["summary"]} for g in signed.get("gates") or []},
+        "rungs": rungs,
+    }
