@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from unlearnops import hookimpl
 from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class BoundaryConfig(ClassicConfig):
@@ -66,23 +66,10 @@ class BoundaryShrink(Method):
         target = Target(model, inputs, forget, config, device)
         labels, crossed = neighbour_labels(model, forget, config.epsilon)
         optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum)
-        step, losses, stopped = 0, [], target.stop(model, 0)
-        model.train()
-        for _ in range(0 if stopped else config.epochs):
-            for idx in batches(len(forget), config.batch_size, generator, device):
-                optimizer.zero_grad()
-                loss = F.cross_entropy(model(forget.x[idx]), labels[idx])
-                loss.backward()
-                optimizer.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                if target.stop(model, step) or clock.expired():
-                    stopped = True
-                    break
-            if stopped:
-                break
-        model.eval()
-        details = {"steps": step, "losses": losses, "neighbours_across_boundary": crossed,
+        loop = TrainLoop(model, optimizer, target, clock, generator, device)
+        loop.run(config.epochs, len(forget), config.batch_size,
+                 lambda idx, _: F.cross_entropy(model(forget.x[idx]), labels[idx]))
+        details = {"steps": loop.steps, "losses": loop.step_losses, "neighbours_across_boundary": crossed,
                    "n_forget": len(forget), **target.details(model), **clock.details()}
         return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from unlearnops import hookimpl
 from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
 from unlearnops.plugins.zoo_common import (
-    ClassicConfig, Clock, Data, Target, batches, make_optimizer, n_classes, random_wrong_labels,
+    ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer, n_classes, random_wrong_labels,
 )
 
 
@@ -53,27 +53,16 @@ def random_label_finetune(model, inputs: UnlearnInputs, config, device, clock: C
     # implementation concatenates them): each sample weighs the same.
     x = torch.cat([forget.x, retain.x]) if len(retain) else forget.x
     y = torch.cat([relabelled, retain.y]) if len(retain) else relabelled
-    step, losses, stopped = 0, [], target.stop(model, 0)
-    model.train()
-    for _ in range(0 if stopped else config.epochs):
-        for idx in batches(len(x), config.batch_size, generator, device):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            loss.backward()
-            if masks is not None:
-                for p, m in zip(params, masks):
-                    if p.grad is not None:
-                        p.grad.add_(p.detach(), alpha=decay).mul_(m)
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            if target.stop(model, step) or clock.expired():
-                stopped = True
-                break
-        if stopped:
-            break
-    model.eval()
-    return {"steps": step, "losses": losses}, target
+
+    def mask_gradients():
+        for p, m in zip(params, masks):
+            if p.grad is not None:
+                p.grad.add_(p.detach(), alpha=decay).mul_(m)
+
+    loop = TrainLoop(model, optimizer, target, clock, generator, device,
+                     after_backward=mask_gradients if masks is not None else None)
+    loop.run(config.epochs, len(x), config.batch_size, lambda idx, _: F.cross_entropy(model(x[idx]), y[idx]))
+    return {"steps": loop.steps, "losses": loop.step_losses}, target
 
 
 class RL(Method):

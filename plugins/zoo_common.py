@@ -137,9 +137,6 @@ class Target:
             return True
         return False
 
-    def reached(self, model: nn.Module, step: int) -> bool:
-        return self.stop(model, step)
-
     def details(self, model: nn.Module) -> dict:
         holdout_accuracy = accuracy(model, self.holdout)
         return {"target_mode": self.mode,
@@ -185,3 +182,53 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.0, weight_d
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class TrainLoop:
+    """Optimizer steps until the target is reached, the utility guard trips, the time budget runs out or the
+    passes are spent — the loop every iterative classic method shares.
+
+    ``loss_fn(idx, epoch)`` returns the loss of one batch (``idx``: indices into the pass's data) to
+    minimize; ``after_backward()`` may edit the gradients before the step (masks). The target is checked
+    once before any step (a model already at the target is left alone) and after every step.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, target: Target, clock: Clock, generator: torch.Generator,
+                 device, after_backward=None):
+        self.model, self.optimizer, self.target, self.clock = model, optimizer, target, clock
+        self.generator, self.device, self.after_backward = generator, device, after_backward
+        self.steps = 0
+        #: The loss of every step, in order.
+        self.step_losses: list[float] = []
+        self.stopped = target.stop(model, 0)
+
+    def one_pass(self, n: int, batch_size: int, loss_fn, epoch: int = 0) -> float:
+        """One shuffled pass over ``n`` samples (or until stopped); the sample-weighted mean loss."""
+        self.model.train()
+        total, seen = 0.0, 0
+        for idx in batches(n, batch_size, self.generator, self.device):
+            if self.stopped:
+                break
+            self.optimizer.zero_grad()
+            loss = loss_fn(idx, epoch)
+            loss.backward()
+            if self.after_backward is not None:
+                self.after_backward()
+            self.optimizer.step()
+            self.steps += 1
+            value = float(loss.detach())
+            self.step_losses.append(value)
+            total, seen = total + value * len(idx), seen + len(idx)
+            if self.target.stop(self.model, self.steps) or self.clock.expired():
+                self.stopped = True
+        self.model.eval()
+        return total / max(seen, 1)
+
+    def run(self, epochs: int, n: int, batch_size: int, loss_fn) -> list[float]:
+        """Up to ``epochs`` passes; the mean loss of each pass run."""
+        losses = []
+        for epoch in range(epochs):
+            if self.stopped:
+                break
+            losses.append(self.one_pass(n, batch_size, loss_fn, epoch))
+        return losses
