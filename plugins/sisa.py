@@ -168,7 +168,8 @@ class SISA(Method):
         counts = np.bincount(shards, minlength=n)
         return UnlearnResult(
             model=model, method=self.name, changed_parameters=changed, seconds=time.perf_counter() - started,
-            details={"n_shards": n, "retrained_shards": affected, "kept_shards": [k for k in range(n) if k not in affected],
+            details={"n_shards": n, "retrained_shards": affected,
+                     "kept_shards": [k for k in range(n) if k not in affected],
                      "retained_per_shard": counts.tolist(), "trained_on": int(sum(counts[k] for k in affected)),
                      "epochs": params["epochs"],
                      "from": "model factory" if inputs.model_factory else "re-initialized constituent"})

@@ -11,6 +11,9 @@ Not a plugin: registers nothing. Gives each method the same notion of
   forget set is as detectable as a remembered one);
 * a utility guard (``utility_guard``): a step that costs more held-out accuracy than the caller's
   ``utility_max_drop`` is undone and training stops;
+* one training loop (:class:`TrainLoop`) that applies the three, after every step or — for methods whose
+  later phase repairs what an earlier one broke (RL, SalUn) — at the end of each epoch, keeping the best
+  checked state within the utility budget;
 * deterministic shuffling from ``config.seed`` (a CPU generator, so the order is the same on every device).
 """
 

@@ -30,7 +30,10 @@ def _single_shard_request(task, shard: int, n: int = 5):
     chosen = np.flatnonzero(shards == shard)[:n]
     mask = np.zeros(len(train), dtype=bool)
     mask[chosen] = True
-    pick = lambda m: Samples(train.features[m], train.labels[m], [s for s, k in zip(train.sample_ids, m) if k])  # noqa: E731
+
+    def pick(m):
+        return Samples(train.features[m], train.labels[m], [s for s, k in zip(train.sample_ids, m) if k])
+
     forget, retain = pick(mask), pick(~mask)
     return dataclasses.replace(inputs, forget=forget, retain=retain, retain_full=retain)
 
