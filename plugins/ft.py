@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from unlearnops import hookimpl
 from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class FTConfig(ClassicConfig):
@@ -35,27 +35,14 @@ def finetune(model, retain: Data, target: Target, clock: Clock, config, device, 
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum,
                                config.weight_decay)
-    losses, step, stopped = [], 0, False
-    model.train()
-    for epoch in range(config.epochs):
-        total = 0.0
-        for idx in batches(len(retain), config.batch_size, generator, device):
-            optimizer.zero_grad()
-            loss = F.cross_entropy(model(retain.x[idx]), retain.y[idx])
-            if penalty is not None:
-                loss = loss + penalty(epoch)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            total += float(loss.detach()) * len(idx)
-            if target.reached(model, step) or clock.expired():
-                stopped = True
-                break
-        losses.append(total / max(len(retain), 1))
-        if stopped:
-            break
-    model.eval()
-    return {"epochs_run": len(losses), "steps": step, "epoch_losses": losses}
+
+    def loss_fn(idx, epoch):
+        loss = F.cross_entropy(model(retain.x[idx]), retain.y[idx])
+        return loss if penalty is None else loss + penalty(epoch)
+
+    loop = TrainLoop(model, optimizer, target, clock, generator, device)
+    losses = loop.run(config.epochs, len(retain), config.batch_size, loss_fn)
+    return {"epochs_run": len(losses), "steps": loop.steps, "epoch_losses": losses}
 
 
 class FT(Method):

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from unlearnops import hookimpl
 from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class GAConfig(ClassicConfig):
@@ -43,23 +43,12 @@ class GA(Method):
         forget = Data(inputs.forget, device)
         target = Target(model, inputs, forget, config, device)
         optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
-        losses, step, stopped = [], 0, target.reached(model, 0)
-        model.train()
-        for _ in range(0 if stopped else config.epochs):
-            for idx in batches(len(forget), config.batch_size, generator, device):
-                optimizer.zero_grad()
-                loss = F.cross_entropy(model(forget.x[idx]), forget.y[idx])
-                (-loss).backward()
-                optimizer.step()
-                step += 1
-                losses.append(float(loss.detach()))
-                if target.reached(model, step) or clock.expired():
-                    stopped = True
-                    break
-            if stopped:
-                break
-        model.eval()
-        details = {"steps": step, "forget_losses": losses, **target.details(model), **clock.details()}
+        loop = TrainLoop(model, optimizer, target, clock, generator, device)
+        # Minimizing −CE ascends the forget loss.
+        loop.run(config.epochs, len(forget), config.batch_size,
+                 lambda idx, _: -F.cross_entropy(model(forget.x[idx]), forget.y[idx]))
+        details = {"steps": loop.steps, "forget_losses": [-v for v in loop.step_losses],
+                   **target.details(model), **clock.details()}
         return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
                              seconds=clock.elapsed, details=details)
 

@@ -7,7 +7,9 @@ Weight Saliency").
 2. Random labelling (RL, see ``rl``) restricted to the masked weights: the gradients of unmasked weights are
    zeroed, so they stay exactly as they were.
 
-The paper's default mask keeps 50 % of the weights; RL hyper-parameters are those of ``rl`` here.
+The paper's default mask keeps 50 % of the weights; the RL part and its defaults are those of ``rl`` (labels
+redrawn every batch, forget pass then retain pass, epoch-level checks). Measured on the conformance task
+with three task seeds: 104-123 % of the gap closed (forget 0.55-0.63 at held-out 0.62-0.64).
 ``details`` reports the mask's sparsity per tensor.
 """
 
@@ -53,7 +55,7 @@ def saliency_mask(model, forget: Data, sparsity: float, per_tensor: bool, batch_
 
 class SalUn(Method):
     name = "salun"
-    version = "0.1.0"
+    version = "0.2.0"
     Config = SalUnConfig
     needs_retain = True
     supports_gpu = True

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from unlearnops import hookimpl
 from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, batches, make_optimizer
+from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class SCRUBConfig(ClassicConfig):
@@ -68,36 +68,23 @@ class SCRUB(Method):
         target = Target(model, inputs, forget, config, device)
         optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum,
                                    config.weight_decay)
-        step, stopped = 0, target.stop(model, 0)
+        loop = TrainLoop(model, optimizer, target, clock, generator, device)
+
+        def max_loss(idx, _):
+            return -distill_kl(model(forget.x[idx]), teacher_forget[idx], config.temperature)
+
+        def min_loss(idx, _):
+            logits = model(retain.x[idx])
+            return (config.gamma * F.cross_entropy(logits, retain.y[idx])
+                    + config.alpha * distill_kl(logits, teacher_retain[idx], config.temperature))
+
         max_losses, min_losses = [], []
-        model.train()
-        for epoch in range(0 if stopped else config.epochs):
-            phases = (["max"] if epoch < config.max_epochs else []) + ["min"]
-            for phase in phases:
-                data, size = (forget, config.batch_size) if phase == "max" else (retain, config.retain_batch_size)
-                total = 0.0
-                for idx in batches(len(data), size, generator, device):
-                    optimizer.zero_grad()
-                    logits = model(data.x[idx])
-                    if phase == "max":
-                        loss = -distill_kl(logits, teacher_forget[idx], config.temperature)
-                    else:
-                        loss = (config.gamma * F.cross_entropy(logits, data.y[idx])
-                                + config.alpha * distill_kl(logits, teacher_retain[idx], config.temperature))
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    total += float(loss.detach()) * len(idx)
-                    if target.stop(model, step) or clock.expired():
-                        stopped = True
-                        break
-                (max_losses if phase == "max" else min_losses).append(total / max(len(data), 1))
-                if stopped:
-                    break
-            if stopped:
-                break
-        model.eval()
-        details = {"steps": step, "max_phases_run": len(max_losses), "min_phases_run": len(min_losses),
+        for epoch in range(config.epochs):
+            if epoch < config.max_epochs and not loop.stopped:
+                max_losses.append(loop.one_pass(len(forget), config.batch_size, max_loss, epoch))
+            if not loop.stopped:
+                min_losses.append(loop.one_pass(len(retain), config.retain_batch_size, min_loss, epoch))
+        details = {"steps": loop.steps, "max_phases_run": len(max_losses), "min_phases_run": len(min_losses),
                    "max_phase_losses": max_losses, "min_phase_losses": min_losses,
                    **target.details(model), **clock.details()}
         return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),

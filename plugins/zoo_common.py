@@ -11,6 +11,9 @@ Not a plugin: registers nothing. Gives each method the same notion of
   forget set is as detectable as a remembered one);
 * a utility guard (``utility_guard``): a step that costs more held-out accuracy than the caller's
   ``utility_max_drop`` is undone and training stops;
+* one training loop (:class:`TrainLoop`) that applies the three, after every step or — for methods whose
+  later phase repairs what an earlier one broke (RL, SalUn) — at the end of each epoch, keeping the best
+  checked state within the utility budget;
 * deterministic shuffling from ``config.seed`` (a CPU generator, so the order is the same on every device).
 """
 
@@ -108,6 +111,11 @@ class Target:
         self.forget_accuracy_before = accuracy(model, forget)
         self.reached_at: int | None = None
         self.guard_at: int | None = None
+        #: Epoch-level checking (:meth:`checkpoint`): the state within the utility budget with the lowest
+        #: forget accuracy so far (forget accuracy, state, step), and the step restored by :meth:`finish`.
+        self._best: tuple[float, dict, int] | None = None
+        self.selected_at: int | None = None
+        self.over_budget_checks = 0
         self.checks = 0
         self._last_good = self._state(model) if config.utility_guard else None
 
@@ -137,8 +145,34 @@ class Target:
             return True
         return False
 
-    def reached(self, model: nn.Module, step: int) -> bool:
-        return self.stop(model, step)
+    def checkpoint(self, model: nn.Module, step: int) -> bool:
+        """The epoch-level check, for methods whose later phase repairs what an earlier one broke (RL: the
+        retain pass after the forget pass): True when forget accuracy is at the target and held-out accuracy
+        within the utility budget. A state over the budget does not stop training; each state within it is a
+        candidate for :meth:`finish`."""
+        self.checks += 1
+        holdout_accuracy, forget_accuracy = accuracy(model, self.holdout), accuracy(model, self.forget)
+        within = not self.config.utility_guard or self.holdout_accuracy_before - holdout_accuracy <= self.max_drop
+        if not within:
+            self.over_budget_checks += 1
+            return False
+        if self._best is None or forget_accuracy < self._best[0]:
+            self._best = (forget_accuracy, self._state(model), step)
+        tolerance = self.config.target_tolerance
+        if self.config.stop_at_target and forget_accuracy <= self.target(holdout_accuracy) + tolerance:
+            self.reached_at = step
+            return True
+        return False
+
+    def finish(self, model: nn.Module) -> None:
+        """After epoch-level checking: when the target was never reached, restore the checked state within the
+        utility budget closest to it (the original weights if none was within the budget)."""
+        if self.reached_at is not None or not self.config.utility_guard:
+            return
+        if self._best is None:
+            self._best = (self.forget_accuracy_before, self._last_good, 0)
+        model.load_state_dict(self._best[1])
+        self.selected_at = self._best[2]
 
     def details(self, model: nn.Module) -> dict:
         holdout_accuracy = accuracy(model, self.holdout)
@@ -149,7 +183,9 @@ class Target:
                 "holdout_accuracy_after": holdout_accuracy,
                 "target_forget_accuracy": self.target(holdout_accuracy),
                 "target_reached_at_step": self.reached_at,
-                "utility_guard_stopped_at_step": self.guard_at}
+                "utility_guard_stopped_at_step": self.guard_at,
+                "restored_checkpoint_of_step": self.selected_at,
+                "checks_over_utility_budget": self.over_budget_checks}
 
 
 class Clock:
@@ -185,3 +221,76 @@ def make_optimizer(params, name: str, lr: float, momentum: float = 0.0, weight_d
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class TrainLoop:
+    """Optimizer steps until the target is reached, the utility guard trips, the time budget runs out or the
+    passes are spent — the loop every iterative classic method shares.
+
+    ``loss_fn(idx, epoch)`` returns the loss of one batch (``idx``: indices into the pass's data) to
+    minimize; ``after_backward()`` may edit the gradients before the step (masks). With ``check="step"`` the
+    target and the utility guard (:meth:`Target.stop`) are checked once before any step (a model already at
+    the target is left alone) and after every step. With ``check="epoch"`` they are checked
+    (:meth:`Target.checkpoint`) only at the end of each epoch — after :meth:`run`'s passes, or where the
+    method calls :meth:`end_epoch` — and :meth:`finish` restores the best state within the utility budget
+    when the target was never reached; for methods whose later phase repairs what an earlier one broke.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, target: Target, clock: Clock, generator: torch.Generator,
+                 device, after_backward=None, check: str = "step"):
+        if check not in ("step", "epoch"):
+            raise ValueError(f"check must be 'step' or 'epoch', got {check!r}")
+        self.model, self.optimizer, self.target, self.clock = model, optimizer, target, clock
+        self.generator, self.device, self.after_backward = generator, device, after_backward
+        self.check = check
+        self.steps = 0
+        #: The loss of every step, in order.
+        self.step_losses: list[float] = []
+        self._checked = True
+        self.stopped = target.stop(model, 0) if check == "step" else target.checkpoint(model, 0)
+
+    def one_pass(self, n: int, batch_size: int, loss_fn, epoch: int = 0) -> float:
+        """One shuffled pass over ``n`` samples (or until stopped); the sample-weighted mean loss."""
+        self.model.train()
+        total, seen = 0.0, 0
+        for idx in batches(n, batch_size, self.generator, self.device):
+            if self.stopped:
+                break
+            self.optimizer.zero_grad()
+            loss = loss_fn(idx, epoch)
+            loss.backward()
+            if self.after_backward is not None:
+                self.after_backward()
+            self.optimizer.step()
+            self.steps += 1
+            self._checked = False
+            value = float(loss.detach())
+            self.step_losses.append(value)
+            total, seen = total + value * len(idx), seen + len(idx)
+            if (self.check == "step" and self.target.stop(self.model, self.steps)) or self.clock.expired():
+                self.stopped = True
+        self.model.eval()
+        return total / max(seen, 1)
+
+    def end_epoch(self) -> None:
+        """The epoch-level check (``check="epoch"``; nothing otherwise)."""
+        if self.check == "epoch" and not self._checked:
+            self._checked = True
+            self.stopped = self.target.checkpoint(self.model, self.steps) or self.stopped
+
+    def run(self, epochs: int, n: int, batch_size: int, loss_fn) -> list[float]:
+        """Up to ``epochs`` passes; the mean loss of each pass run. Ends with :meth:`finish`."""
+        losses = []
+        for epoch in range(epochs):
+            if self.stopped:
+                break
+            losses.append(self.one_pass(n, batch_size, loss_fn, epoch))
+            self.end_epoch()
+        self.finish()
+        return losses
+
+    def finish(self) -> None:
+        """With ``check="epoch"``: check the last state, then keep the best checked one (see the class)."""
+        if self.check == "epoch":
+            self.end_epoch()
+            self.target.finish(self.model)

@@ -4,9 +4,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from unlearnops.bench.harness import METRICS, SCENARIOS, forget_mask, markdown_table, run
+from unlearnops.bench.harness import METRICS, SCENARIOS, forget_mask, markdown_table, memorization_scores, run
 from unlearnops.cli import app
 from unlearnops.data import Dataset
 from unlearnops.datasets import sklearn_digits
@@ -24,17 +25,44 @@ def test_scenarios_draw_the_right_forget_sets():
     assert len(set(train.labels[one_class])) == 1 and one_class.sum() == (train.labels == train.labels[one_class][0]).sum()
     with pytest.raises(ValueError, match="unknown scenario"):
         forget_mask(train, "everything", rng)
+    scores = np.arange(len(train), dtype=float)
+    memorized = forget_mask(train, "memorized_10pct", rng, scores)
+    assert memorized.sum() == round(len(train) * 0.10) and memorized[-memorized.sum():].all()
+    with pytest.raises(ValueError, match="needs one memorization score per training sample"):
+        forget_mask(train, "memorized_10pct", rng)
+
+
+def test_memorization_scores_are_held_out_losses():
+    from unlearnops.methods import Samples
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    y[:10] = 1 - y[:10]  # ten mislabelled (atypical) samples
+    calls = []
+
+    def fit(samples, seed):
+        calls.append(len(samples))
+        model = torch.nn.Linear(4, 2)
+        with torch.no_grad():
+            model.weight.copy_(torch.tensor([[-5.0, 0, 0, 0], [5.0, 0, 0, 0]]))
+            model.bias.zero_()
+        return model
+
+    scores = memorization_scores(Samples(x, y), fit, seed=0)
+    assert calls == [100, 100]  # two half-size models, each scoring the other half
+    assert set(np.argsort(-scores)[:10]) == set(range(10))
 
 
 @pytest.fixture(scope="module")
 def rows():
-    return run(models=["mlp"], scenarios=["random_10pct", "class"], methods=["slug", "retrain"], seeds=[0],
-               quick=True)
+    return run(models=["mlp"], scenarios=["random_10pct", "class", "memorized_10pct"],
+               methods=["slug", "retrain", "sisa"], seeds=[0], quick=True)
 
 
 def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
-    assert {(r["scenario"], r["method"]) for r in rows} == {(s, m) for s in ("random_10pct", "class")
-                                                            for m in ("retrain", "slug")}
+    assert {(r["scenario"], r["method"]) for r in rows} == {(s, m) for s in ("random_10pct", "class", "memorized_10pct")
+                                                            for m in ("retrain", "slug", "sisa")}
     for row in rows:
         for key in ("method", "scenario", "model", "seed", "wall_seconds", "time_ratio_to_retrain",
                     *METRICS, *(f"gap_to_retrain_{k}" for k in METRICS)):
@@ -48,14 +76,23 @@ def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
         assert slug["changed_parameters"] == 1
     # Retraining without a class never predicts it: its forget accuracy is zero.
     assert by[("class", "retrain")]["forget_accuracy"] == 0.0
+    # SISA starts from its own family's parent, named in its rows; the others from the single network.
+    assert by[("class", "sisa")]["parent"] == "5-shard SISA ensemble" and "parent" not in by[("class", "slug")]
+    assert 0.5 < by[("class", "sisa")]["parent_test_accuracy"] <= 1.0
+    # The most memorized samples are the ones a retrained model gets wrong far more often than random ones.
+    memorized, random = by[("memorized_10pct", "retrain")], by[("random_10pct", "retrain")]
+    assert memorized["forget_accuracy"] < random["forget_accuracy"] - 0.1
     table = markdown_table(rows)
-    assert table.count("\n") == 2 + len(rows) and "| mlp | class | slug |" in table
+    standard, worst = table.split("Worst case")
+    assert "| mlp | class | slug | 1 |" in standard and "memorized_10pct" not in standard
+    assert "| mlp | memorized_10pct | retrain | 1 |" in worst and "| sisa† |" in worst
+    assert "† `sisa` starts from a 5-shard SISA ensemble" in table
 
 
 def test_cli_writes_json_table_and_plot(tmp_path):
     out = tmp_path / "r.json"
     result = CliRunner().invoke(app, ["bench", "--quick", "--models", "mlp", "--scenarios", "subjects_10",
-                                      "--out", str(out), "--json"])
+                                      "--seeds", "0", "--out", str(out), "--json"])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
     assert json.loads(out.read_text()) == payload["rows"]

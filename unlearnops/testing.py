@@ -19,6 +19,10 @@ held-out about 0.7) — and checks that the method
 * leaves its inputs untouched: the caller's model and the sample arrays.
 
 A method that changes nothing fails ``forgets``. Takes a few seconds on a CPU.
+
+A method limited to other model families (``model_families``) can offer its own task of the same kind — a
+model of its family that memorized its forget set — as ``conformance_task(seed) -> ConformanceTask``; the
+checks are the same.
 """
 
 from __future__ import annotations
@@ -149,8 +153,9 @@ def check_method(method, config: dict[str, Any] | None = None, device: str = "cp
                  task: ConformanceTask | None = None) -> ConformanceReport:
     """Run every conformance check on ``method`` (with ``config`` overrides) and report each.
 
-    ``task`` replaces the built-in tiny task (e.g. for a method limited to other model families); its model
-    must memorize the forget set (accuracy gap to held-out of at least ``MIN_GAP``), else ``ValueError``.
+    ``task`` replaces the built-in tiny task (default: the method's own ``conformance_task(0)`` if it has
+    one, for a method limited to other model families); its model must memorize the forget set (accuracy
+    gap to held-out of at least ``MIN_GAP``), else ``ValueError``.
     """
     report = ConformanceReport(method=str(getattr(method, "name", method)))
     problems = contract_problems("method", method)
@@ -164,7 +169,7 @@ def check_method(method, config: dict[str, Any] | None = None, device: str = "cp
         return report
 
     with _one_thread():
-        task = task or tiny_task()
+        task = task or (method.conformance_task(0) if hasattr(method, "conformance_task") else tiny_task())
         fingerprint = _fingerprint(task)
         target = torch.device(device)
         expected = target if target.type != "cuda" or method.supports_gpu else torch.device("cpu")

@@ -1,0 +1,211 @@
+"""SISA: sharded, isolated, sliced, aggregated exact unlearning (Bourtoule et al., IEEE S&P 2021; the sharding
+idea the SAFE / S3T line of work builds on), without slicing.
+
+The training set is split into S shards by a stable hash of each sample id (``shard_of``: the same id always
+lands in the same shard, whatever else is in the data). One constituent model per shard is trained, from a
+fresh model, on that shard alone; the ensemble (:class:`ShardedEnsemble`) predicts with the mean of the
+constituents' softmax outputs. To forget samples, only the constituents whose shards held them are retrained,
+from scratch, on what is left of their shard; every other constituent is kept bit for bit.
+
+Exactness, honestly: the result is exactly the ensemble that :func:`train_sharded` would train on the
+remaining data (same shards, same seeds — checked bit for bit on CPU by ``tests/test_sisa.py``), so it never
+saw the forgotten samples. That holds only when the parent model *is* such an ensemble: SISA is a different
+model family from a single network (each constituent sees 1/S of the data, so the ensemble is usually a few
+points less accurate). The method therefore handles only ``ShardedEnsemble`` parents (``model_families``); on a
+single network the run is refused with a clear error — use ``retrain`` there. Build the parent with
+:func:`train_sharded` (same factory, training function and parameters as the workspace) and import it.
+
+Constituents are retrained with the caller's model factory (a factory that builds a ``ShardedEnsemble``
+gives its constituent of the same index; any other factory builds one constituent), training function and
+training parameters; constituent k uses seed ``seed + k``. Needs the forget set's sample ids.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import nn
+
+from unlearnops import hookimpl
+from unlearnops.methods import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult
+from unlearnops.model import train_model
+
+#: Shards of the conformance task's ensemble.
+CONFORMANCE_SHARDS = 4
+#: Used where the caller gives no training parameters (the workspace always does), as for ``retrain``.
+DEFAULT_TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
+
+
+def shard_of(sample_id: str, n_shards: int) -> int:
+    """The shard of a sample: sha256 of its id modulo ``n_shards`` (stable across runs, machines, data)."""
+    return int.from_bytes(hashlib.sha256(str(sample_id).encode()).digest()[:8], "big") % n_shards
+
+
+def shard_assignment(sample_ids: Sequence[str], n_shards: int) -> np.ndarray:
+    """:func:`shard_of` for every id."""
+    return np.fromiter((shard_of(s, n_shards) for s in sample_ids), dtype=np.int64, count=len(sample_ids))
+
+
+class ShardedEnsemble(nn.Module):
+    """S constituent networks; the output is log of the mean of their softmax outputs — valid logits
+    (softmax of the output is the averaged probability), so evaluation, gates and ONNX export work unchanged."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        if not members:
+            raise ValueError("a sharded ensemble needs at least one constituent")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def ensemble_factory(member_factory: Callable[[], nn.Module], n_shards: int) -> Callable[[], ShardedEnsemble]:
+    """A model factory for a workspace whose model is a SISA ensemble of ``member_factory`` networks."""
+
+    def build() -> ShardedEnsemble:
+        return ShardedEnsemble([member_factory() for _ in range(n_shards)])
+
+    return build
+
+
+def _fresh_member(k: int, seed: int, factory: Callable[[], nn.Module] | None, template: nn.Module | None):
+    """Constituent k, freshly initialized from the global RNG seeded with ``seed + k`` (so training the
+    ensemble and retraining one shard draw the same initial weights). A factory that builds a
+    ``ShardedEnsemble`` gives its constituent k; any other factory builds one constituent; without a
+    factory, ``template`` is copied and re-initialized."""
+    torch.manual_seed(seed + k)
+    if factory is not None:
+        built = factory()
+        return built.members[k] if isinstance(built, ShardedEnsemble) else built
+    fresh = copy.deepcopy(template)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    return fresh
+
+
+def _train_member(k: int, samples: Samples, shards: np.ndarray, factory, template, train_function, params: dict,
+                  device) -> nn.Module:
+    keep = shards == k
+    if not keep.any():
+        raise ValueError(f"shard {k} holds no training samples; use fewer shards")
+    seed = int(params["seed"])
+    member = _fresh_member(k, seed, factory, template)
+    train = train_function or train_model
+    return train(member, np.asarray(samples.features)[keep], np.asarray(samples.labels)[keep], device=device,
+                 progress=None, **{**params, "seed": seed + k}).to(device)
+
+
+def train_sharded(factory: Callable[[], nn.Module], samples: Samples, n_shards: int, *,
+                  train_function: Callable[..., nn.Module] | None = None, train_params: dict | None = None,
+                  device: torch.device | str = "cpu") -> ShardedEnsemble:
+    """Train a SISA ensemble: constituent k (from ``factory``: one network, or an :func:`ensemble_factory`)
+    on the samples of shard k, with seed ``train_params["seed"] + k``."""
+    if len(samples.sample_ids) != len(samples) or len(samples) == 0:
+        raise ValueError("SISA needs a sample id for every training sample")
+    params = {**DEFAULT_TRAINING, "seed": 0, **(train_params or {})}
+    shards = shard_assignment(samples.sample_ids, n_shards)
+    members = [_train_member(k, samples, shards, factory, None, train_function, params, device)
+               for k in range(n_shards)]
+    return ShardedEnsemble(members).to(device).eval()
+
+
+class SISAConfig(MethodConfig):
+    epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
+    batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
+    lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
+
+
+class SISA(Method):
+    name = "sisa"
+    version = "0.1.0"
+    Config = SISAConfig
+    needs_retain = True
+    supports_gpu = True
+    exact = True
+    model_families = ("ShardedEnsemble",)
+
+    def unlearn(self, model: ShardedEnsemble, inputs: UnlearnInputs, config: SISAConfig, device) -> UnlearnResult:
+        started = time.perf_counter()
+        forget = inputs.forget
+        if len(forget.sample_ids) != len(forget):
+            raise ValueError("sisa needs the sample id of every forgotten sample (the shard comes from it)")
+        retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
+        if len(retain.sample_ids) != len(retain):
+            raise ValueError("sisa needs the sample id of every remaining training sample")
+        params = {**DEFAULT_TRAINING, "seed": config.seed, **inputs.train_params}
+        for key in ("epochs", "batch_size", "lr"):
+            params[key] = getattr(config, key) or params[key]
+        params["seed"] = config.seed
+        n = model.n_shards
+        affected = sorted({shard_of(s, n) for s in forget.sample_ids})
+        shards = shard_assignment(retain.sample_ids, n)
+        changed = {}
+        for k in affected:
+            member = _train_member(k, retain, shards, inputs.model_factory, model.members[k],
+                                   inputs.train_function, params, device)
+            old = dict(model.members[k].named_parameters())
+            model.members[k] = member
+            for pname, p in member.named_parameters():
+                before = old[pname].detach()
+                if not torch.equal(p.detach(), before):
+                    changed[f"members.{k}.{pname}"] = float((p.detach() - before).norm()
+                                                            / before.norm().clamp_min(1e-12))
+        model.eval()
+        counts = np.bincount(shards, minlength=n)
+        return UnlearnResult(
+            model=model, method=self.name, changed_parameters=changed, seconds=time.perf_counter() - started,
+            details={"n_shards": n, "retrained_shards": affected,
+                     "kept_shards": [k for k in range(n) if k not in affected],
+                     "retained_per_shard": counts.tolist(), "trained_on": int(sum(counts[k] for k in affected)),
+                     "epochs": params["epochs"],
+                     "from": "model factory" if inputs.model_factory else "re-initialized constituent"})
+
+    @staticmethod
+    def conformance_task(seed: int = 0):
+        """The conformance suite's task with a SISA parent: the same data (600 training points, 150 to
+        forget), an ensemble of its MLP trained shard by shard the same way (full batch, 300 epochs)."""
+        return copy.deepcopy(_sisa_task(seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _sisa_task(seed: int):
+    from unlearnops import testing
+
+    base = testing.tiny_task(seed)
+    inputs = base.inputs
+    train = Samples(np.concatenate([inputs.forget.features, inputs.retain.features]),
+                    np.concatenate([inputs.forget.labels, inputs.retain.labels]),
+                    inputs.forget.sample_ids + inputs.retain.sample_ids)
+    n_features, n_classes = train.features.shape[1], int(train.labels.max()) + 1
+
+    def factory() -> nn.Module:
+        return testing._mlp(n_features, n_classes)
+
+    params = {"epochs": 300, "batch_size": len(train), "lr": 1e-2, "seed": seed}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = train_sharded(factory, train, CONFORMANCE_SHARDS, train_params=params)
+    finally:
+        torch.set_num_threads(threads)
+    inputs.model_factory, inputs.train_params = factory, params
+    return testing.ConformanceTask(model, inputs, base.test)
+
+
+@hookimpl
+def register_methods(register):
+    register(SISA())
