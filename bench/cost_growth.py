@@ -42,6 +42,14 @@ def _timed_pair(original, spec, epochs, forget: Samples, retain: Samples, holdou
     return slug_seconds, retrain_seconds, evaluations
 
 
+def _row(axis: str, original, spec, epochs: int, train, mask: np.ndarray, holdout: Samples, device) -> dict:
+    slug_s, retrain_s, evals = _timed_pair(original, spec, epochs, _samples(train.select(mask)),
+                                           _samples(train.select(~mask)), holdout, device)
+    return {"axis": axis, "n_train": len(train), "n_forget": int(mask.sum()), "slug_seconds": slug_s,
+            "retrain_seconds": retrain_s, "ratio": retrain_s / slug_s, "slug_evaluations": evals,
+            "epochs": epochs, "device": str(device)}
+
+
 def run(sizes=(1000, 2500, 5000), forget_sizes=(10, 50, 200, 800), quick: bool = False,
         device: str | None = None, progress=print) -> list[dict[str, Any]]:
     spec = MODELS["cnn"]
@@ -62,22 +70,14 @@ def run(sizes=(1000, 2500, 5000), forget_sizes=(10, 50, 200, 800), quick: bool =
         rng = np.random.default_rng(n)
         mask = np.zeros(len(train), dtype=bool)
         mask[rng.choice(len(train), size=max(1, len(train) // 100), replace=False)] = True
-        slug_s, retrain_s, evals = _timed_pair(original, spec, epochs, _samples(train.select(mask)),
-                                               _samples(train.select(~mask)), holdout, torch_device)
-        rows.append({"axis": "dataset_size", "n_train": len(train), "n_forget": int(mask.sum()),
-                     "slug_seconds": slug_s, "retrain_seconds": retrain_s, "ratio": retrain_s / slug_s,
-                     "slug_evaluations": evals, "epochs": epochs, "device": str(torch_device)})
+        rows.append(_row("dataset_size", original, spec, epochs, train, mask, holdout, torch_device))
         progress(json.dumps(rows[-1]))
     original, train, holdout = originals[max(sizes)]
     for k in forget_sizes:
         rng = np.random.default_rng(k)
         mask = np.zeros(len(train), dtype=bool)
         mask[rng.choice(len(train), size=min(k, len(train) - 1), replace=False)] = True
-        slug_s, retrain_s, evals = _timed_pair(original, spec, epochs, _samples(train.select(mask)),
-                                               _samples(train.select(~mask)), holdout, torch_device)
-        rows.append({"axis": "forget_size", "n_train": len(train), "n_forget": int(mask.sum()),
-                     "slug_seconds": slug_s, "retrain_seconds": retrain_s, "ratio": retrain_s / slug_s,
-                     "slug_evaluations": evals, "epochs": epochs, "device": str(torch_device)})
+        rows.append(_row("forget_size", original, spec, epochs, train, mask, holdout, torch_device))
         progress(json.dumps(rows[-1]))
     return rows
 
@@ -91,17 +91,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(rows: list[dict[str, Any]], out: Path, to_markdown) -> str:
+    """``out`` (JSON rows) and ``out`` with ``.md`` (the table); returns the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    table = to_markdown(rows)
+    out.with_suffix(".md").write_text(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer training epochs (15 instead of 40)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", type=Path, default=Path("bench/results/cost-growth.json"))
     args = parser.parse_args(argv)
-    rows = run(quick=args.quick, device=args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows))
-    print(markdown(rows))
+    print(write_results(run(quick=args.quick, device=args.device), args.out, markdown))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from unlearnops import api
+from unlearnops.bench.cost_growth import write_results
 
 
 def _scenario_request(ws, scenario: str, rng: np.random.Generator) -> dict[str, list[str]]:
@@ -85,11 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workspace", type=Path, default=Path("bench-ladder-workspace"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/ladder.json"))
     args = parser.parse_args(argv)
-    rows = run(args.workspace, args.epochs)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(rows))
-    print(markdown(rows))
+    print(write_results(run(args.workspace, args.epochs), args.out, markdown))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,11 +16,7 @@ import time
 import httpx
 import numpy as np
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from unlearnops.servers import free_port
 
 
 def measure(base: str, batch: int, seconds: float, clients: int, input_shape: list[int]) -> dict:
@@ -61,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=4)
     args = parser.parse_args(argv)
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "unlearnops.cli", "serve", "--port", str(port), "--workspace", args.workspace],
         env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

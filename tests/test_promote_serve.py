@@ -1,7 +1,6 @@
 """CI-gated promotion and ONNX serving on a workspace with several real deletion batches."""
 
 import json
-import socket
 import threading
 import time
 
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import make_workspace
 from unlearnops import registry
 from unlearnops.cli import app
+from unlearnops.servers import free_port
 
 runner = CliRunner()
 
@@ -104,12 +104,6 @@ def test_tampered_candidate_is_refused(lineage, tmp_path):
     assert code == 1 and any("contents were changed" in r for r in decision["reasons"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(lineage):
     from unlearnops.deploy.serve import create_app
@@ -117,7 +111,7 @@ def server(lineage):
     ws = lineage
     if registry.resolve_version(ws, "champion") != "2":
         _promote(ws, "2")
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_app(ws, max_batch=32, poll_seconds=0.5), host="127.0.0.1", port=port,
                             log_level="warning")
     instance = uvicorn.Server(config)
