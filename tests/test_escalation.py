@@ -35,6 +35,12 @@ def odd_workspace(tmp_path_factory):
     return ws, manifest["sample_id"].to_numpy()[odd].tolist(), manifest
 
 
+def _configure(ws, **unlearn):
+    """Change ``[unlearn]`` settings of the workspace, as a user editing unlearnops.toml would."""
+    settings = ws.settings.model_copy(update={"unlearn": ws.settings.unlearn.model_copy(update=unlearn)})
+    ws.write_settings(settings, ws.params)
+
+
 def _certificate(ws, run_id):
     return json.loads((ws.runs_dir / run_id / "certificate.json").read_text())
 
@@ -61,12 +67,15 @@ def test_identity_never_certifies(odd_workspace, tmp_path):
 
 def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_workspace, tmp_path):
     ws, odd_ids, _ = odd_workspace
+    _configure(ws, rung_config={"retrain": {"epochs": 4}})  # a per-rung budget, through the method's config
     api.submit(ws, samples=odd_ids)
     summary = api.run(ws, prefect=False)
+    assert summary["request_kind"] == "class"  # their labels vanish with them: unsupported by any other sample
     assert summary["rungs"][0] != "slug: pass" and summary["rungs"][-1] == "retrain: pass", summary["rungs"]
     assert summary["certificate_status"] == "certified"
     certificate = _certificate(ws, summary["run_id"])
     assert [r["method"] for r in certificate["rungs"]] == ["slug", "retrain"]
+    assert certificate["rungs"][1]["config"]["epochs"] == 4 and certificate["ladder"] == ["slug", "retrain"]
     first = certificate["rungs"][0]
     assert first["gates"]["class_forgetting"] == "inconclusive"  # the parent never fit them: nothing to prove
     assert any("exact method" in c for c in certificate["caveats"])
@@ -101,8 +110,10 @@ def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_wo
 
     dataset = load_dataset(ws.data_dir)
     ones = dataset.manifest.loc[dataset.manifest["label"] == 1, "sample_id"].astype(str).tolist()
+    _configure(ws, ladders={"class": ["slug", "retrain"], "samples": ["retrain"]})
     api.submit(ws, samples=ones)
     summary = api.run(ws, prefect=False)
+    assert summary["request_kind"] == "class"
     assert summary["rungs"] == ["slug: pass"], summary
     assert summary["certificate_status"] == "certified"
     gates = {g["name"]: g for g in _certificate(ws, summary["run_id"])["gates"]}

@@ -59,6 +59,8 @@ class Batch(BaseModel):
     #: The locators asked (name -> version), each request's policy, thresholds, and notes (skipped locators).
     locate_info: dict[str, Any] = Field(default_factory=dict)
     parent_version: str
+    #: ``samples``, ``subjects`` or ``class`` (see :func:`request_kind`): picks the ladder.
+    kind: str = "samples"
     #: Methods to try in order; each rung starts again from the parent's weights.
     ladder: list[str]
     #: Config overrides asked for the first rung (``unlearnops run --config``).
@@ -179,9 +181,11 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         raise NothingToDo("no pending deletion request has samples left in the dataset")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
+    kind = request_kind(ws, pending, located)
+    ladder = [method] if method else ladder_for(ws, kind)
     try:  # a missing or broken method fails the requests before the dataset is touched
-        for index, name in enumerate([method] if method else ws.settings.unlearn.ladder):
-            _method_and_config(ws, name, method_config if index == 0 else None)
+        for index, name in enumerate(ladder):
+            _method_and_config(ws, name, rung_config(ws, name, method_config if index == 0 else None))
     except PluginError as exc:
         store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
         raise
@@ -209,14 +213,36 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         forget_hashes=sorted(set(hashes)),
         subject_hashes=subjects,
         parent_version=parent,
-        ladder=[method] if method else list(ws.settings.unlearn.ladder),
+        kind=kind,
+        ladder=ladder,
         requested_config=method_config or {},
-        method=method or ws.settings.unlearn.ladder[0],
+        method=ladder[0],
         dataset_before=data.current_version(ws).to_dict(),
     )
     batch.step_seconds["locate"] = round(time.perf_counter() - started, 3)
     _complete(ws, batch, "locate")
     return batch
+
+
+def request_kind(ws: Workspace, pending, located: dict[str, list[str]]) -> str:
+    """``class`` when the batch removes every sample of each class it touches, else ``subjects`` when a
+    request names subjects, else ``samples``."""
+    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "label"]).to_pandas()
+    forgotten = manifest["sample_id"].isin(set().union(*located.values()))
+    if forgotten.any() and not manifest.loc[~forgotten, "label"].isin(set(manifest.loc[forgotten, "label"])).any():
+        return "class"
+    return "subjects" if any(r.request.subject_ids for r in pending) else "samples"
+
+
+def ladder_for(ws: Workspace, kind: str) -> list[str]:
+    """The workspace's ladder for a request kind (``[unlearn] ladders``, else ``ladder``)."""
+    unlearn = ws.settings.unlearn
+    return list(unlearn.ladders.get(kind) or unlearn.ladder)
+
+
+def rung_config(ws: Workspace, method: str, requested: dict | None) -> dict[str, Any]:
+    """A rung's config overrides: ``[unlearn] rung_config`` for the method, then what the run asked for."""
+    return {**ws.settings.unlearn.rung_config.get(method, {}), **(requested or {})}
 
 
 def close_unlocatable(store: RequestStore, stored, unmatched: dict[str, list[str]]) -> str:
@@ -467,7 +493,7 @@ def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = No
     batch.rungs = []
     for index, name in enumerate(batch.ladder):
         batch.method = name
-        batch.method_config = dict(batch.requested_config) if index == 0 else {}
+        batch.method_config = rung_config(ws, name, batch.requested_config if index == 0 else None)
         started = time.perf_counter()
         unlearn(ws, batch, device=device)
         run_gates(ws, batch)
@@ -541,6 +567,8 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
+        "request_kind": batch.kind,
+        "ladder": batch.ladder,
         "rungs": batch.rungs,
         "method": {
             "name": batch.method,
@@ -735,6 +763,7 @@ def summary(batch: Batch) -> dict[str, Any]:
         "run_id": batch.run_id,
         "requests": batch.request_ids,
         "samples_removed": len(batch.forget_ids),
+        "request_kind": batch.kind,
         "located_by": located_summary(batch)["by_locator"],
         "forget_samples_trained": (batch.unlearn or {}).get("n_forget_trained"),
         "method": batch.method,

@@ -13,7 +13,7 @@ import os
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import tomlkit
 import yaml
@@ -88,6 +88,16 @@ class UnlearnSettings(_Strict):
         ["slug", "retrain"],
         min_length=1,
         description="Methods tried in order, each from the parent's weights, until one passes every gate.",
+    )
+    ladders: dict[Literal["samples", "subjects", "class"], list[str]] = Field(
+        {},
+        description="Per request kind, a ladder that replaces `ladder`: 'class' (the batch removes whole classes), "
+        "'subjects' (some request names subjects), 'samples' (ids, hashes, near-duplicates only).",
+    )
+    rung_config: dict[str, dict[str, Any]] = Field(
+        {},
+        description="Per method, config used when it runs as a rung of a ladder, e.g. a time budget: "
+        "{ ft = { max_seconds = 60 } }; validated against the method's Config.",
     )
     seed: int = Field(0, description="Seed of every method's config and of the retain sample.")
     retain_sample: int = Field(512, ge=1, description="Retain samples used for gradients and utility checks.")
