@@ -296,7 +296,7 @@ class Workspace:
             os.environ.setdefault(key, value)
         os.environ["UNLEARNOPS_WORKSPACE"] = str(self.root)
         # Registered models are pickled modules: unpickling needs the user's model code importable.
-        import_object(self.root, self.settings.project.python_path, "unlearnops.model:SmallCNN")
+        add_python_path(self.root, self.settings.project.python_path)
 
 
 def validation_message(path: Path, exc: ValidationError) -> str:
@@ -323,14 +323,19 @@ def load_settings(path: Path) -> Settings:
         raise ConfigError(validation_message(path, exc)) from exc
 
 
-def import_object(root: Path, python_path: list[str], import_path: str) -> Callable:
-    """Resolve ``module:name`` with the ``python_path`` directories (relative to ``root``) on ``sys.path``."""
-    from unlearnops.model import resolve
-
+def add_python_path(root: Path, python_path: list[str]) -> None:
+    """Put the ``python_path`` directories (relative to ``root``) at the front of ``sys.path``, once."""
     for entry in reversed(python_path):
         directory = str((Path(root) / entry).resolve())
         if directory not in sys.path:
             sys.path.insert(0, directory)
+
+
+def import_object(root: Path, python_path: list[str], import_path: str) -> Callable:
+    """Resolve ``module:name`` with the ``python_path`` directories (relative to ``root``) on ``sys.path``."""
+    from unlearnops.model import resolve
+
+    add_python_path(root, python_path)
     return resolve(import_path)
 
 
