@@ -102,15 +102,25 @@ def _cached(ws: Workspace) -> list[Reference]:
     return found
 
 
+def stale_references(ws: Workspace, train_ids: set[str] | None = None) -> list[Path]:
+    """Cached reference models (weights and id files) trained on a sample that is not in ``train_ids``
+    (default: the current dataset's training split), i.e. deleted since: they still carry its influence."""
+    cached = _cached(ws)
+    if cached and train_ids is None:
+        manifest = load_dataset(ws.data_dir).manifest
+        train_ids = set(manifest.loc[manifest["split"] == "train", "sample_id"].astype(str))
+    return [path for ref in cached if not set(ref.meta["train_ids"]) <= train_ids
+            for path in (ref.path, ref.path.with_suffix(".json"))]
+
+
 def prune_references(ws: Workspace, train_ids: set[str]) -> list[str]:
-    """Delete every cached reference model trained on a sample that is no longer in the workspace's training
-    data (deleted since): such a model still carries the deleted samples' influence. Returns their paths."""
+    """Delete every cached reference model trained on a sample not in ``train_ids``; returns the weights'
+    paths. ``unlearnops purge`` removes the same files (:func:`stale_references`)."""
     removed = []
-    for ref in _cached(ws):
-        if not set(ref.meta["train_ids"]) <= train_ids:
-            ref.path.unlink(missing_ok=True)
-            ref.path.with_suffix(".json").unlink(missing_ok=True)
-            removed.append(str(ref.path.relative_to(ws.root)))
+    for path in stale_references(ws, train_ids):
+        path.unlink(missing_ok=True)
+        if path.suffix == ".pt":
+            removed.append(str(path.relative_to(ws.root)))
     return removed
 
 
