@@ -47,6 +47,7 @@ import numpy as np
 
 from unlearnops import gates, registry
 from unlearnops.data import Dataset, load_dataset
+from unlearnops.durable import atomic_write_text
 from unlearnops.workspace import Workspace
 
 SCHEMA = "unlearnops.audit/v1"
@@ -163,7 +164,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int, dev
                 "recipe": recipe, "seconds": round(time.perf_counter() - started, 2),
                 "created_at": _now(), "train_ids": sorted(ids[mask].tolist())}
         meta["sha256"] = save_weights(model, path)
-        (target_dir / f"{index}.json").write_text(json.dumps(meta))
+        atomic_write_text(target_dir / f"{index}.json", json.dumps(meta))  # written last: marks it complete
         chosen.append(Reference(path, meta, reused=False))
     return chosen, pruned
 

@@ -194,7 +194,8 @@ def audit_section(record: dict[str, Any]) -> str:
     for attack, result in record["attacks"].items():
         for tag in ("parent", "candidate"):
             m = result[tag]
-            rows.append([attack, tag, m["auc"], m["auc_ci"], m["tpr_at_0.1pct_fpr"], m["tpr_at_1pct_fpr"],
+            rows.append([attack, tag, m["auc"], "[{:.3f}, {:.3f}]".format(*m["auc_ci"]), m["tpr_at_0.1pct_fpr"],
+                         m["tpr_at_1pct_fpr"],
                          result["status"] if tag == "candidate" else ("power" if result["power"] else "no power")])
     refs = record["references"]
     samples = record["samples"]
