@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from unlearnops import audit, registry
 from unlearnops.cli import app
 from unlearnops.datasets import HOLDOUT_PARTS, holdout_part
+from unlearnops.workspace import GateSettings
 
 K = 2
 
@@ -18,7 +19,7 @@ K = 2
 @pytest.fixture(scope="module")
 def deleted(tmp_path_factory):
     """A tiny trained workspace after one deletion batch by retraining (v2, parent v1)."""
-    from conftest import make_workspace
+    from conftest import TEST_SUBJECTS, make_workspace
 
     from unlearnops.demo import demo_subjects
     from unlearnops.intake import submit
@@ -27,7 +28,7 @@ def deleted(tmp_path_factory):
 
     ws = make_workspace(tmp_path_factory.mktemp("audit") / "ws")
     train_base(ws)
-    submit(ws, {"subject_ids": demo_subjects(ws, 15), "reason": "audit test"})
+    submit(ws, {"subject_ids": demo_subjects(ws, TEST_SUBJECTS), "reason": "audit test"})
     batch = process_pending(ws, method="retrain")
     assert batch.registered_version == "2"
     return ws, batch
@@ -121,27 +122,31 @@ def test_audit_verdict_rules():
 
 
 def test_identity_looks_member_like_and_is_never_passed(audits):
+    """The identity keeps the parent's weights: its forget set scores as the parent's does, higher per example
+    than under a model that never saw it, and the audit never passes it (fail with power, else inconclusive).
+    On these MNIST digits the gap between the forget set and the non-members is small (AUC about 0.56-0.60
+    against about 0.50 for the retrained model), so only the verdict and the paired comparison are asserted."""
     identity, retrain, forget = audits
     lira = identity["attacks"]["lira"]
     assert lira["candidate"]["auc"] == lira["parent"]["auc"]  # the same model
     assert identity["status"] != "pass"
-    forget_z = np.array([e["lira_candidate"] for e in identity["per_example"]["forget"]])
-    nonmember_z = np.array([e["lira_candidate"] for e in identity["per_example"]["nonmembers"]])
-    assert forget_z.mean() > nonmember_z.mean() and lira["candidate"]["auc"] > 0.5
-    assert len(forget_z) == len(forget) == identity["samples"]["forget"]
+    assert identity["status"] == "fail" or not all(a["power"] for a in identity["attacks"].values())
+    identity_z = np.array([e["lira_candidate"] for e in identity["per_example"]["forget"]])
+    retrained_z = np.array([e["lira_candidate"] for e in retrain["per_example"]["forget"]])
+    assert len(identity_z) == len(forget) == identity["samples"]["forget"]
+    assert wilcoxon(identity_z - retrained_z, alternative="greater").pvalue < 1e-4
     for attack in ("lira", "rmia"):
         for tag in ("parent", "candidate"):
             m = identity["attacks"][attack][tag]
             assert 0 <= m["tpr_at_0.1pct_fpr"] <= m["tpr_at_1pct_fpr"] <= 1 and m["auc_ci"][0] <= m["auc_ci"][1]
 
 
-def test_retrained_model_is_not_failed_and_forget_set_scores_drop(audits):
+def test_retrained_model_is_not_failed(audits):
     identity, retrain, _ = audits
     assert retrain["status"] != "fail"
-    assert retrain["attacks"]["lira"]["candidate"]["auc"] < identity["attacks"]["lira"]["candidate"]["auc"]
-    # per example, on the same forgotten samples: the retrained model scores them lower than the parent
-    drop = np.array([e["lira_parent"] - e["lira_candidate"] for e in retrain["per_example"]["forget"]])
-    assert drop.mean() > 0 and wilcoxon(drop, alternative="greater").pvalue < 0.01
+    # the retrained model never saw the forget set: no attack finds it significantly member-like
+    for attack in retrain["attacks"].values():
+        assert attack["candidate"]["auc_ci"][0] <= 0.5 + GateSettings().mia_margin
 
 
 def test_reference_models_are_cached_and_reused(audits, deleted):

@@ -125,7 +125,8 @@ def prune_references(ws: Workspace, train_ids: set[str]) -> list[str]:
     return removed
 
 
-def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int, device) -> tuple[list[Reference], list[str]]:
+def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
+                     device) -> tuple[list[Reference], list[str]]:
     """K reference models for the training pool ``pool`` (the current training split), reused from the cache
     where sound, trained and cached otherwise (``refs/<dataset md5>/<i>.pt`` with ``<i>.json`` holding the
     training-set ids, seed and recipe).
