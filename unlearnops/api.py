@@ -184,6 +184,15 @@ def promote(ws: WorkspaceLike | None = None, version: str | None = None, check: 
     return promote_version(workspace(ws), version, check_only=check).to_dict()
 
 
+def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
+          device: str | None = None) -> dict[str, Any]:
+    """Audit ``version`` with offline LiRA and RMIA (``unlearnops audit``); the signed audit record
+    (``AuditRefused`` when the version cannot be audited)."""
+    from unlearnops.audit import audit_version
+
+    return audit_version(workspace(ws), version, references=references, device=device)
+
+
 def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
     """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state."""
     from unlearnops import data, registry

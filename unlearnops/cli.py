@@ -763,6 +763,48 @@ def certificate_verify(
 
 
 @app.command()
+def audit(
+    version: str = typer.Argument(..., help="Registered (unlearned) model version number."),
+    references: int = typer.Option(4, "--references", "-k", min=1, max=8,
+                                   help="Reference models trained without the audited samples (1-8); cached."),
+    device: Optional[str] = typer.Option(None, help="Torch device for reference training [default: cuda if usable]."),
+    wait: float = typer.Option(60.0, min=0, help="Seconds to wait for a run holding the workspace."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Audit a version with offline LiRA and RMIA (reference models trained without the forgotten samples),
+    parent vs version; the signed record goes to the version's run (audits/), its tags (audit_status) and
+    report.html. Exit 0 pass, 1 fail or inconclusive (or the version cannot be audited), 2 error."""
+    from unlearnops.audit import AuditRefused, audit_version
+    from unlearnops.durable import WorkspaceBusy
+
+    ws = _workspace(workspace)
+    try:
+        with stdout_to_stderr(as_json):
+            record = audit_version(ws, version, references=references, device=device, wait=wait)
+    except AuditRefused as exc:
+        fail(f"audit refused: {exc}", ExitCode.REFUSED, as_json)
+    except WorkspaceBusy as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(record)
+    else:
+        table = Table("attack", "model", "AUC", "AUC CI", "TPR@0.1%FPR", "TPR@1%FPR", "verdict",
+                      title=f"audit of version {version} (parent {record['parent_version']})")
+        for attack, result in record["attacks"].items():
+            for tag in ("parent", "candidate"):
+                m = result[tag]
+                verdict = result["status"] if tag == "candidate" else ("power" if result["power"] else "no power")
+                table.add_row(attack, tag, f"{m['auc']:.3f}", f"[{m['auc_ci'][0]:.3f}, {m['auc_ci'][1]:.3f}]",
+                              f"{m['tpr_at_0.1pct_fpr']:.3f}", f"{m['tpr_at_1pct_fpr']:.3f}", verdict)
+        Console(stderr=True).print(table)
+        refs = record["references"]
+        err.print(f"{record['status']}: {record['summary']} ({refs['k']} reference models: {refs['reused']} "
+                  f"reused, {refs['trained']} trained; {record['seconds']['total']} s)")
+    raise typer.Exit(ExitCode.OK if record["status"] == "pass" else ExitCode.REFUSED)
+
+
+@app.command()
 def purge(
     dry_run: bool = typer.Option(False, "--dry-run", help="List what would be removed; remove nothing."),
     wait: float = typer.Option(60.0, min=0, help="Seconds to wait for a run holding the workspace."),

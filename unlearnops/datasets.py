@@ -39,6 +39,19 @@ def stable_split(sample_id: str, train_pct: int = 70, holdout_pct: int = 15) -> 
     return "test"
 
 
+#: The held-out split is used twice, by disjoint halves: ``calibration`` samples are given to unlearning
+#: methods (e.g. the fast path's step search aims at their level), ``gate`` samples only to the gates and the
+#: audit as non-members. Derived from the sample id, so no on-disk split changes and a sample never moves.
+HOLDOUT_PARTS = ("calibration", "gate")
+
+
+def holdout_part(sample_id: str) -> str:
+    """``"calibration"`` or ``"gate"`` for a held-out sample: a salted hash of its id, independent of the hash
+    that chose its split (so about half of the held-out samples fall on each side)."""
+    digest = hashlib.sha256(b"unlearnops.holdout-part:" + str(sample_id).encode()).digest()
+    return HOLDOUT_PARTS[digest[0] & 1]
+
+
 def build_manifest(sample_ids: list[str], subject_ids: list[str], labels: np.ndarray, features: np.ndarray):
     return pd.DataFrame(
         {

@@ -199,6 +199,29 @@ def _auc_with_ci(member_phi, member_labels, nonmember_phi, nonmember_labels, set
     return auc, ci, tpr_at_fpr(member_phi, nonmember_phi, 0.01), tpr_ci
 
 
+def membership_verdict(ci, parent_ci, margin: float) -> tuple[Status, str, bool, tuple[float, float]]:
+    """Judge a membership attack's AUC confidence interval against the band ``0.5 ± margin``, with power
+    shown on the parent (its CI wholly above the band). Returns status, summary, power and the band; shared
+    by the per-batch gate and the audit (:mod:`unlearnops.audit`)."""
+    band = (0.5 - margin, 0.5 + margin)
+    power = bool(parent_ci[0] > band[1])
+    low, high = ci
+    if low > band[1]:
+        return "fail", "forget set still looks like training members", power, band
+    if high < band[0] and parent_ci[1] < band[0]:
+        return "inconclusive", ("atypical forget set: the parent already scored it below unseen data (samples it "
+                                "never fit, e.g. labels no other sample supports), so a population attack cannot "
+                                "judge it; audit mode can"), power, band
+    if high < band[0]:
+        return "fail", OVER_FORGETTING + ": forget set looks less member-like than unseen data", power, band
+    if low >= band[0] and high <= band[1] and power:
+        return "pass", "forget set indistinguishable from held-out non-members", power, band
+    if low >= band[0] and high <= band[1]:
+        return "inconclusive", ("no power: the attack could not detect the parent model's membership either, so "
+                                "it cannot tell a no-op from forgetting"), power, band
+    return "inconclusive", "confidence interval too wide to decide at this sample size", power, band
+
+
 def mia_gate(
     forget_phi: np.ndarray,
     forget_labels: np.ndarray,
@@ -230,27 +253,7 @@ def mia_gate(
     reference = class_matched_auc(
         holdout_phi[half_a], holdout_labels[half_a], holdout_phi[half_b], holdout_labels[half_b]
     )
-    band = (0.5 - settings.mia_margin, 0.5 + settings.mia_margin)
-    power = parent_ci[0] > band[1]
-    low, high = ci
-    if low > band[1]:
-        status, summary = "fail", "forget set still looks like training members"
-    elif high < band[0] and parent_ci[1] < band[0]:
-        status, summary = "inconclusive", (
-            "atypical forget set: the parent already scored it below unseen data (samples it never fit, e.g. "
-            "labels no other sample supports), so a population attack cannot judge it; audit mode can"
-        )
-    elif high < band[0]:
-        status, summary = "fail", OVER_FORGETTING + ": forget set looks less member-like than unseen data"
-    elif low >= band[0] and high <= band[1] and power:
-        status, summary = "pass", "forget set indistinguishable from held-out non-members"
-    elif low >= band[0] and high <= band[1]:
-        status, summary = "inconclusive", (
-            "no power: the attack could not detect the parent model's membership either, so it cannot tell "
-            "a no-op from forgetting"
-        )
-    else:
-        status, summary = "inconclusive", "confidence interval too wide to decide at this sample size"
+    status, summary, power, band = membership_verdict(ci, parent_ci, settings.mia_margin)
     return GateResult(
         name=name,
         status=status,

@@ -71,7 +71,8 @@ class UnlearnInputs:
 
     forget: Samples
     retain: Samples
-    #: Held-out non-members: the level the forget set should fall to for sample-level forgetting.
+    #: Held-out non-members: the level the forget set should fall to for sample-level forgetting. In the
+    #: pipeline this is the ``calibration`` half of the held-out split; the gates judge on the other half.
     holdout: Samples
     #: Largest allowed accuracy drop on held-out data while searching a step.
     utility_max_drop: float = 0.02

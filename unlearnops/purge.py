@@ -15,6 +15,8 @@ What holds the bytes of a deleted sample after its deletion batch, and what purg
   the champion's lineage deleted). The weight files of the MLflow logged model, the ONNX run artifact, and
   the copies in ``.unlearnops/runs/<run>/`` are removed; the certificate, report, metrics, params and tags
   stay for audit, and the version is tagged ``unlearnops.purged=true`` (and tainted, if it was not).
+* **Audit reference models** (``.unlearnops/audit/refs/``, :mod:`unlearnops.audit`) trained on a sample the
+  current dataset no longer holds. Removed (weights and their id list).
 * **Git**: DVC keeps data out of git (``data.dvc`` and ``dvc.lock`` hold hashes only). Purge checks every
   commit for a file under a DVC-tracked path (``data/``, stage outputs); it does not rewrite history, so
   such a file is reported as ``git_history`` and the purge exits 1 (rewrite it with ``git filter-repo``).
@@ -336,6 +338,12 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
                 if path.name.endswith(WEIGHT_SUFFIXES):
                     removals.append(("run-scratch", None, str(path)))
                     report.items.append(Item("run-scratch", str(path.relative_to(ws.root)), path.stat().st_size))
+    # Audit reference models trained on a sample the current dataset no longer holds (unlearnops.audit).
+    from unlearnops.audit import stale_references
+
+    for path in stale_references(ws):
+        removals.append(("audit-references", None, str(path)))
+        report.items.append(Item("audit-references", str(path.relative_to(ws.root)), path.stat().st_size))
     return report, removals, mlflow_removals
 
 

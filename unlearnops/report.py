@@ -155,3 +155,70 @@ def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.n
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
     path.write_text(page, encoding="utf-8")
     return path
+
+
+AUDIT_START, AUDIT_END = "<!-- audit:start -->", "<!-- audit:end -->"
+
+
+def _audit_roc_plot(record: dict[str, Any]) -> str | None:
+    """ROC curves of each audit attack, forget set vs non-members, on the parent and the audited model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    forget, nonmembers = record["per_example"]["forget"], record["per_example"]["nonmembers"]
+    if not forget or not nonmembers:
+        return None
+    attacks = list(record["attacks"])
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 4.2), squeeze=False)
+    truth = np.r_[np.ones(len(forget)), np.zeros(len(nonmembers))]
+    for ax, attack in zip(axes[0], attacks):
+        for tag, style in (("parent", "--"), ("candidate", "-")):
+            key = f"{attack}_{tag}"
+            fpr, tpr, _ = roc_curve(truth, np.r_[[r[key] for r in forget], [r[key] for r in nonmembers]])
+            ax.plot(fpr, tpr, style, label=f"{tag} (AUC {record['attacks'][attack][tag]['auc']:.3f})")
+        ax.plot([1e-3, 1], [1e-3, 1], "k:", label="chance")
+        ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
+               ylabel="true positive rate", title=f"offline {attack.upper()}")
+        ax.legend(loc="lower right", fontsize=8)
+    uri = _png(fig)
+    plt.close(fig)
+    return uri
+
+
+def audit_section(record: dict[str, Any]) -> str:
+    """The report's "Audit" section for an audit record (:mod:`unlearnops.audit`)."""
+    rows = []
+    for attack, result in record["attacks"].items():
+        for tag in ("parent", "candidate"):
+            m = result[tag]
+            rows.append([attack, tag, m["auc"], "[{:.3f}, {:.3f}]".format(*m["auc_ci"]), m["tpr_at_0.1pct_fpr"],
+                         m["tpr_at_1pct_fpr"],
+                         result["status"] if tag == "candidate" else ("power" if result["power"] else "no power")])
+    refs = record["references"]
+    samples = record["samples"]
+    parts = [
+        AUDIT_START,
+        f"<h2>Audit — {html.escape(record['status'])}</h2>",
+        f"<p>{html.escape(record['summary'])}. Audited {html.escape(record['audited_at'])} with {refs['k']} "
+        f"reference models ({refs['reused']} reused, {refs['trained']} trained); {samples['forget']} forgotten "
+        f"training samples vs {samples['nonmembers']} held-out non-members, RMIA population "
+        f"{samples['population']}.</p>",
+        _table(["attack", "model", "AUC", "AUC CI", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "verdict"], rows),
+    ]
+    roc = _audit_roc_plot(record)
+    if roc:
+        parts.append(f'<img alt="audit ROC curves" src="{roc}">')
+    parts.append(AUDIT_END)
+    return "".join(parts)
+
+
+def with_audit(page: str, record: dict[str, Any]) -> str:
+    """``page`` (a report) with its audit section replaced by (or extended with) the one for ``record``."""
+    section = audit_section(record)
+    if AUDIT_START in page and AUDIT_END in page:
+        head, rest = page.split(AUDIT_START, 1)
+        return head + section + rest.split(AUDIT_END, 1)[1]
+    return page.replace("</body>", section + "</body>", 1) if "</body>" in page else page + section

@@ -82,6 +82,9 @@ class Batch(BaseModel):
     registered_version: str | None = None
     #: Failures of after-certification plugin hooks (reported, not fatal: the version is registered).
     hook_errors: list[str] = Field(default_factory=list)
+    #: How many samples the method and the gates used, by role (``methods``: forget, retain, calibration;
+    #: ``gates``: forget, non-members, test); the two held-out parts are disjoint.
+    samples_used: dict[str, Any] = Field(default_factory=dict)
     step_seconds: dict[str, float] = Field(default_factory=dict)
     completed: list[str] = Field(default_factory=list)
     resumed: int = 0
@@ -354,16 +357,31 @@ def _forget_samples(ws: Workspace, batch: Batch):
         return Samples(arrays["features"][train], arrays["labels"][train], list(arrays["sample_ids"][train]))
 
 
-def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: int = 0):
+def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: int = 0, part: str | None = None):
+    """Samples of one split; for ``holdout``, ``part`` keeps only its ``calibration`` (methods) or ``gate``
+    (gates, audit) half — see :func:`unlearnops.datasets.holdout_part`."""
     from unlearnops.methods import Samples
 
-    part = load_dataset(ws.data_dir).split(split)
-    idx = np.arange(len(part))
-    if limit is not None and limit < len(part):
-        idx = np.sort(np.random.default_rng(seed).choice(len(part), size=limit, replace=False))
+    if part is not None and split != "holdout":
+        raise ValueError(f"only the holdout split has parts, not {split!r}")
+    subset = load_dataset(ws.data_dir).split(split) if part is None else holdout_split(ws, part)
+    idx = np.arange(len(subset))
+    if limit is not None and limit < len(subset):
+        idx = np.sort(np.random.default_rng(seed).choice(len(subset), size=limit, replace=False))
     return Samples(
-        np.asarray(part.features[idx]), part.labels[idx], part.manifest["sample_id"].astype(str).iloc[idx].tolist()
+        np.asarray(subset.features[idx]), subset.labels[idx],
+        subset.manifest["sample_id"].astype(str).iloc[idx].tolist(),
     )
+
+
+def holdout_split(ws: Workspace, part: str):
+    """The ``calibration`` or ``gate`` half of the current dataset's held-out split."""
+    from unlearnops.datasets import HOLDOUT_PARTS, holdout_part
+
+    if part not in HOLDOUT_PARTS:
+        raise ValueError(f"unknown held-out part {part!r}: expected one of {HOLDOUT_PARTS}")
+    holdout = load_dataset(ws.data_dir).split("holdout")
+    return holdout.select(holdout.manifest["sample_id"].astype(str).map(holdout_part).to_numpy() == part)
 
 
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
@@ -385,7 +403,7 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             forget=forget,
             forget_groups=[g for g in groups if g.any()] or None,
             retain=_split_samples(ws, "train", settings.unlearn.retain_sample, settings.unlearn.seed),
-            holdout=_split_samples(ws, "holdout"),
+            holdout=_split_samples(ws, "holdout", part="calibration"),
             utility_max_drop=settings.gates.utility_max_drop,
             retain_full=_split_samples(ws, "train"),
             model_factory=ws.model_factory,
@@ -415,6 +433,8 @@ def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
             "n_forget_trained": len(forget),
             "details": details,
         }
+        batch.samples_used["methods"] = {"forget": len(forget), "retain": len(inputs.retain),
+                                         "retain_full": len(inputs.retain_full), "calibration": len(inputs.holdout)}
     return batch
 
 
@@ -439,8 +459,9 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
         parent = registry.load_model(ws, batch.parent_version)
         unlearned = _unlearned_model(ws, batch)
         forget = _forget_samples(ws, batch)
-        holdout = _split_samples(ws, "holdout")
+        holdout = _split_samples(ws, "holdout", part="gate")  # disjoint from the methods' calibration part
         test = _split_samples(ws, "test")
+        batch.samples_used["gates"] = {"forget": len(forget), "nonmembers": len(holdout), "test": len(test)}
 
         with dvc.api.open(f"data/{data.MANIFEST_FILE}", repo=str(ws.root), rev=batch.dataset_before["git_rev"],
                           mode="rb") as fh:
@@ -555,6 +576,10 @@ def located_summary(batch: Batch) -> dict[str, Any]:
     return {**batch.locate_info, "by_locator": by_locator, "samples": batch.located}
 
 
+HOLDOUT_RULE = ("held-out split halved by a salted sha256 of the sample id: 'calibration' given to methods, "
+                "'gate' used only by gates and audits (unlearnops.datasets.holdout_part)")
+
+
 def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
     return {
         "issued_at": _now(),
@@ -564,6 +589,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "subjects_hmac_sha256": batch.subject_hashes,
         "samples_removed": len(batch.forget_ids),
         "located": located_summary(batch),
+        "samples_used": {**batch.samples_used, "holdout_rule": HOLDOUT_RULE},
         "dataset_before": batch.dataset_before,
         "dataset_after": batch.dataset_after,
         "parent_model_version": batch.parent_version,
