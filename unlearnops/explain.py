@@ -23,7 +23,7 @@ def _why(rung: dict[str, Any]) -> str:
         return "passed every gate" + (f" ({len(rung['caveats'])} caveat(s))" if rung.get("caveats") else "")
     summaries = rung.get("gate_summaries") or {}
     open_gates = [f"{name}: {status}" + (f" — {summaries[name]}" if name in summaries else "")
-                  for name, status in (rung.get("gates") or {}).items() if status != "pass"]
+                  for name, status in (rung.get("gates") or {}).items() if status not in ("pass", "not_applicable")]
     return "; ".join(open_gates) or rung["status"]
 
 

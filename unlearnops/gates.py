@@ -19,7 +19,7 @@ from scipy.stats import fisher_exact, rankdata
 from unlearnops.datasets import MANIFEST_COLUMNS
 from unlearnops.workspace import GateSettings
 
-Status = Literal["pass", "fail", "inconclusive"]
+Status = Literal["pass", "fail", "inconclusive", "not_applicable"]
 
 
 class GateResult(BaseModel):
@@ -37,13 +37,13 @@ OVER_FORGETTING = "over-forgetting"
 
 
 def applicable(result: GateResult) -> bool:
-    """False for a gate that had nothing to judge in this batch (``metrics["applicable"] is False``)."""
-    return result.metrics.get("applicable", True) is not False
+    """False for a gate that had nothing to judge in this batch (status ``not_applicable``)."""
+    return result.status != "not_applicable" and result.metrics.get("applicable", True) is not False
 
 
 def not_applicable(name: str, why: str) -> GateResult:
     """A gate's answer when this batch gives it nothing to judge; the verdict ignores it."""
-    return GateResult(name=name, status="inconclusive", summary=f"not applicable: {why}",
+    return GateResult(name=name, status="not_applicable", summary=f"not applicable: {why}",
                       metrics={"applicable": False}, thresholds={})
 
 

@@ -63,7 +63,9 @@ def register_gates(register: Callable[[object], None]) -> None:
     :class:`unlearnops.methods.GateEvidence` (manifests before/after, deleted ids and hashes, per-sample
     evaluations of the parent and the unlearned model on the forget, held-out and test sets) and
     ``settings`` the workspace's :class:`unlearnops.workspace.GateSettings`. The result's ``status`` is
-    ``pass``, ``fail`` or ``inconclusive``; only a batch whose gates all pass is certified. ``check`` must
+    ``pass``, ``fail``, ``inconclusive`` or ``not_applicable`` (nothing to judge in this batch, see
+    :func:`unlearnops.gates.not_applicable`; left out of the verdict); only a batch whose applicable gates all
+    pass is certified. ``check`` must
     not change the evidence.
     """
 
