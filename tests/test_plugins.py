@@ -409,10 +409,15 @@ def test_builtin_gates_judge_evidence_like_the_gate_functions():
 
     before = {"forget": ev(1.0, 60), "holdout": ev(0.9, 300), "test": ev(0.9, 300)}
     after = {"forget": ev(1.0, 60), "holdout": ev(0.9, 300), "test": ev(0.7, 300)}
-    evidence = GateEvidence(None, None, [], [], rng.integers(0, 3, 60), rng.integers(0, 3, 300), before, after)
+    import pandas as pd
+
+    manifest = pd.DataFrame({"label": [0, 1, 2]})  # every class stays: sample-level forgetting
+    evidence = GateEvidence(manifest, manifest, [], [], rng.integers(0, 3, 60), rng.integers(0, 3, 300), before,
+                            after)
     settings = GateSettings()
     registered = load_plugins().entries["gate"]
-    assert set(registered) == {"data", "membership_inference", "forget_accuracy", "utility"}
+    assert set(registered) == {"data", "membership_inference", "forget_accuracy", "class_forgetting", "utility"}
+    assert registered["class_forgetting"].obj.check(evidence, settings).status == "not_applicable"
     utility = registered["utility"].obj.check(evidence, settings)
     assert utility == gates.utility_gate(before["test"].accuracy, after["test"].accuracy, settings)
     assert utility.status == "fail"
