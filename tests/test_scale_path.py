@@ -27,6 +27,17 @@ from tests.test_crash import cli, subprocess_env
 from unlearnops import servers
 from unlearnops.requests import RequestStore
 
+
+def api(method: str, url: str, **kwargs) -> httpx.Response:
+    """An HTTP call to a server under test, retried on 503: a loaded Prefect server answers 503 while its
+    database is busy, and Prefect's own client retries those the same way."""
+    for attempt in range(8):
+        response = httpx.request(method, url, timeout=30, **kwargs)
+        if response.status_code != 503:
+            return response.raise_for_status()
+        time.sleep(min(2 ** attempt, 15))
+    return response.raise_for_status()
+
 RUN_ARTIFACTS = {"certificate.json", "model.onnx", "report.html", "gx_validation.json", "unlearn.json"}
 
 
@@ -54,9 +65,9 @@ def _last_json(stdout: str) -> dict:
 
 def _flow_run_states(api_url: str) -> Counter:
     """(flow name, state type) of every flow run the Prefect server knows, read from its REST API."""
-    flows = httpx.post(f"{api_url}/flows/filter", json={}, timeout=30).raise_for_status().json()
+    flows = api("POST", f"{api_url}/flows/filter", json={}).json()
     names = {f["id"]: f["name"] for f in flows}
-    runs = httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=30).raise_for_status().json()
+    runs = api("POST", f"{api_url}/flow_runs/filter", json={}).json()
     return Counter((names.get(r["flow_id"]), r["state_type"]) for r in runs)
 
 
@@ -112,8 +123,8 @@ def test_the_flows_run_on_real_mlflow_and_prefect_servers(live, tmp_path):
     assert _json(cli(ws, "certificate", "verify", "2", "--json", env=env))["ok"]
 
     # The registry lives on the server: read it back through the server's REST API and a client.
-    alias = httpx.get(f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
-                      params={"name": name, "alias": "champion"}, timeout=30).raise_for_status().json()
+    alias = api("GET", f"{tracking_uri}/api/2.0/mlflow/registered-models/alias",
+                params={"name": name, "alias": "champion"}).json()
     assert alias["model_version"]["version"] == "2"
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     versions = {v.version: v for v in client.search_model_versions(f"name='{name}'")}
@@ -157,7 +168,7 @@ def test_a_prefect_worker_runs_the_deletion_deployment_of_its_work_pool(live):
 
     ws, env, api_url = live.ws, live.env, live.api_url
     champion = _json(cli(ws, "train", "--json", env=env))["champion_version"]  # no-op when already trained
-    httpx.post(f"{api_url}/work_pools/", json={"name": "gpu", "type": "process"}, timeout=30).raise_for_status()
+    api("POST", f"{api_url}/work_pools/", json={"name": "gpu", "type": "process"})
     missing = cli(ws, "schedule", "--work-pool", "no-such-pool", "--json", env=env)
     assert missing.returncode == 2 and "no work pool 'no-such-pool'" in json.loads(missing.stdout)["error"]
     deployment = _json(cli(ws, "schedule", "--work-pool", "gpu", "--cron", "0 3 * * *", "--json", env=env))
@@ -168,11 +179,11 @@ def test_a_prefect_worker_runs_the_deletion_deployment_of_its_work_pool(live):
     worker = servers.prefect_worker("gpu", api_url, live.root / "worker.log",
                                     env={**env, "PREFECT_WORKER_QUERY_SECONDS": "2"})
     with servers.running(worker, timeout=300):
-        flow_run = httpx.post(f"{api_url}/deployments/{deployment['deployment_id']}/create_flow_run", json={},
-                              timeout=30).raise_for_status().json()
+        flow_run = api("POST", f"{api_url}/deployments/{deployment['deployment_id']}/create_flow_run",
+                       json={}).json()
         deadline = time.monotonic() + 600
         while True:
-            flow_run = httpx.get(f"{api_url}/flow_runs/{flow_run['id']}", timeout=30).raise_for_status().json()
+            flow_run = api("GET", f"{api_url}/flow_runs/{flow_run['id']}").json()
             if flow_run["state_type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
                 break
             assert time.monotonic() < deadline, (live.root / "worker.log").read_text()[-4000:]
@@ -215,6 +226,6 @@ def test_the_bootstrap_job_script_sets_up_a_workspace_on_the_servers(live, tmp_p
     config = (tmp_path / "ws" / ".dvc" / "config.local").read_text()
     assert "remote = storage" in config and str(remote) in config
     assert list(remote.rglob("*")), "dvc push left the object-storage remote empty"
-    deployment = httpx.get(f"{live.api_url}/deployments/{first['deployment_id']}", timeout=30).raise_for_status().json()
+    deployment = api("GET", f"{live.api_url}/deployments/{first['deployment_id']}").json()
     assert deployment["work_pool_name"] == "bootstrap-pool"
     assert [s["schedule"]["cron"] for s in deployment["schedules"]] == ["0 2 * * *"]
