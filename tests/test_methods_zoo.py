@@ -18,7 +18,7 @@ from unlearnops.plugins.scrub import SCRUB
 from unlearnops.plugins.ssd import SSD
 from unlearnops.testing import check_method, tiny_task
 
-REGISTERED = ("ft", "ga", "l1sparse", "scrub", "ssd", "rl", "salun", "boundary", "sisa")
+REGISTERED = ("ft", "ga", "l1sparse", "scrub", "ssd", "rl", "salun", "boundary", "sisa", "upcore")
 
 
 def _run(method, task=None, **overrides):
@@ -140,3 +140,25 @@ def test_seeds_change_the_random_methods():
     b, _ = _run(GA(), seed=1)
     assert any(not torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
     assert np.isfinite(a.details["forget_accuracy_after"])
+
+
+def test_upcore_prunes_representation_outliers_before_the_base_method():
+    """Forget samples far from the rest in the model's hidden space are left out of the core set; the base
+    method runs on the core only, and the result names what was pruned."""
+    import dataclasses
+
+    task = tiny_task()
+    forget = task.inputs.forget
+    features = forget.features.copy()
+    ids = [f"f-{i}" for i in range(len(forget))]
+    outliers = [0, 1, 2]
+    features[outliers] *= 25.0  # far outside the data: extreme activations before the last layer
+    task.inputs = dataclasses.replace(task.inputs, forget=Samples(features, forget.labels, ids))
+    upcore = load_plugins().get("upcore")
+    result, _ = _run(upcore, task, contamination=0.1)
+    details = result.details
+    assert {ids[i] for i in outliers} <= set(details["pruned_ids"])
+    assert details["core"] + details["pruned"] == len(forget) and details["base"] == "scrub"
+    assert details["base_details"]  # the base method's own account is kept
+    with pytest.raises(Exception, match="itself"):
+        _run(upcore, tiny_task(), base="upcore")

@@ -36,6 +36,7 @@ BUILTIN_PLUGINS = (
     "unlearnops.plugins.l1sparse",
     "unlearnops.plugins.scrub",
     "unlearnops.plugins.ssd",
+    "unlearnops.plugins.upcore",
     "unlearnops.plugins.rl",
     "unlearnops.plugins.salun",
     "unlearnops.plugins.boundary",
