@@ -10,15 +10,10 @@ import copy
 import time
 
 import torch
-from pydantic import Field
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, MethodConfig, UnlearnInputs, UnlearnResult
+from unlearnops.methods import Method, RetrainingConfig, UnlearnInputs, UnlearnResult, training_params
 from unlearnops.model import train_model
-
-
-#: Used where the caller gives no training parameters (the workspace always does).
-DEFAULT_TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
 
 
 def _reinitialized(model):
@@ -30,10 +25,8 @@ def _reinitialized(model):
     return fresh
 
 
-class RetrainConfig(MethodConfig):
-    epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
-    batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
-    lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
+class RetrainConfig(RetrainingConfig):
+    """Overrides of the workspace's training parameters for the retrained model."""
 
 
 class Retrain(Method):
@@ -46,10 +39,7 @@ class Retrain(Method):
 
     def unlearn(self, model, inputs: UnlearnInputs, config: RetrainConfig, device) -> UnlearnResult:
         started = time.perf_counter()
-        params = {**DEFAULT_TRAINING, **inputs.train_params}
-        for key in ("epochs", "batch_size", "lr"):
-            params[key] = getattr(config, key) or params[key]
-        params["seed"] = config.seed
+        params = training_params(inputs, config)
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
         train = inputs.train_function or train_model
         fresh = train(

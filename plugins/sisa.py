@@ -30,17 +30,22 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from unlearnops import hookimpl
-from unlearnops.methods import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult
+from unlearnops.methods import (
+    DEFAULT_TRAINING,
+    Method,
+    RetrainingConfig,
+    Samples,
+    UnlearnInputs,
+    UnlearnResult,
+    training_params,
+)
 from unlearnops.model import train_model
 
 #: Shards of the conformance task's ensemble.
 CONFORMANCE_SHARDS = 4
-#: Used where the caller gives no training parameters (the workspace always does), as for ``retrain``.
-DEFAULT_TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
 
 
 def shard_of(sample_id: str, n_shards: int) -> int:
@@ -123,10 +128,8 @@ def train_sharded(factory: Callable[[], nn.Module], samples: Samples, n_shards: 
     return ShardedEnsemble(members).to(device).eval()
 
 
-class SISAConfig(MethodConfig):
-    epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
-    batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
-    lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
+class SISAConfig(RetrainingConfig):
+    """Overrides of the workspace's training parameters for the retrained constituents."""
 
 
 class SISA(Method):
@@ -146,10 +149,7 @@ class SISA(Method):
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
         if len(retain.sample_ids) != len(retain):
             raise ValueError("sisa needs the sample id of every remaining training sample")
-        params = {**DEFAULT_TRAINING, "seed": config.seed, **inputs.train_params}
-        for key in ("epochs", "batch_size", "lr"):
-            params[key] = getattr(config, key) or params[key]
-        params["seed"] = config.seed
+        params = training_params(inputs, config)
         n = model.n_shards
         affected = sorted({shard_of(s, n) for s in forget.sample_ids})
         shards = shard_assignment(retain.sample_ids, n)

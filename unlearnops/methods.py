@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 import pluggy
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from unlearnops import hookspecs
@@ -110,6 +110,28 @@ class MethodConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 0
+
+
+#: Training parameters used where the caller gives none (the workspace always gives its ``params.yaml``).
+DEFAULT_TRAINING = {"epochs": 20, "batch_size": 64, "lr": 1e-3}
+
+
+class RetrainingConfig(MethodConfig):
+    """Config of a method that trains from scratch: optional overrides of the workspace's training parameters."""
+
+    epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
+    batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
+    lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
+
+
+def training_params(inputs: "UnlearnInputs", config: RetrainingConfig) -> dict[str, Any]:
+    """The keyword arguments for the training function: :data:`DEFAULT_TRAINING`, then the workspace's
+    parameters, then the config's overrides, with the config's seed."""
+    params = {**DEFAULT_TRAINING, **inputs.train_params}
+    for key in ("epochs", "batch_size", "lr"):
+        params[key] = getattr(config, key) or params[key]
+    params["seed"] = config.seed
+    return params
 
 
 class Method:
