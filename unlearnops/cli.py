@@ -562,12 +562,12 @@ def locate_command(
     """Review what a request would delete: every candidate sample with the locator that found it and its
     score, from the workspace's configured locators and the champion model. Changes nothing (deleting is
     `unlearnops run`)."""
-    from unlearnops import registry
+    from unlearnops import data, registry
     from unlearnops.intake import parse_request
-    from unlearnops.locate import unmatched_targets
+    from unlearnops.locate import read_manifest, unmatched_targets
     from unlearnops.methods import PluginError
     from unlearnops.requests import RequestRejected, RequestStore
-    from unlearnops.steps import locate_context, locate_with_settings
+    from unlearnops.steps import count_by_locator, locate_with_settings
 
     if not dry_run:
         fail("locate only reviews candidates: pass --dry-run (`unlearnops run` deletes)", ExitCode.ERROR, as_json)
@@ -591,15 +591,14 @@ def locate_command(
     started = time.perf_counter()
     with stdout_to_stderr(as_json):
         champion = registry.resolve_version(ws, "champion")
+        table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
         try:
-            located, locators, settings = locate_with_settings(ws, [request], champion)
+            located, locators, settings = locate_with_settings(ws, [request], champion, table)
         except PluginError as exc:
             fail(str(exc), ExitCode.ERROR, as_json)
-        unmatched = unmatched_targets(request, locate_context(ws, None).table)
+        unmatched = unmatched_targets(request, table)
     records = located.records([request_id or "ad-hoc"])
-    by_locator: dict[str, int] = {}
-    for record in records:
-        by_locator[record["locator"]] = by_locator.get(record["locator"], 0) + 1
+    by_locator = count_by_locator(records)
     result = {
         "request": request_id, "policy": request.policy, "dry_run": True, "model_version": champion,
         "locators": [loc.name for loc in locators if loc.kind == "exact" or request.policy == "expand"],

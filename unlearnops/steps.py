@@ -15,6 +15,7 @@ import io
 import json
 import time
 import uuid
+from collections import Counter
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,22 +159,20 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     if not pending:
         raise NothingToDo("no pending deletion requests")
     parent = registry.resolve_version(ws, "champion")  # None: settle what can be settled, then refuse
+    table = read_manifest(ws.data_dir / data.MANIFEST_FILE)  # the dataset does not change before the cut
     try:
-        located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent)
+        located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent, table)
     except PluginError as exc:
         store.mark_failed([r.id for r in pending], f"{type(exc).__name__}: {exc}")
         raise
     records = located_all.records([r.id for r in pending])
     located: dict[str, list[str]] = {}
-    manifest_table = None
     for index, stored in enumerate(pending):
         found = set(located_all.for_request(index)["sample_id"].astype(str))
         # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
         earlier = set(stored.located_sample_ids) - found
         if not found | earlier:
-            if manifest_table is None:
-                manifest_table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
-            close_unlocatable(store, stored, unmatched_targets(stored.request, manifest_table))
+            close_unlocatable(store, stored, unmatched_targets(stored.request, table))
             continue
         records += [{"request": stored.id, "sample_id": s, "locator": "earlier-attempt", "score": None,
                      "via": None, "locators": "earlier-attempt"} for s in sorted(earlier)]
@@ -184,7 +183,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         raise NothingToDo("no pending deletion request has samples left in the dataset")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
-    kind = request_kind(ws, pending, located)
+    kind = request_kind(table, pending, located)
     ladder = [method] if method else ladder_for(ws, kind)
     try:  # a missing or broken method fails the requests before the dataset is touched
         for index, name in enumerate(ladder):
@@ -194,7 +193,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
         raise
     store.mark_located(located)
     forget_ids = sorted(set().union(*located.values()))
-    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "content_sha256"]).to_pandas()
+    manifest = table.select(["sample_id", "content_sha256"]).to_pandas()
     hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
     key = subject_key(ws)
     subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids})
@@ -227,10 +226,10 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     return batch
 
 
-def request_kind(ws: Workspace, pending, located: dict[str, list[str]]) -> str:
-    """``class`` when the batch removes every sample of each class it touches, else ``subjects`` when a
-    request names subjects, else ``samples``."""
-    manifest = read_manifest(ws.data_dir / data.MANIFEST_FILE, ["sample_id", "label"]).to_pandas()
+def request_kind(table, pending, located: dict[str, list[str]]) -> str:
+    """``class`` when the batch removes every sample of each class it touches (in the manifest ``table``),
+    else ``subjects`` when a request names subjects, else ``samples``."""
+    manifest = table.select(["sample_id", "label"]).to_pandas()
     forgotten = manifest["sample_id"].isin(set().union(*located.values()))
     if forgotten.any() and not manifest.loc[~forgotten, "label"].isin(set(manifest.loc[forgotten, "label"])).any():
         return "class"
@@ -265,9 +264,10 @@ def close_unlocatable(store: RequestStore, stored, unmatched: dict[str, list[str
     return "rejected"
 
 
-def locate_context(ws: Workspace, model_version: str | None) -> LocateContext:
-    """The locators' view of the workspace's current dataset: the memory-mapped manifest and features, and
-    the registered model ``model_version`` (None: no model) loaded on first use."""
+def locate_context(ws: Workspace, model_version: str | None, table=None) -> LocateContext:
+    """The locators' view of the workspace's current dataset: the memory-mapped manifest (``table`` when the
+    caller has read it already) and features, and the registered model ``model_version`` (None: no model)
+    loaded on first use."""
     def features():
         return load_dataset(ws.data_dir).features
 
@@ -275,16 +275,18 @@ def locate_context(ws: Workspace, model_version: str | None) -> LocateContext:
         return None if model_version is None else registry.load_model(ws, model_version)
 
     settings = ws.settings.locate
-    return LocateContext(read_manifest(ws.data_dir / data.MANIFEST_FILE), features, model, settings.min_score,
-                         settings.max_per_seed)
+    if table is None:
+        table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
+    return LocateContext(table, features, model, settings.min_score, settings.max_per_seed)
 
 
-def locate_with_settings(ws: Workspace, requests, model_version: str | None):
+def locate_with_settings(ws: Workspace, requests, model_version: str | None, table=None):
     """Run the workspace's configured locators (``[locate] locators``) over ``requests``; returns
     (:class:`~unlearnops.locate.Located`, the locators, the locate settings)."""
     settings = ws.settings.locate
     locators = configured_locators(settings.locators)
-    return locate_requests(list(requests), locate_context(ws, model_version), locators), locators, settings
+    context = locate_context(ws, model_version, table)
+    return locate_requests(list(requests), context, locators), locators, settings
 
 
 def open_or_resume(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
@@ -570,10 +572,12 @@ def software_versions() -> dict[str, str]:
 def located_summary(batch: Batch) -> dict[str, Any]:
     """How the batch's samples were found: locators asked, policies, thresholds, counts per locator, and one
     row per (request, sample) with the locator that found it and its score (certificate, ``locate --json``)."""
-    by_locator: dict[str, int] = {}
-    for record in batch.located:
-        by_locator[record["locator"]] = by_locator.get(record["locator"], 0) + 1
-    return {**batch.locate_info, "by_locator": by_locator, "samples": batch.located}
+    return {**batch.locate_info, "by_locator": count_by_locator(batch.located), "samples": batch.located}
+
+
+def count_by_locator(records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many located samples each locator found (the locator credited in each record)."""
+    return dict(Counter(record["locator"] for record in records))
 
 
 HOLDOUT_RULE = ("held-out split halved by a salted sha256 of the sample id: 'calibration' given to methods, "
