@@ -22,6 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from pydantic import ValidationError
+
 from unlearnops.datasets import SourceData
 from unlearnops.workspace import CONFIG_FILE, ConfigError, Settings, Workspace, load_settings, validation_message
 
@@ -64,12 +66,8 @@ def project_settings(
         values["data"]["options"] = {}
     try:
         return Settings.model_validate(values)
-    except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            raise ConfigError(validation_message(config_path, exc)) from exc
-        raise
+    except ValidationError as exc:
+        raise ConfigError(validation_message(config_path, exc)) from exc
 
 
 def init(

@@ -4,7 +4,6 @@ certificate in the registry (so it works on any machine that can reach the regis
 
 from __future__ import annotations
 
-import base64
 import json
 import tempfile
 from pathlib import Path
@@ -66,7 +65,7 @@ def certificate_of(ws: Workspace, version: str) -> dict[str, Any]:
 def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[str, Any]:
     """The story of ``version``: one entry per rung tried (method, verdict, why, seconds, the fast path's
     candidates); with ``plots_dir``, the candidates and step-search plots of each rung as PNG files."""
-    from unlearnops.report import _candidates_plot, _search_plot
+    from unlearnops.report import candidates_png, search_png
 
     signed = certificate_of(ws, version)
     rungs = []
@@ -86,11 +85,11 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
         }
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
-            for kind, plot in (("candidates", _candidates_plot), ("search", _search_plot)):
-                uri = plot(details) if details.get("candidates") else None
-                if uri:
+            for kind, plot in (("candidates", candidates_png), ("search", search_png)):
+                png = plot(details) if details.get("candidates") else None
+                if png:
                     path = plots_dir / f"v{version}-rung{index}-{rung['method']}-{kind}.png"
-                    path.write_bytes(base64.b64decode(uri.split(",", 1)[1]))
+                    path.write_bytes(png)
                     entry["plots"].append(str(path))
         rungs.append(entry)
     return {

@@ -15,10 +15,18 @@ import numpy as np
 SCORES_FILE = "scores.npz"
 
 
-def _png(fig) -> str:
+def _png_bytes(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _png(fig) -> str:
+    return _data_uri(_png_bytes(fig))
 
 
 def _roc_plot(scores: dict[str, np.ndarray]) -> str | None:
@@ -50,8 +58,8 @@ def _roc_plot(scores: dict[str, np.ndarray]) -> str | None:
     return uri
 
 
-def _candidates_plot(details: dict[str, Any]) -> str | None:
-    """For methods that report layer candidates (the fast path): importance vs retain alignment."""
+def candidates_png(details: dict[str, Any]) -> bytes | None:
+    """For methods that report layer candidates (the fast path): importance vs retain alignment, as PNG."""
     candidates = details.get("candidates") if isinstance(details, dict) else None
     if not candidates:
         return None
@@ -68,13 +76,13 @@ def _candidates_plot(details: dict[str, Any]) -> str | None:
                     textcoords="offset points")
     ax.set(xlabel="retain alignment |cos(g_retain, g_forget)|", ylabel="forget importance ‖g_forget‖/‖W‖",
            title="fast-path layer candidates (★ chosen)")
-    uri = _png(fig)
+    png = _png_bytes(fig)
     plt.close(fig)
-    return uri
+    return png
 
 
-def _search_plot(details: dict[str, Any]) -> str | None:
-    """The step search of each candidate layer: the target metric and the utility drop against λ."""
+def search_png(details: dict[str, Any]) -> bytes | None:
+    """The step search of each candidate layer: the target metric and the utility drop against λ, as PNG."""
     candidates = [c for c in (details.get("candidates") or []) if c.get("trace")]
     if not candidates:
         return None
@@ -97,9 +105,9 @@ def _search_plot(details: dict[str, Any]) -> str | None:
     utility_ax.set(xscale="log", xlabel="λ (relative to ‖W‖)", ylabel="held-out accuracy drop",
                    title="step search: utility")
     target_ax.legend(fontsize=7)
-    uri = _png(fig)
+    png = _png_bytes(fig)
     plt.close(fig)
-    return uri
+    return png
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
@@ -143,12 +151,12 @@ def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.n
     roc = _roc_plot(scores)
     if roc:
         sections += ["<h2>Membership attack</h2>", f'<img alt="ROC curves" src="{roc}">']
-    explanation = _candidates_plot(unlearn_details)
+    explanation = candidates_png(unlearn_details)
     if explanation:
-        sections += ["<h2>Method explanation</h2>", f'<img alt="layer candidates" src="{explanation}">']
-        search = _search_plot(unlearn_details)
+        sections += ["<h2>Method explanation</h2>", f'<img alt="layer candidates" src="{_data_uri(explanation)}">']
+        search = search_png(unlearn_details)
         if search:
-            sections.append(f'<img alt="step search" src="{search}">')
+            sections.append(f'<img alt="step search" src="{_data_uri(search)}">')
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unlearnops report</title>"
