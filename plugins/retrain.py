@@ -6,23 +6,18 @@ cannot be certified. Costs a full training run.
 
 from __future__ import annotations
 
-import copy
 import time
 
-import torch
-
 from unlearnops import hookimpl
-from unlearnops.methods import Method, RetrainingConfig, UnlearnInputs, UnlearnResult, training_params
-from unlearnops.model import train_model
-
-
-def _reinitialized(model):
-    """A copy of ``model`` with every layer's parameters drawn afresh (when no factory is given)."""
-    fresh = copy.deepcopy(model)
-    for module in fresh.modules():
-        if hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    return fresh
+from unlearnops.methods import (
+    Method,
+    RetrainingConfig,
+    UnlearnInputs,
+    UnlearnResult,
+    call_training,
+    reinitialized,
+    training_params,
+)
 
 
 class RetrainConfig(RetrainingConfig):
@@ -41,13 +36,11 @@ class Retrain(Method):
         started = time.perf_counter()
         params = training_params(inputs, config)
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
-        train = inputs.train_function or train_model
-        fresh = train(
-            inputs.model_factory() if inputs.model_factory else _reinitialized(model),
-            retain.features,
-            retain.labels,
+        fresh = call_training(
+            inputs.train_function,
+            inputs.model_factory() if inputs.model_factory else reinitialized(model),
+            retain,
             device=device,
-            progress=None,
             **params,
         ).to(device)
         old = dict(model.named_parameters())

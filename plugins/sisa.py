@@ -12,12 +12,18 @@ remaining data (same shards, same seeds — checked bit for bit on CPU by ``test
 saw the forgotten samples. That holds only when the parent model *is* such an ensemble: SISA is a different
 model family from a single network (each constituent sees 1/S of the data, so the ensemble is usually a few
 points less accurate). The method therefore handles only ``ShardedEnsemble`` parents (``model_families``); on a
-single network the run is refused with a clear error — use ``retrain`` there. Build the parent with
-:func:`train_sharded` (same factory, training function and parameters as the workspace) and import it.
+single network the run is refused with a clear error — use ``retrain`` there.
 
-Constituents are retrained with the caller's model factory (a factory that builds a ``ShardedEnsemble``
-gives its constituent of the same index; any other factory builds one constituent), training function and
-training parameters; constituent k uses seed ``seed + k``. Needs the forget set's sample ids.
+A workspace whose model is a SISA ensemble names ``model_factory`` = an :func:`ensemble_factory` (S constituents
+of the user's network) and ``train_function`` = :data:`train_ensemble` or a :func:`sharded_training` of the
+user's own loop; ``dvc repro`` (``unlearnops train``) then trains it shard by shard, because the training
+function takes ``sample_ids`` (see :func:`unlearnops.methods.call_training`). Outside a workspace,
+:func:`train_sharded` builds the same ensemble.
+
+Constituents are retrained from the caller's model factory (an ensemble factory gives its constituent of the
+same index; any other factory builds one constituent) with the member training function of a
+:func:`sharded_training` trainer (else the caller's training function) and the training parameters;
+constituent k uses seed ``seed + k``. Needs the sample ids of the forget set and of the remaining data.
 """
 
 from __future__ import annotations
@@ -40,9 +46,10 @@ from unlearnops.methods import (
     Samples,
     UnlearnInputs,
     UnlearnResult,
+    call_training,
+    reinitialized,
     training_params,
 )
-from unlearnops.model import train_model
 
 #: Shards of the conformance task's ensemble.
 CONFORMANCE_SHARDS = 4
@@ -86,46 +93,73 @@ def ensemble_factory(member_factory: Callable[[], nn.Module], n_shards: int) -> 
     return build
 
 
-def _fresh_member(k: int, seed: int, factory: Callable[[], nn.Module] | None, template: nn.Module | None):
-    """Constituent k, freshly initialized from the global RNG seeded with ``seed + k`` (so training the
-    ensemble and retraining one shard draw the same initial weights). A factory that builds a
-    ``ShardedEnsemble`` gives its constituent k; any other factory builds one constituent; without a
-    factory, ``template`` is copied and re-initialized."""
-    torch.manual_seed(seed + k)
-    if factory is not None:
-        built = factory()
-        return built.members[k] if isinstance(built, ShardedEnsemble) else built
-    fresh = copy.deepcopy(template)
-    for module in fresh.modules():
+def _seeded(fresh_member: nn.Module, seed: int) -> nn.Module:
+    """A copy of a freshly built constituent with its layers' parameters re-drawn under ``seed``, so that
+    training the ensemble and later retraining one shard start constituent k from the same weights."""
+    torch.manual_seed(seed)
+    member = copy.deepcopy(fresh_member)
+    for module in member.modules():
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
-    return fresh
+    return member
 
 
-def _train_member(k: int, samples: Samples, shards: np.ndarray, factory, template, train_function, params: dict,
-                  device) -> nn.Module:
+def _train_member(k: int, samples: Samples, shards: np.ndarray, fresh_member: nn.Module, train_function,
+                  params: dict, device, progress=None) -> nn.Module:
+    """Constituent k trained from fresh weights (seed ``params["seed"] + k``) on the samples of shard k."""
     keep = shards == k
     if not keep.any():
         raise ValueError(f"shard {k} holds no training samples; use fewer shards")
-    seed = int(params["seed"])
-    member = _fresh_member(k, seed, factory, template)
-    train = train_function or train_model
-    return train(member, np.asarray(samples.features)[keep], np.asarray(samples.labels)[keep], device=device,
-                 progress=None, **{**params, "seed": seed + k}).to(device)
+    seed = int(params["seed"]) + k
+    shard = Samples(np.asarray(samples.features)[keep], np.asarray(samples.labels)[keep],
+                    [s for s, kept in zip(samples.sample_ids, keep) if kept])
+    return call_training(train_function, _seeded(fresh_member, seed), shard, device=device, progress=progress,
+                         **{**params, "seed": seed}).to(device)
+
+
+def sharded_training(member_train_function: Callable[..., nn.Module] | None = None) -> Callable[..., ShardedEnsemble]:
+    """A workspace training function (``project.train_function``) for a SISA ensemble built by
+    :func:`ensemble_factory`: constituent k is trained on the samples of shard k by ``member_train_function``
+    (default :func:`unlearnops.model.train_model`) with seed ``seed + k``. It takes ``sample_ids``, so
+    ``dvc repro``, retraining and audits hand it the ids it shards by; the ``sisa`` method retrains single
+    constituents with the same ``member_train_function``."""
+
+    def train_ensemble(model: ShardedEnsemble, features: np.ndarray, labels: np.ndarray, *,
+                       sample_ids: Sequence[str], device: torch.device | str = "cpu", progress=None,
+                       **params) -> ShardedEnsemble:
+        if not isinstance(model, ShardedEnsemble):
+            raise TypeError("SISA training needs a ShardedEnsemble (project.model_factory built with "
+                            f"unlearnops.plugins.sisa.ensemble_factory), got {type(model).__name__}")
+        samples = Samples(np.asarray(features), np.asarray(labels), [str(s) for s in sample_ids])
+        if len(samples.sample_ids) != len(samples) or len(samples) == 0:
+            raise ValueError("SISA needs a sample id for every training sample")
+        params = {**DEFAULT_TRAINING, "seed": 0, **params}
+        shards = shard_assignment(samples.sample_ids, model.n_shards)
+        members = [_train_member(k, samples, shards, model.members[k], member_train_function, params, device,
+                                 progress) for k in range(model.n_shards)]
+        return ShardedEnsemble(members).to(device).eval()
+
+    train_ensemble.member_train_function = member_train_function
+    return train_ensemble
+
+
+#: The SISA training function with :func:`unlearnops.model.train_model` for each constituent
+#: (``train_function = "unlearnops.plugins.sisa:train_ensemble"``).
+train_ensemble = sharded_training()
 
 
 def train_sharded(factory: Callable[[], nn.Module], samples: Samples, n_shards: int, *,
                   train_function: Callable[..., nn.Module] | None = None, train_params: dict | None = None,
                   device: torch.device | str = "cpu") -> ShardedEnsemble:
-    """Train a SISA ensemble: constituent k (from ``factory``: one network, or an :func:`ensemble_factory`)
-    on the samples of shard k, with seed ``train_params["seed"] + k``."""
-    if len(samples.sample_ids) != len(samples) or len(samples) == 0:
-        raise ValueError("SISA needs a sample id for every training sample")
-    params = {**DEFAULT_TRAINING, "seed": 0, **(train_params or {})}
-    shards = shard_assignment(samples.sample_ids, n_shards)
-    members = [_train_member(k, samples, shards, factory, None, train_function, params, device)
-               for k in range(n_shards)]
-    return ShardedEnsemble(members).to(device).eval()
+    """Train a SISA ensemble of ``n_shards`` constituents from ``factory`` (one network, or an
+    :func:`ensemble_factory`) with ``train_function`` per constituent; see :func:`sharded_training`."""
+    built = factory()
+    ensemble = built if isinstance(built, ShardedEnsemble) else ShardedEnsemble(
+        [built] + [factory() for _ in range(n_shards - 1)])
+    if ensemble.n_shards != n_shards:
+        raise ValueError(f"the factory builds {ensemble.n_shards} constituents, not {n_shards}")
+    return sharded_training(train_function)(ensemble, samples.features, samples.labels,
+                                            sample_ids=samples.sample_ids, device=device, **(train_params or {}))
 
 
 class SISAConfig(RetrainingConfig):
@@ -153,10 +187,16 @@ class SISA(Method):
         n = model.n_shards
         affected = sorted({shard_of(s, n) for s in forget.sample_ids})
         shards = shard_assignment(retain.sample_ids, n)
+        # A workspace trained by sharded_training retrains constituents with its member training function.
+        member_train = getattr(inputs.train_function, "member_train_function", inputs.train_function)
         changed = {}
         for k in affected:
-            member = _train_member(k, retain, shards, inputs.model_factory, model.members[k],
-                                   inputs.train_function, params, device)
+            if inputs.model_factory is not None:
+                built = inputs.model_factory()
+                fresh = built.members[k] if isinstance(built, ShardedEnsemble) else built
+            else:
+                fresh = reinitialized(model.members[k])
+            member = _train_member(k, retain, shards, fresh, member_train, params, device)
             old = dict(model.members[k].named_parameters())
             model.members[k] = member
             for pname, p in member.named_parameters():

@@ -163,6 +163,65 @@ def test_import_from_mlflow_registry_uri(cancer_workspace, tmp_path):
     assert refused.exit_code == 2 and "already has a champion" in refused.output
 
 
+SHARDED_TOML = """\
+[project]
+model_name = "sharded-records"
+model_factory = "sharded_project:make_ensemble"
+train_function = "sharded_project:train"
+python_path = ["."]
+
+[data]
+adapter = "tabular"
+
+[data.options]
+path = "records.csv"
+sample_id_column = "record_id"
+subject_id_column = "patient"
+label_column = "diagnosis"
+
+[unlearn]
+ladder = ["sisa"]
+
+[gates]
+utility_max_drop = 0.05
+"""
+
+
+def test_sisa_workspace_trained_by_dvc_repro(tmp_path, prefect_harness):
+    """A SISA ensemble trained shard by shard by `dvc repro` (its training function takes sample ids); a
+    deletion inside one shard is certified by the sisa rung, which retrains that constituent only."""
+    import torch
+
+    from unlearnops.plugins.sisa import shard_of
+    from unlearnops.registry import load_model
+    from unlearnops.workspace import Workspace
+
+    directory = user_directory(tmp_path, "sharded_records", "sharded_project.py")
+    (directory / "unlearnops.toml").write_text(SHARDED_TOML)
+    (directory / "params.yaml").write_text(yaml.safe_dump(
+        {"train": {"epochs": 200, "batch_size": 64, "lr": 0.01, "seed": 0}}))
+    invoke("init", str(directory))
+    assert invoke("train", "--workspace", str(directory))["champion_version"] == "1"
+    metrics = json.loads((directory / "metrics.json").read_text())
+    assert metrics["test_accuracy"] > 0.85, metrics
+
+    manifest = pd.read_parquet(directory / "data" / "manifest.parquet")
+    train = manifest[manifest["split"] == "train"]
+    shards = train.assign(shard=[shard_of(s, 3) for s in train["sample_id"]]).groupby("subject_id")["shard"]
+    one_shard = shards.nunique()
+    patient = str(one_shard[one_shard == 1].index[0])  # a patient whose training records share one shard
+    touched = int(shards.first()[patient])
+    summary = assert_flow_certified(directory, [patient])
+    assert summary["rungs"] == ["sisa: pass"], summary["rungs"]
+
+    ws = Workspace(directory)
+    parent, child = load_model(ws, "1"), load_model(ws, summary["registered_version"])
+    for k in range(3):
+        same = all(torch.equal(a, b) for a, b in zip(parent.members[k].state_dict().values(),
+                                                      child.members[k].state_dict().values()))
+        assert same == (k != touched), f"constituent {k}: retrained={not same}, shard of the deletion {touched}"
+
+
 def _assert_untouched(directory: Path, files_before: set[str]) -> None:
     assert {p.name for p in directory.iterdir()} == files_before
     assert not (directory / ".git").exists() and not (directory / "data").exists()

@@ -109,3 +109,42 @@ def test_the_ensemble_exports_to_onnx_with_parity(task, tmp_path):
 def test_an_empty_ensemble_is_an_error():
     with pytest.raises(ValueError, match="at least one constituent"):
         ShardedEnsemble([])
+
+
+def test_training_function_gets_sample_ids_only_when_it_names_them():
+    from unlearnops.methods import call_training
+
+    seen = {}
+
+    def plain(model, features, labels, *, device, progress, **params):
+        seen["plain"] = sorted(params)
+        return model
+
+    def by_id(model, features, labels, *, sample_ids, device, progress, **params):
+        seen["by_id"] = sample_ids
+        return model
+
+    samples = Samples(np.zeros((2, 3), np.float32), np.array([0, 1]), ["a", "b"])
+    net = torch.nn.Linear(3, 2)
+    call_training(plain, net, samples, epochs=1)
+    call_training(by_id, net, samples, epochs=1)
+    assert seen == {"plain": ["epochs"], "by_id": ["a", "b"]}
+    with pytest.raises(ValueError, match="takes sample_ids"):
+        call_training(by_id, net, Samples(samples.features, samples.labels), epochs=1)
+
+
+def test_reinitialized_refuses_parameters_that_no_layer_redraws():
+    from unlearnops.methods import reinitialized
+
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    fresh = reinitialized(plain)
+    assert all(not torch.equal(a, b) for a, b in zip(plain.parameters(), fresh.parameters()))
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+            self.scale = torch.nn.Parameter(torch.full((2,), 3.0))  # trained, and no reset_parameters
+
+    with pytest.raises(ValueError, match="scale"):
+        reinitialized(Scaled())

@@ -48,6 +48,7 @@ import numpy as np
 from unlearnops import gates, registry
 from unlearnops.data import Dataset, load_dataset
 from unlearnops.durable import atomic_write_text
+from unlearnops.methods import Samples, call_training
 from unlearnops.workspace import Workspace
 
 SCHEMA = "unlearnops.audit/v1"
@@ -158,8 +159,9 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
         mask[rng.choice(len(ids), size=max(1, int(len(ids) * REFERENCE_FRACTION)), replace=False)] = True
         started = time.perf_counter()
         params = {**ws.params.train.model_dump(), "seed": seed % 2**31}
-        model = ws.train_function(ws.model_factory(), np.asarray(pool.features[mask]), pool.labels[mask],
-                                  device=device, progress=None, **params)
+        model = call_training(ws.train_function, ws.model_factory(),
+                              Samples(np.asarray(pool.features[mask]), pool.labels[mask], ids[mask].tolist()),
+                              device=device, **params)
         path = target_dir / f"{index}.pt"
         meta = {"dataset_md5": dataset_md5, "index": index, "seed": params["seed"], "n_train": int(mask.sum()),
                 "recipe": recipe, "seconds": round(time.perf_counter() - started, 2),

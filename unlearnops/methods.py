@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import logging
 import os
 import time
@@ -85,8 +86,8 @@ class UnlearnInputs:
     #: parameters (epochs, batch_size, lr, seed, and any extra keys of ``params.yaml``).
     model_factory: Callable[[], nn.Module] | None = None
     train_params: dict[str, Any] = field(default_factory=dict)
-    #: The workspace's training function, called as ``fn(model, features, labels, device=..., progress=None,
-    #: **train_params)``; None means :func:`unlearnops.model.train_model`.
+    #: The workspace's training function; call it with :func:`call_training` (which adds ``sample_ids=`` when
+    #: the function takes them). None means :func:`unlearnops.model.train_model`.
     train_function: Callable[..., nn.Module] | None = None
 
 
@@ -122,6 +123,50 @@ class RetrainingConfig(MethodConfig):
     epochs: int | None = Field(None, ge=1, description="Default: the workspace's training epochs.")
     batch_size: int | None = Field(None, ge=1, description="Default: the workspace's batch size.")
     lr: float | None = Field(None, gt=0, description="Default: the workspace's learning rate.")
+
+
+def accepts_sample_ids(train_function: Callable[..., nn.Module]) -> bool:
+    """Whether a training function's signature names a ``sample_ids`` parameter."""
+    try:
+        return "sample_ids" in inspect.signature(train_function).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return False
+
+
+def call_training(train_function: Callable[..., nn.Module] | None, model: nn.Module, samples: Samples, *,
+                  device: torch.device | str = "cpu", progress: Callable[[int, float], None] | None = None,
+                  **params: Any) -> nn.Module:
+    """Train ``model`` on ``samples`` the way every part of unlearnops calls a workspace's training function:
+    ``fn(model, features, labels, device=..., progress=..., **params)``, plus ``sample_ids=`` (the rows' ids,
+    in order) when the function's signature names a ``sample_ids`` parameter — for training that depends on
+    which sample is which, like SISA's sharding by id. ``None`` means :func:`unlearnops.model.train_model`."""
+    if train_function is None:
+        from unlearnops.model import train_model as train_function
+    extra: dict[str, Any] = {}
+    if accepts_sample_ids(train_function):
+        if len(samples.sample_ids) != len(samples):
+            raise ValueError(f"the training function {getattr(train_function, '__name__', train_function)!r} "
+                             f"takes sample_ids, but {len(samples)} samples came with "
+                             f"{len(samples.sample_ids)} ids")
+        extra["sample_ids"] = list(samples.sample_ids)
+    return train_function(model, samples.features, samples.labels, device=device, progress=progress,
+                          **params, **extra)
+
+
+def reinitialized(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every parameter drawn afresh by its layer's ``reset_parameters`` (from the
+    global torch RNG) — for exact methods run without a model factory. Refuses a model with parameters no
+    layer re-draws: keeping their trained values would carry the forgotten data into the "fresh" model."""
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    old = dict(model.named_parameters())
+    kept = [name for name, p in fresh.named_parameters() if p.numel() and torch.equal(p.detach(), old[name].detach())]
+    if kept:
+        raise ValueError(f"cannot re-initialize {', '.join(kept[:5])} (no layer re-draws them): give the method "
+                         "a model factory (the workspace's project.model_factory)")
+    return fresh
 
 
 def training_params(inputs: "UnlearnInputs", config: RetrainingConfig) -> dict[str, Any]:

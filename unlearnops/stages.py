@@ -12,6 +12,7 @@ import numpy as np
 
 from unlearnops.data import load_dataset
 from unlearnops.datasets import SPLITS
+from unlearnops.methods import Samples, call_training
 from unlearnops.workspace import Workspace
 
 PREPARED = Path("prepared")
@@ -25,12 +26,13 @@ def prepare(ws: Workspace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for split in SPLITS:
         part = dataset.split(split)
-        np.savez(out / f"{split}.npz", features=part.features, labels=part.labels)
+        np.savez(out / f"{split}.npz", features=part.features, labels=part.labels,
+                 sample_ids=part.manifest["sample_id"].to_numpy(dtype=str))
 
 
-def _load_split(ws: Workspace, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _load_split(ws: Workspace, split: str) -> Samples:
     with np.load(ws.root / PREPARED / f"{split}.npz") as arrays:
-        return arrays["features"], arrays["labels"]
+        return Samples(arrays["features"], arrays["labels"], arrays["sample_ids"].tolist())
 
 
 def train(ws: Workspace) -> None:
@@ -38,15 +40,14 @@ def train(ws: Workspace) -> None:
     from unlearnops.model import pick_device, save_weights
 
     params = ws.params.train
-    features, labels = _load_split(ws, "train")
+    samples = _load_split(ws, "train")
     started = time.perf_counter()
 
     def progress(epoch: int, loss: float) -> None:
         print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
 
-    model = ws.train_function(
-        ws.model_factory(), features, labels, device=pick_device(), progress=progress, **params.model_dump()
-    )
+    model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(), progress=progress,
+                          **params.model_dump())
     save_weights(model, ws.root / BASE_WEIGHTS)
     print(f"train: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
@@ -58,8 +59,8 @@ def evaluate(ws: Workspace) -> None:
     model = load_weights(ws.model_factory, ws.root / BASE_WEIGHTS)
     metrics = {}
     for split in SPLITS:
-        features, labels = _load_split(ws, split)
-        metrics[f"{split}_accuracy"] = evaluate_model(model, features, labels).accuracy
+        samples = _load_split(ws, split)
+        metrics[f"{split}_accuracy"] = evaluate_model(model, samples.features, samples.labels).accuracy
     (ws.root / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
 
 

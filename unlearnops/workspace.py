@@ -49,8 +49,8 @@ class ProjectSettings(_Strict):
         "unlearnops.model:train_model",
         pattern=IMPORT_PATH,
         description="Import path of the training function, called as fn(model, features, labels, device=..., "
-        "progress=..., **params.yaml[train]) and returning the trained module; used by `dvc repro` and by the "
-        "retraining method.",
+        "progress=..., **params.yaml[train]) and returning the trained module (plus sample_ids=[...] when its "
+        "signature has a sample_ids parameter); used by `dvc repro`, the retraining method and audits.",
     )
     python_path: list[str] = Field(
         [],
