@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearnops.bench.harness import MODELS, _samples
+from unlearnops.bench.harness import MODELS, _samples, conditions, conditions_line
 from unlearnops.data import Dataset
 from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
 from unlearnops.model import pick_device, train_model
@@ -47,7 +47,7 @@ def _row(axis: str, original, spec, epochs: int, train, mask: np.ndarray, holdou
                                            _samples(train.select(~mask)), holdout, device)
     return {"axis": axis, "n_train": len(train), "n_forget": int(mask.sum()), "slug_seconds": slug_s,
             "retrain_seconds": retrain_s, "ratio": retrain_s / slug_s, "slug_evaluations": evals,
-            "epochs": epochs, "device": str(device)}
+            "epochs": epochs, "device": str(device), **conditions()}
 
 
 def run(sizes=(1000, 2500, 5000), forget_sizes=(10, 50, 200, 800), quick: bool = False,
@@ -87,8 +87,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['axis']} | {r['n_train']} | {r['n_forget']} | {r['slug_seconds']:.2f} | "
-                     f"{r['retrain_seconds']:.1f} | {r['ratio']:.0f}× | {r['slug_evaluations']} |")
-    return "\n".join(lines) + "\n"
+                     f"{r['retrain_seconds']:.1f} | {r['ratio']:.1f}× | {r['slug_evaluations']} |")
+    conditions = conditions_line(rows)
+    return "\n".join(lines + ([f"\n{conditions}"] if conditions else [])) + "\n"
 
 
 def write_results(rows: list[dict[str, Any]], out: Path, to_markdown) -> str:

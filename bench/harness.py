@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -169,7 +170,7 @@ def run(
                 forget, retain = _samples(train.select(mask)), _samples(train.select(~mask))
                 forgotten_class = int(forget.labels[0]) if scenario == "class" else None
                 base = {"scenario": scenario, "model": model_name, "seed": seed, "n_forget": len(forget),
-                        "n_train": len(train), "device": str(torch_device), "epochs": epochs}
+                        "n_train": len(train), "device": str(torch_device), "epochs": epochs, **conditions()}
 
                 progress(f"{model_name} seed {seed} {scenario}: retraining without {len(forget)} samples")
                 started = time.perf_counter()
@@ -230,6 +231,23 @@ def _family_parent(family: str, spec: ModelSpec, train: Samples, epochs: int, se
                                     "parent_test_accuracy": evaluate(model, test.features, test.labels).accuracy}}
 
 
+def conditions() -> dict[str, Any]:
+    """What the timings depend on besides the code: CPU cores, torch threads and the 1-minute load average
+    when the row was measured (other processes on the machine slow every timing down)."""
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def conditions_line(rows: list[dict[str, Any]]) -> str:
+    """One sentence on the machine and its load during the rows' measurement ('' for rows without it)."""
+    loads = [r["load_average_1m"] for r in rows if "load_average_1m" in r]
+    if not loads:
+        return ""
+    devices = ", ".join(sorted({str(r.get("device", "?")) for r in rows}))
+    return (f"Measured on {rows[0]['cpu_count']} CPU cores ({rows[0]['torch_threads']} torch threads), device "
+            f"{devices}; 1-minute load average {min(loads):.1f}–{max(loads):.1f} while rows were measured.")
+
+
 def _mean_std(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3f}"
@@ -276,6 +294,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             out.append("\nWorst case (forget the 10 % most memorized training samples):\n")
         out += [header, "|" + "---|" * 14, *sections[worst]]
     out += ["", *notes.values()] if notes else []
+    out += ["", conditions_line(rows)] if conditions_line(rows) else []
     return "\n".join(out) + "\n"
 
 
