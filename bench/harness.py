@@ -298,6 +298,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def summary_matrix(rows: list[dict[str, Any]]) -> str:
+    """One line per (model, scenario), one column per method: the average gap to the retrained model (mean over
+    seeds), ✓ when the largest gap over all seeds is within ``ENVELOPE``, and the mean speed-up over retraining."""
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["method"] != "retrain"))
+    cells: dict[tuple, dict[str, str]] = {}
+    retrain_seconds: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["scenario"], row["method"]), []).append(row)
+    for (model, scenario, method), group in groups.items():
+        key = (model, scenario)
+        if method == "retrain":
+            retrain_seconds[key] = [r["wall_seconds"] for r in group]
+            continue
+        max_gap = max(max(r[f"gap_to_retrain_{k}"] for k in METRICS if k != "mia_auc") for r in group)
+        gap = statistics.mean(r["avg_gap_to_retrain"] for r in group)
+        speedup = statistics.mean(r["time_ratio_to_retrain"] for r in group)
+        cells.setdefault(key, {})[method] = f"{gap:.3f}{' ✓' if max_gap <= ENVELOPE else ''} · {speedup:.0f}×"
+    header = "| model | scenario | retrain s | " + " | ".join(methods) + " |"
+    lines = [header, "|" + "---|" * (3 + len(methods))]
+    for key in dict.fromkeys((r["model"], r["scenario"]) for r in rows):
+        lines.append(f"| {key[0]} | {key[1]} | {statistics.mean(retrain_seconds.get(key, [float('nan')])):.1f} | "
+                     + " | ".join(cells.get(key, {}).get(m, "–") for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     """Time vs average gap to retrain, one point per (method, scenario, model, seed)."""
     import matplotlib
@@ -321,5 +347,6 @@ def write_outputs(rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1) + "\n")
     table = out.with_suffix(".md")
-    table.write_text(markdown_table(rows))
+    table.write_text("Average gap to retraining (mean over seeds; ✓: every seed's largest accuracy gap within "
+                     f"{ENVELOPE}) · speed-up over retraining:\n\n{summary_matrix(rows)}\n{markdown_table(rows)}")
     return {"json": out, "table": table, "plot": plot(rows, out.with_suffix(".png"))}

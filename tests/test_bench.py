@@ -7,7 +7,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from unlearnops.bench.harness import METRICS, SCENARIOS, forget_mask, markdown_table, memorization_scores, run
+from unlearnops.bench.harness import (
+    METRICS,
+    SCENARIOS,
+    forget_mask,
+    markdown_table,
+    memorization_scores,
+    run,
+    summary_matrix,
+)
 from unlearnops.cli import app
 from unlearnops.data import Dataset
 from unlearnops.datasets import sklearn_digits
@@ -87,6 +95,12 @@ def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
     assert "| mlp | class | slug | 1 |" in standard and "memorized_10pct" not in standard
     assert "| mlp | memorized_10pct | retrain | 1 |" in worst and "| sisa† |" in worst
     assert "† `sisa` starts from a 5-shard SISA ensemble" in table
+    assert "Measured on " in table and all(r["load_average_1m"] >= 0 for r in rows)
+    matrix = summary_matrix(rows).splitlines()
+    assert matrix[0] == "| model | scenario | retrain s | slug | sisa |" and len(matrix) == 2 + 3
+    class_line = next(line for line in matrix if "| class |" in line)
+    slug_gap = float(class_line.split("|")[4].split()[0])
+    assert slug_gap == pytest.approx(by[("class", "slug")]["avg_gap_to_retrain"], abs=5e-4)
 
 
 def test_cli_writes_json_table_and_plot(tmp_path):
