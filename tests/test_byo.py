@@ -241,6 +241,7 @@ def _assert_untouched(directory: Path, files_before: set[str]) -> None:
         ({"data": {"adapter": "excel"}}, "data.adapter"),
         ({"project": {"model_factory": "unlearnops.model:SmallCNN"}}, "model/data mismatch"),
         ({"surprise": {"x": 1}}, "surprise"),
+        ({"export": {"exporters": ["torchscript"]}}, "export.exporters"),
     ],
 )
 def test_bad_configuration_fails_before_any_state_changes(tmp_path, monkeypatch, change, expected):

@@ -26,6 +26,7 @@ from unlearnops.methods import (
     unregister_plugin,
 )
 from unlearnops.requests import RequestStore
+from unlearnops.workspace import ExportSettings
 from unlearnops.testing import assert_conformant, check_method
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
@@ -351,11 +352,17 @@ def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, 
             raise ConnectionError("notification service down")
 
     register_plugin(Audit(), "audit")
+    settings = ws.settings
+    ws.write_settings(settings.model_copy(update={"export": ExportSettings(exporters=["onnx", "torchscript"])}),
+                      ws.params)
     try:
         result = runner.invoke(app, ["run", "--method", "neggrad-plus", "--config", "max_steps=20",
                                      "--workspace", str(ws.root), "--json"])
+        verified = runner.invoke(app, ["certificate", "verify", "--workspace", str(ws.root), "--json",
+                                       json.loads(result.stdout).get("registered_version", "")])
     finally:
         unregister_plugin("audit")
+        ws.write_settings(settings, ws.params)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["method"] == "neggrad-plus" and request_id in summary["requests"]
@@ -368,6 +375,13 @@ def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, 
     assert after["registered_version"] == summary["registered_version"]
     assert after["certificate"]["method"]["source"] == "unlearnops-example-plugin 0.2.0"
     assert RequestStore(ws.requests_db).get(request_id).state == "processed"
+    # The plugin's exporter ran beside ONNX: its file is certified, attached to the run and verified.
+    certificate = after["certificate"]
+    exported = certificate["exports"]["torchscript"]
+    assert exported["file"] == "model.torchscript" and exported["max_abs_diff"] <= 1e-4
+    assert certificate["onnx"]["sha256"] and "onnx" not in certificate["exports"]
+    assert verified.exit_code == 0, verified.output
+    assert "torchscript_sha256" in json.loads(verified.stdout)["checked"]
 
 
 # -- built-in gates and locators point at the pipeline's own functions --------------------------------------

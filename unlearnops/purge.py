@@ -61,8 +61,16 @@ DATASET_FILE = "data.dvc"
 LOCK_FILE = "dvc.lock"
 #: Files of an MLflow logged model that describe it (kept); everything else in it is weights (removed).
 MODEL_METADATA = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "registered_model_meta"}
-#: Run artifacts and run-directory files that hold weights.
+#: Run artifacts and run-directory files that hold weights (plus every registered exporter's suffix).
 WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".pt", ".pth")
+
+
+def weight_suffixes() -> tuple[str, ...]:
+    """:data:`WEIGHT_SUFFIXES` and the file suffix of every registered exporter (exported models are weights)."""
+    from unlearnops.methods import load_plugins
+
+    exporters = load_plugins().entries["exporter"].values()
+    return tuple(dict.fromkeys([*WEIGHT_SUFFIXES, *(e.obj.suffix for e in exporters)]))
 
 
 class PurgeRefused(RuntimeError):
@@ -331,11 +339,12 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
             report.items.append(Item(store, f"v{version.version}: {uri.rstrip('/')}/{path}", size))
         mlflow_removals.append((version, found))
         report.model_versions.append(str(version.version))
+    suffixes = weight_suffixes()
     for batch_file in sorted(ws.runs_dir.glob("*/batch.json")):
         batch = Batch.model_validate_json(batch_file.read_text())
         if batch.registered_version in report.model_versions:
             for path in sorted(batch_file.parent.iterdir()):
-                if path.name.endswith(WEIGHT_SUFFIXES):
+                if path.name.endswith(suffixes):
                     removals.append(("run-scratch", None, str(path)))
                     report.items.append(Item("run-scratch", str(path.relative_to(ws.root)), path.stat().st_size))
     # Audit reference models trained on a sample the current dataset no longer holds (unlearnops.audit).
@@ -361,6 +370,7 @@ def _weight_artifacts(ws: Workspace, client, name: str, version) -> list[tuple[s
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     found = []
+    suffixes = weight_suffixes()
     model_uri = client.get_model_version_download_uri(name, version.version)
     model_repo = get_artifact_repository(model_uri)
     for info in model_repo.list_artifacts():
@@ -370,7 +380,7 @@ def _weight_artifacts(ws: Workspace, client, name: str, version) -> list[tuple[s
             found.append(("mlflow-model", model_uri, info.path, int(size or 0)))
     run_uri = client.get_run(version.run_id).info.artifact_uri
     for info in get_artifact_repository(run_uri).list_artifacts():
-        if not info.is_dir and info.path.endswith(WEIGHT_SUFFIXES):
+        if not info.is_dir and info.path.endswith(suffixes):
             found.append(("mlflow-run", run_uri, info.path, int(info.file_size or 0)))
     return found
 

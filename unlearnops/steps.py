@@ -11,6 +11,7 @@ workspace lock without Prefect; the flow calls the same functions.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import time
@@ -78,7 +79,8 @@ class Batch(BaseModel):
     gates: list[GateResult] = Field(default_factory=list)
     status: str | None = None
     caveats: list[str] = Field(default_factory=list)
-    onnx: dict[str, Any] | None = None
+    #: exporter name -> its record (``sha256``, ``path`` in the run directory, whatever else it reports).
+    exports: dict[str, dict[str, Any]] = Field(default_factory=dict)
     weights_sha256: str | None = None
     registered_version: str | None = None
     #: Failures of after-certification plugin hooks (reported, not fatal: the version is registered).
@@ -89,6 +91,11 @@ class Batch(BaseModel):
     step_seconds: dict[str, float] = Field(default_factory=dict)
     completed: list[str] = Field(default_factory=list)
     resumed: int = 0
+
+    @property
+    def onnx(self) -> dict[str, Any] | None:
+        """The ONNX export's record (what promotion checks and serving loads)."""
+        return self.exports.get("onnx")
 
     @property
     def finished(self) -> bool:
@@ -542,14 +549,50 @@ def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = No
 # -- 5. export -------------------------------------------------------------------------------------------
 
 
+def configured_exporters(names: list[str], registry=None) -> dict[str, Any]:
+    """The registered exporters called ``names``, in that order; an unknown name or two exporters writing the
+    same suffix is a PluginError."""
+    from unlearnops.methods import PluginError, load_plugins
+
+    registry = registry or load_plugins()
+    entries = registry.entries["exporter"]
+    unknown = [n for n in names if n not in entries]
+    if unknown:
+        problems = f"; plugin problems: {' | '.join(registry.errors)}" if registry.errors else ""
+        raise PluginError(f"unknown exporter {', '.join(map(repr, unknown))} (registered: "
+                          f"{', '.join(sorted(entries)) or 'none'}){problems}")
+    exporters = {n: entries[n].obj for n in names}
+    suffixes = [e.suffix for e in exporters.values()]
+    if len(set(suffixes)) != len(suffixes):
+        raise PluginError(f"exporters {names} write the same file suffix twice ({suffixes})")
+    return exporters
+
+
 def export(ws: Workspace, batch: Batch) -> Batch:
-    from unlearnops.export import export_onnx
+    """Run every configured exporter (``[export] exporters``) on the unlearned model: each writes
+    ``model<suffix>`` into the run directory and returns a record whose ``sha256`` must be the file's."""
+    from unlearnops.methods import PluginError
+    from unlearnops.model import file_sha256
 
     with timed(batch, "export", ws):
         holdout = _split_samples(ws, "holdout", limit=256)
-        result = export_onnx(_unlearned_model(ws, batch), holdout.features, batch.run_dir(ws) / "model.onnx")
-        batch.onnx = result.to_dict()
-        batch.onnx["path"] = "model.onnx"
+        model = _unlearned_model(ws, batch).cpu().eval()
+        exports = {}
+        for name, exporter in configured_exporters(ws.settings.export.exporters).items():
+            path = batch.run_dir(ws) / f"model{exporter.suffix}"
+            path.unlink(missing_ok=True)  # a resumed attempt must not find the last one's file
+            try:
+                record = dict(exporter.export(copy.deepcopy(model), holdout.features, path))
+            except Exception as exc:
+                raise PluginError(f"exporter {name!r} failed: {exc!r}") from exc
+            if not path.is_file():
+                raise PluginError(f"exporter {name!r} wrote no {path.name}")
+            actual = file_sha256(path)
+            if record.get("sha256") != actual:
+                raise PluginError(f"exporter {name!r} reported sha256 {record.get('sha256')!r} but "
+                                  f"{path.name} has {actual}")
+            exports[name] = {**record, "path": path.name}
+        batch.exports = exports
     return batch
 
 
@@ -616,6 +659,9 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "metrics": batch.metrics,
         "weights_sha256": batch.weights_sha256,
         "onnx": {k: v for k, v in (batch.onnx or {}).items() if k != "path"},
+        # Other exporters' files (the ONNX one above): name -> record with the file's name and sha256.
+        "exports": {name: {("file" if k == "path" else k): v for k, v in record.items()}
+                    for name, record in batch.exports.items() if name != "onnx"},
     }
 
 
@@ -680,8 +726,8 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
                 params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
                 metrics=batch.metrics,
                 tags=tags,
-                artifacts=[run_dir / n for n in ("certificate.json", "model.onnx", "gx_validation.json",
-                                                 "unlearn.json", "report.html")],
+                artifacts=[run_dir / n for n in ("certificate.json", "gx_validation.json", "unlearn.json",
+                                                 "report.html", *(e["path"] for e in batch.exports.values()))],
                 nested_runs=[rung_run(index, rung) for index, rung in enumerate(batch.rungs)],
             ).version
             faults.point("register.version_created")

@@ -95,6 +95,16 @@ def _check_weights(ws: Workspace, version: str, model_version, certificate: dict
             result.problems.append("ONNX file differs from the certified one")
     except (MlflowException, OSError) as exc:
         result.problems.append(f"ONNX file missing: {exc}")
+    for name, record in sorted((certificate.get("exports") or {}).items()):
+        try:
+            path = registry.download_run_artifact(ws, model_version.run_id, record["file"], tmp_path)
+        except (MlflowException, OSError, KeyError) as exc:
+            result.problems.append(f"{name} export missing: {exc}")
+            continue
+        if file_sha256(path) == record.get("sha256"):
+            result.checked.append(f"{name}_sha256")
+        else:
+            result.problems.append(f"{name} export {record['file']} differs from the certified one")
 
 
 def _check_tags(model_version, certificate: dict, result: Verification) -> None:

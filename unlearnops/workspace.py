@@ -17,7 +17,7 @@ from typing import Any, Callable, Literal
 
 import tomlkit
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 DEFAULT_WORKSPACE = Path("workspace")
 CONFIG_FILE = "unlearnops.toml"
@@ -142,6 +142,25 @@ class LocateSettings(_Strict):
     )
 
 
+class ExportSettings(_Strict):
+    exporters: list[str] = Field(
+        ["onnx"],
+        min_length=1,
+        description="Registered exporters the flow runs on every unlearned model, in order; each writes "
+        "model<suffix> into the run, its sha256 goes into the certificate and the file is attached to the MLflow "
+        "run. `onnx` must be among them: promotion checks ONNX parity and `unlearnops serve` serves that file.",
+    )
+
+    @field_validator("exporters")
+    @classmethod
+    def _onnx_included(cls, exporters: list[str]) -> list[str]:
+        if "onnx" not in exporters:
+            raise ValueError("must include 'onnx' (promotion and serving use the ONNX file)")
+        if len(set(exporters)) != len(exporters):
+            raise ValueError("lists an exporter twice")
+        return exporters
+
+
 class Settings(_Strict):
     project: ProjectSettings = ProjectSettings()
     data: DataSettings = DataSettings()
@@ -149,6 +168,7 @@ class Settings(_Strict):
     unlearn: UnlearnSettings = UnlearnSettings()
     gates: GateSettings = GateSettings()
     locate: LocateSettings = LocateSettings()
+    export: ExportSettings = ExportSettings()
 
 
 class TrainParams(BaseModel):
@@ -344,7 +364,7 @@ def documented_toml(settings: Settings) -> str:
     import textwrap
 
     doc = tomlkit.document()
-    doc.add(tomlkit.comment("unlearnops workspace settings; README 'Configuration' lists them all."))
+    doc.add(tomlkit.comment("unlearnops workspace settings; README 'Use it on your own model' lists them all."))
     for section, section_field in Settings.model_fields.items():
         table = tomlkit.table()
         values = getattr(settings, section)
