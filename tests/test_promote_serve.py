@@ -28,7 +28,8 @@ def process_batch(ws, subjects, method=None):
 
 @pytest.fixture(scope="module")
 def lineage(tmp_path_factory):
-    """v1 base; v2 and v3 both unlearned from v1 (two batches before any promotion)."""
+    """v1 base; v2 unlearned from v1, then v3 from v2 and v4 (a no-op, not certified) from v3: three batches
+    before any promotion, each starting from the unpromoted candidate so that deletions accumulate."""
     from noop_plugin import NoOpPlugin
     from unlearnops.demo import demo_subjects
     from unlearnops.methods import register_plugin, unregister_plugin
@@ -50,6 +51,7 @@ def lineage(tmp_path_factory):
     finally:
         unregister_plugin("noop-plugin")
     assert (v2.registered_version, v3.registered_version, v4.registered_version) == ("2", "3", "4")
+    assert (v2.parent_version, v3.parent_version, v4.parent_version) == ("1", "2", "3")
     assert v2.status == "pass", [(g.name, g.status, g.summary) for g in v2.gates]
     assert v4.status != "pass", [(g.name, g.status, g.summary, g.metrics) for g in v4.gates]
     return ws
@@ -62,6 +64,9 @@ def _promote(ws, *args):
 
 def test_check_changes_nothing_then_promotion_moves_champion_and_taints(lineage):
     ws = lineage
+    # v3 descends from the champion through certified v2: promoting it directly would keep both deletions.
+    code, decision = _promote(ws, "3", "--check")
+    assert code == 0 and decision["promotable"] and "lineage" in decision["checked"], decision
     code, decision = _promote(ws, "2", "--check")
     assert code == 0 and decision["promotable"] and not decision["promoted"]
     assert {"signature", "weights_sha256", "onnx_sha256", "tags", "certified", "lineage", "onnx_parity"} <= set(
@@ -78,8 +83,8 @@ def test_refusals_name_their_reasons(lineage):
     ws = lineage
     if registry.resolve_version(ws, "champion") != "2":
         _promote(ws, "2")
-    code, decision = _promote(ws, "3", "--check")  # certified, but from v1: would undo v2's deletions
-    assert code == 1 and any("is not the champion" in r for r in decision["reasons"])
+    code, decision = _promote(ws, "3", "--check")  # from the champion v2 now
+    assert code == 0 and "lineage" in decision["checked"], decision["reasons"]
     code, decision = _promote(ws, "4", "--check")  # the no-op batch
     assert code == 1 and any("not 'certified'" in r for r in decision["reasons"]), decision["reasons"]
     code, decision = _promote(ws, "1", "--check")
@@ -87,6 +92,23 @@ def test_refusals_name_their_reasons(lineage):
     assert any("not newer" in r for r in decision["reasons"])
     bad = runner.invoke(app, ["promote", "77", "--check", "--workspace", str(ws.root), "--json"])
     assert bad.exit_code == 1
+
+
+def test_lineage_rule_refuses_forks_and_uncertified_ancestors():
+    from types import SimpleNamespace
+
+    from unlearnops.promote import lineage_problems
+
+    def version(parent, status="certified"):
+        return SimpleNamespace(tags={"unlearnops.parent_version": parent, "unlearnops.certificate_status": status})
+
+    versions = {"1": version(None), "2": version("1"), "3": version("2"), "4": version("1"),
+                "5": version("3", "not-certified (fail)"), "6": version("5")}
+    assert lineage_problems(versions, "3", "1") == [] and lineage_problems(versions, "3", "2") == []
+    fork = lineage_problems(versions, "4", "2")  # made from v1 while v2 was the candidate: loses v2's deletions
+    assert len(fork) == 1 and "v4 → v1" in fork[0] and "bring back" in fork[0]
+    (uncertified,) = lineage_problems(versions, "6", "3")
+    assert "ancestor v5 is not certified" in uncertified
 
 
 def test_tampered_candidate_is_refused(lineage, tmp_path):

@@ -236,8 +236,8 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
     if unfinished:
         raise PurgeRefused(f"the deletion batch {unfinished[0].run_id} is unfinished: finish it with "
                            "`unlearnops run` first")
-    versions = {str(v.version): v for v in client.search_model_versions(f"name='{name}'")}
-    lineage = _chain(versions, champion)
+    versions = registry.versions_by_number(ws)
+    lineage = registry.chain(versions, champion)
     processed = RequestStore(ws.requests_db).list(("processed",))
     purged_requests = [r.id for r in processed if r.model_version in lineage]
     if not purged_requests:
@@ -332,7 +332,7 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
 
     # Weights of every version that does not descend from the champion.
     mlflow_removals = []
-    for version in sorted((v for v in versions.values() if champion not in _chain(versions, str(v.version))),
+    for version in sorted((v for v in versions.values() if champion not in registry.chain(versions, str(v.version))),
                           key=lambda v: int(v.version)):
         found = _weight_artifacts(ws, client, name, version)
         for store, uri, path, size in found:
@@ -354,15 +354,6 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
         removals.append(("audit-references", None, str(path)))
         report.items.append(Item("audit-references", str(path.relative_to(ws.root)), path.stat().st_size))
     return report, removals, mlflow_removals
-
-
-def _chain(versions: dict, version: str) -> list[str]:
-    """``version``, its parent, its parent's parent, … (by the ``parent_version`` tags)."""
-    chain: list[str] = []
-    while version and version in versions and version not in chain:
-        chain.append(version)
-        version = versions[version].tags.get(registry.TAG_PREFIX + "parent_version")
-    return chain
 
 
 def _weight_artifacts(ws: Workspace, client, name: str, version) -> list[tuple[str, str, str, int]]:

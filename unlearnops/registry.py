@@ -127,6 +127,32 @@ def resolve_version(ws: Workspace, alias: str) -> str | None:
         return None
 
 
+def versions_by_number(ws: Workspace) -> dict[str, Any]:
+    """Every version of the workspace's model: version number -> MLflow ``ModelVersion`` (with its tags)."""
+    name = ws.settings.project.model_name
+    return {str(v.version): v for v in client(ws).search_model_versions(f"name='{name}'")}
+
+
+def chain(versions: dict[str, Any], version: str) -> list[str]:
+    """``version``, its parent, its parent's parent, … by the ``parent_version`` tags in ``versions``
+    (:func:`versions_by_number`)."""
+    found: list[str] = []
+    while version and version in versions and version not in found:
+        found.append(version)
+        version = versions[version].tags.get(TAG_PREFIX + "parent_version")
+    return found
+
+
+def batch_parent(ws: Workspace) -> str | None:
+    """The version a new deletion batch unlearns from: the ``candidate`` when it descends from the champion —
+    its deletions are not promoted yet, and a version built from the champion instead would bring them back
+    once promoted — else the ``champion`` (None before the first training)."""
+    champion, candidate = resolve_version(ws, "champion"), resolve_version(ws, "candidate")
+    if champion and candidate and candidate != champion and champion in chain(versions_by_number(ws), candidate):
+        return candidate
+    return champion
+
+
 def download_run_artifact(ws: Workspace, run_id: str, path: str, destination: Path) -> Path:
     import mlflow
 

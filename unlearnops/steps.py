@@ -165,7 +165,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     pending = store.pending()
     if not pending:
         raise NothingToDo("no pending deletion requests")
-    parent = registry.resolve_version(ws, "champion")  # None: settle what can be settled, then refuse
+    parent = registry.batch_parent(ws)  # None (no champion): settle what can be settled, then refuse
     table = read_manifest(ws.data_dir / data.MANIFEST_FILE)  # the dataset does not change before the cut
     try:
         located_all, locators, settings = locate_with_settings(ws, [r.request for r in pending], parent, table)
