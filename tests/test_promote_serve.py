@@ -97,7 +97,7 @@ def test_refusals_name_their_reasons(lineage):
 def test_lineage_rule_refuses_forks_and_uncertified_ancestors():
     from types import SimpleNamespace
 
-    from unlearnops.promote import lineage_problems
+    from unlearnops.registry import lineage_problems
 
     def version(parent, status="certified"):
         return SimpleNamespace(tags={"unlearnops.parent_version": parent, "unlearnops.certificate_status": status})

@@ -91,11 +91,15 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
     # Nothing promoted yet: purge refuses, with the reason, and changes nothing.
     code, refused = purge_cli(ws)
     assert code == 1 and "no successor has been promoted" in refused["error"]
-    # A second batch before the promotion unlearns from v1 too: never promotable, it still carries the
-    # canary's influence (its weights must go, its certificate must stay).
-    orphan_request, orphan = process(ws, {"subject_ids": others[3:6]})
-    assert orphan.parent_version == "1"
+    # A second batch before the promotion unlearns from the unpromoted v2 (deletions accumulate); while only v2
+    # is promoted, that request waits for its version, so its samples' bytes must stay.
+    second_request, second = process(ws, {"subject_ids": others[3:6]})
+    assert second.parent_version == first.registered_version
     assert runner.invoke(app, ["promote", first.registered_version, "--workspace", str(ws.root)]).exit_code == 0
+    code, early = purge_cli(ws, "--dry-run")
+    assert code == 0 and early["requests"] == [canary_request.id]
+    assert early["waiting_requests"] == [second_request.id] and early["model_versions"] == ["1"]
+    assert runner.invoke(app, ["promote", second.registered_version, "--workspace", str(ws.root)]).exit_code == 0
 
     before = scan(ws, pattern)
     assert "data/features.npy" not in before  # the deletion batch removed it from the working data
@@ -110,9 +114,10 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
     code, report = purge_cli(ws)
     assert code == 0, report
     assert report["removed_count"] == dry["removed_count"]
-    assert report["champion"] == first.registered_version and report["requests"] == [canary_request.id]
-    assert report["waiting_requests"] == [orphan_request.id]  # its version is not in the champion's lineage
-    assert set(report["model_versions"]) == {"1", orphan.registered_version}
+    assert report["champion"] == second.registered_version
+    assert report["requests"] == [canary_request.id, second_request.id] and report["waiting_requests"] == []
+    # Ancestors of the champion were trained on (v1) or unlearned from (v2) data deleted since.
+    assert set(report["model_versions"]) == {"1", first.registered_version}
     for store in ("dvc-cache", "dvc-remote", "dvc-run-cache", "workspace", "mlflow-model", "mlflow-run",
                   "run-scratch"):
         assert report["removed"][store]["count"] > 0, (store, report["removed"])
@@ -127,19 +132,19 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
     # The purged versions keep their audit trail but not their weights; the champion is untouched.
     client = registry.client(ws)
     name = ws.settings.project.model_name
-    for version in ("1", orphan.registered_version):
+    for version in ("1", first.registered_version):
         tags = client.get_model_version(name, version).tags
         assert tags["unlearnops.purged"] == "true" and tags["unlearnops.tainted"] == "true"
         with pytest.raises(Exception):
             registry.load_model(ws, version)
-    verified = runner.invoke(app, ["certificate", "verify", orphan.registered_version, "--workspace",
+    verified = runner.invoke(app, ["certificate", "verify", first.registered_version, "--workspace",
                                    str(ws.root), "--json"])
     result = json.loads(verified.stdout)
     assert verified.exit_code == 0 and result["purged"] and {"signature", "tags"} <= set(result["checked"])
-    champion = json.loads(runner.invoke(app, ["certificate", "verify", first.registered_version,
+    champion = json.loads(runner.invoke(app, ["certificate", "verify", second.registered_version,
                                               "--workspace", str(ws.root), "--json"]).stdout)
     assert champion["ok"] and not champion["purged"] and "weights_sha256" in champion["checked"]
-    decision = runner.invoke(app, ["promote", orphan.registered_version, "--check", "--workspace", str(ws.root),
+    decision = runner.invoke(app, ["promote", first.registered_version, "--check", "--workspace", str(ws.root),
                                    "--json"])
     assert decision.exit_code == 1 and any("purged" in r for r in json.loads(decision.stdout)["reasons"])
     stored = RequestStore(ws.requests_db).get(canary_request.id)

@@ -59,22 +59,6 @@ def onnx_parity(ws: Workspace, version: str, run_id: str, samples: int = 16) -> 
     return float(np.abs(got - expected).max())
 
 
-def lineage_problems(versions: dict, version: str, champion: str) -> list[str]:
-    """Why promoting ``version`` over ``champion`` would bring back deleted data ([] when it would not). A
-    version carries every deletion made since the champion only if the champion is among its ancestors and
-    every version in between was certified (a batch starts from the unpromoted candidate, so deletions
-    accumulate along that chain; see :func:`unlearnops.registry.batch_parent`)."""
-    line = registry.chain(versions, version)
-    if champion not in line:
-        path = " → ".join(f"v{v}" for v in line)
-        return [f"the champion v{champion} is not among its ancestors ({path}): promoting it would bring back "
-                "data deleted since"]
-    status_tag = registry.TAG_PREFIX + "certificate_status"
-    return [f"its ancestor v{v} is not certified ({versions[v].tags.get(status_tag)}): the deletions it stands "
-            "for are not proven" for v in line[1:line.index(champion)]
-            if versions[v].tags.get(status_tag) != "certified"]
-
-
 def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
     """Decide whether ``version`` (default: the ``candidate`` alias) may become champion; changes nothing."""
     from mlflow.exceptions import MlflowException
@@ -107,7 +91,7 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
     if champion is not None:
         if int(version) <= int(champion):
             decision.reasons.append(f"not newer than the champion (v{champion})")
-        problems = lineage_problems(registry.versions_by_number(ws), version, champion)
+        problems = registry.lineage_problems(registry.versions_by_number(ws), version, champion)
         decision.reasons += problems
         if not problems:
             decision.checked.append("lineage")

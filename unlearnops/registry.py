@@ -143,14 +143,34 @@ def chain(versions: dict[str, Any], version: str) -> list[str]:
     return found
 
 
+def lineage_problems(versions: dict[str, Any], version: str, champion: str) -> list[str]:
+    """Why ``version`` does not carry every deletion made since ``champion`` ([] when it does): the champion
+    must be among its ancestors and every version in between certified (deletions accumulate along that
+    chain, see :func:`batch_parent`)."""
+    line = chain(versions, version)
+    if champion not in line:
+        path = " → ".join(f"v{v}" for v in line)
+        return [f"the champion v{champion} is not among its ancestors ({path}): promoting it would bring back "
+                "data deleted since"]
+    status_tag = TAG_PREFIX + "certificate_status"
+    return [f"its ancestor v{v} is not certified ({versions[v].tags.get(status_tag)}): the deletions it stands "
+            "for are not proven" for v in line[1:line.index(champion)]
+            if versions[v].tags.get(status_tag) != "certified"]
+
+
 def batch_parent(ws: Workspace) -> str | None:
-    """The version a new deletion batch unlearns from: the ``candidate`` when it descends from the champion —
-    its deletions are not promoted yet, and a version built from the champion instead would bring them back
-    once promoted — else the ``champion`` (None before the first training)."""
-    champion, candidate = resolve_version(ws, "champion"), resolve_version(ws, "candidate")
-    if champion and candidate and candidate != champion and champion in chain(versions_by_number(ws), candidate):
-        return candidate
-    return champion
+    """The version a new deletion batch unlearns from: the newest certified version that descends from the
+    champion through certified versions — its deletions are not promoted yet, and a version made from the
+    champion instead would bring them back once promoted — else the ``champion`` (None before training)."""
+    champion = resolve_version(ws, "champion")
+    if champion is None:
+        return None
+    versions = versions_by_number(ws)
+    status_tag = TAG_PREFIX + "certificate_status"
+    chained = [v for v, mv in versions.items() if v != champion and mv.tags.get(status_tag) == "certified"
+               and mv.tags.get(TAG_PREFIX + "purged") != "true" and champion in chain(versions, v)
+               and not lineage_problems(versions, v, champion)]
+    return max(chained, key=int, default=champion)
 
 
 def download_run_artifact(ws: Workspace, run_id: str, path: str, destination: Path) -> Path:
