@@ -264,16 +264,9 @@ def exact_locators() -> list:
 
 def configured_locators(names: list[str], registry=None) -> list:
     """The registered locators called ``names``, in that order; an unknown name is a PluginError."""
-    from unlearnops.methods import PluginError, load_plugins
+    from unlearnops.methods import load_plugins
 
-    registry = registry or load_plugins()
-    entries = registry.entries["locator"]
-    unknown = [n for n in names if n not in entries]
-    if unknown:
-        problems = f"; plugin problems: {' | '.join(registry.errors)}" if registry.errors else ""
-        raise PluginError(f"unknown locator {', '.join(map(repr, unknown))} (registered: "
-                          f"{', '.join(sorted(entries)) or 'none'}){problems}")
-    return [entries[n].obj for n in names]
+    return list((registry or load_plugins()).named("locator", names).values())
 
 
 def locate(request: DeletionRequest, manifest: pa.Table | pd.DataFrame) -> Located:

@@ -272,6 +272,17 @@ class Registry:
             raise PluginError(f"unknown unlearning method {name!r} (registered: {known}){problems}")
         return self.entries["method"][name].obj
 
+    def named(self, kind: str, names: list[str]) -> dict[str, Any]:
+        """The registered objects of ``kind`` called ``names``, in that order; an unknown name is a
+        :class:`PluginError` that lists what is registered and the plugins that failed to load."""
+        entries = self.entries[kind]
+        unknown = [n for n in names if n not in entries]
+        if unknown:
+            problems = f"; plugin problems: {' | '.join(self.errors)}" if self.errors else ""
+            raise PluginError(f"unknown {kind} {', '.join(map(repr, unknown))} (registered: "
+                              f"{', '.join(sorted(entries)) or 'none'}){problems}")
+        return {n: entries[n].obj for n in names}
+
     def before_unlearn(self, event: dict) -> None:
         """Call every ``before_unlearn`` hook; the first that raises vetoes with a :class:`PluginError`."""
         for impl in self.pm.hook.before_unlearn.get_hookimpls():

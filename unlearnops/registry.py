@@ -168,8 +168,7 @@ def batch_parent(ws: Workspace) -> str | None:
     versions = versions_by_number(ws)
     status_tag = TAG_PREFIX + "certificate_status"
     chained = [v for v, mv in versions.items() if v != champion and mv.tags.get(status_tag) == "certified"
-               and mv.tags.get(TAG_PREFIX + "purged") != "true" and champion in chain(versions, v)
-               and not lineage_problems(versions, v, champion)]
+               and mv.tags.get(TAG_PREFIX + "purged") != "true" and not lineage_problems(versions, v, champion)]
     return max(chained, key=int, default=champion)
 
 

@@ -554,14 +554,7 @@ def configured_exporters(names: list[str], registry=None) -> dict[str, Any]:
     same suffix is a PluginError."""
     from unlearnops.methods import PluginError, load_plugins
 
-    registry = registry or load_plugins()
-    entries = registry.entries["exporter"]
-    unknown = [n for n in names if n not in entries]
-    if unknown:
-        problems = f"; plugin problems: {' | '.join(registry.errors)}" if registry.errors else ""
-        raise PluginError(f"unknown exporter {', '.join(map(repr, unknown))} (registered: "
-                          f"{', '.join(sorted(entries)) or 'none'}){problems}")
-    exporters = {n: entries[n].obj for n in names}
+    exporters = (registry or load_plugins()).named("exporter", names)
     suffixes = [e.suffix for e in exporters.values()]
     if len(set(suffixes)) != len(suffixes):
         raise PluginError(f"exporters {names} write the same file suffix twice ({suffixes})")
