@@ -25,6 +25,7 @@ from unlearnops.methods import (
     register_plugin,
     unregister_plugin,
 )
+from unlearnops.locate import configured_locators
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import ExportSettings
 from unlearnops.testing import assert_conformant, check_method
@@ -461,3 +462,14 @@ def test_plugins_new_writes_a_package_that_installs_and_passes_its_tests(tmp_pat
                            cwd=package, env=env, capture_output=True, text=True)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "2 passed" in tests.stdout
+
+
+def test_named_lookup_lists_what_is_registered():
+    plugins = load_plugins()
+    assert list(plugins.named("exporter", ["onnx"])) == ["onnx"]
+    assert [loc.name for loc in configured_locators(["subject_id", "sample_id"], plugins)] == ["subject_id",
+                                                                                              "sample_id"]
+    with pytest.raises(PluginError, match=r"unknown exporter 'tflite' \(registered: onnx"):
+        plugins.named("exporter", ["onnx", "tflite"])
+    with pytest.raises(PluginError, match="unknown locator 'fuzzy'"):
+        configured_locators(["fuzzy"], plugins)
