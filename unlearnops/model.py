@@ -77,8 +77,9 @@ def train_model(
     """Plain Adam training; deterministic for a given seed on CPU. ``progress(epoch, loss)`` after each epoch."""
     generator = seed_everything(seed)
     model.to(device).train()
-    x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    # Copies: the arrays may be read-only memory maps, which torch must not share.
+    x = torch.from_numpy(np.array(features, dtype=np.float32))
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(epochs):
         order = torch.randperm(len(x), generator=generator)
