@@ -266,11 +266,7 @@ class Registry:
     def get(self, name: str):
         """The method called ``name``; an unknown name is a :class:`PluginError` that also lists plugin
         load failures (the method may have been in a plugin that failed)."""
-        if name not in self.entries["method"]:
-            known = ", ".join(sorted(self.entries["method"])) or "none"
-            problems = f"; plugin problems: {' | '.join(self.errors)}" if self.errors else ""
-            raise PluginError(f"unknown unlearning method {name!r} (registered: {known}){problems}")
-        return self.entries["method"][name].obj
+        return self.named("method", [name])[name]
 
     def named(self, kind: str, names: list[str]) -> dict[str, Any]:
         """The registered objects of ``kind`` called ``names``, in that order; an unknown name is a
@@ -279,7 +275,8 @@ class Registry:
         unknown = [n for n in names if n not in entries]
         if unknown:
             problems = f"; plugin problems: {' | '.join(self.errors)}" if self.errors else ""
-            raise PluginError(f"unknown {kind} {', '.join(map(repr, unknown))} (registered: "
+            label = "unlearning method" if kind == "method" else kind
+            raise PluginError(f"unknown {label} {', '.join(map(repr, unknown))} (registered: "
                               f"{', '.join(sorted(entries)) or 'none'}){problems}")
         return {n: entries[n].obj for n in names}
 
