@@ -86,25 +86,22 @@ def _check_weights(ws: Workspace, version: str, model_version, certificate: dict
     else:
         result.problems.append("registered weights differ from the certified weights")
 
-    onnx_sha = (certificate.get("onnx") or {}).get("sha256")
-    try:
-        onnx_path = registry.download_run_artifact(ws, model_version.run_id, "model.onnx", tmp_path)
-        if file_sha256(onnx_path) == onnx_sha:
-            result.checked.append("onnx_sha256")
-        else:
-            result.problems.append("ONNX file differs from the certified one")
-    except (MlflowException, OSError) as exc:
-        result.problems.append(f"ONNX file missing: {exc}")
-    for name, record in sorted((certificate.get("exports") or {}).items()):
+    # The ONNX file and every other exporter's file: (check name, what it is, run artifact, certified sha256).
+    files = [("onnx_sha256", "ONNX file", "model.onnx", (certificate.get("onnx") or {}).get("sha256"))]
+    files += [(f"{name}_sha256", f"{name} export {record.get('file')}", record.get("file"), record.get("sha256"))
+              for name, record in sorted((certificate.get("exports") or {}).items())]
+    for check, label, artifact, certified_sha in files:
         try:
-            path = registry.download_run_artifact(ws, model_version.run_id, record["file"], tmp_path)
-        except (MlflowException, OSError, KeyError) as exc:
-            result.problems.append(f"{name} export missing: {exc}")
+            if not artifact:
+                raise OSError("the certificate names no file")
+            path = registry.download_run_artifact(ws, model_version.run_id, artifact, tmp_path)
+        except (MlflowException, OSError) as exc:
+            result.problems.append(f"{label} missing: {exc}")
             continue
-        if file_sha256(path) == record.get("sha256"):
-            result.checked.append(f"{name}_sha256")
+        if file_sha256(path) == certified_sha:
+            result.checked.append(check)
         else:
-            result.problems.append(f"{name} export {record['file']} differs from the certified one")
+            result.problems.append(f"{label} differs from the certified one")
 
 
 def _check_tags(model_version, certificate: dict, result: Verification) -> None:
