@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.workspace import Workspace
 
 log = logging.getLogger("unlearnops.serve")
@@ -61,10 +61,10 @@ class ModelServer:
         if not verification.ok or verification.status != "certified":
             reasons = verification.problems or [f"certificate status {verification.status!r}"]
             raise RuntimeError(f"v{version} not served: " + "; ".join(reasons))
-        model_version = registry.client(self.ws).get_model_version(self.ws.settings.project.model_name, version)
+        model_version = model_registry.client(self.ws).get_model_version(self.ws.settings.project.model_name, version)
         with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = registry.download_run_artifact(self.ws, model_version.run_id, "model.onnx", Path(tmp))
-            cert_path = registry.download_run_artifact(self.ws, model_version.run_id, "certificate.json", Path(tmp))
+            onnx_path = model_registry.download_run_artifact(self.ws, model_version.run_id, "model.onnx", Path(tmp))
+            cert_path = model_registry.download_run_artifact(self.ws, model_version.run_id, "certificate.json", Path(tmp))
             session = inference_session(onnx_path)
             certificate = json.loads(cert_path.read_text())
         (spec,) = session.get_inputs()
@@ -74,7 +74,7 @@ class ModelServer:
     def refresh(self) -> None:
         """Follow the champion alias; keep serving the old version if the new one cannot be verified."""
         try:
-            version = registry.resolve_version(self.ws, "champion")
+            version = model_registry.resolve_version(self.ws, "champion")
             if version is None or (self.current and self.current.version == version):
                 return
             self.current = self.load(version)  # one reference assignment: readers see old or new, never half

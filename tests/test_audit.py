@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import wilcoxon
 from typer.testing import CliRunner
 
-from unlearnops import audit, registry
+from unlearnops import audit, model_registry
 from unlearnops.cli import app
 from unlearnops.datasets import HOLDOUT_PARTS, holdout_part
 from unlearnops.workspace import GateSettings
@@ -24,7 +24,7 @@ def deleted(tmp_path_factory):
     from unlearnops.demo import demo_subjects
     from unlearnops.intake import submit
     from unlearnops.project import train_base
-    from unlearnops.steps import process_pending
+    from unlearnops.flow.run import process_pending
 
     ws = make_workspace(tmp_path_factory.mktemp("audit") / "ws")
     train_base(ws)
@@ -40,7 +40,7 @@ def audits(deleted):
     ws, _ = deleted
     _, certificate = audit._version_context(ws, "2")
     forget = audit._forget_set(ws, certificate, "2")
-    parent, retrained = registry.load_model(ws, "1"), registry.load_model(ws, "2")
+    parent, retrained = model_registry.load_model(ws, "1"), model_registry.load_model(ws, "2")
     identity = audit.run_audit(ws, parent, parent, forget, references=K)
     retrain = audit.run_audit(ws, parent, retrained, forget, references=K)
     return identity, retrain, forget
@@ -58,7 +58,7 @@ def test_holdout_parts_are_deterministic_and_balanced():
 
 def test_methods_and_gates_use_disjoint_holdout_halves(deleted):
     from unlearnops.data import load_dataset
-    from unlearnops.steps import holdout_split
+    from unlearnops.flow.samples import holdout_split
 
     ws, batch = deleted
     calibration = set(holdout_split(ws, "calibration").manifest["sample_id"])
@@ -70,7 +70,7 @@ def test_methods_and_gates_use_disjoint_holdout_halves(deleted):
     gate_result = next(g for g in batch.gates if g.name == "membership_inference")
     assert gate_result.metrics["n_nonmembers"] == len(gate)
     # the certificate states what each used
-    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, "2")
+    mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, "2")
     (path,) = ws.mlflow_artifacts.glob(f"**/{mv.run_id}/artifacts/certificate.json")
     certificate = json.loads(path.read_text())
     assert certificate["samples_used"]["methods"]["calibration"] == len(calibration)
@@ -171,7 +171,7 @@ def test_audit_cli_records_with_the_version(deleted, audits):
     from unlearnops.verification import workspace_public_key
 
     verify(record, workspace_public_key(ws))
-    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, "2")
+    mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, "2")
     assert mv.tags["unlearnops.audit_status"] == record["status"]
     assert float(mv.tags["unlearnops.audit_lira_auc"]) == pytest.approx(record["attacks"]["lira"]["candidate"]["auc"],
                                                                          abs=1e-4)

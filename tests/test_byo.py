@@ -193,7 +193,7 @@ def test_sisa_workspace_trained_by_dvc_repro(tmp_path, prefect_harness):
     import torch
 
     from unlearnops.plugins.sisa import shard_of
-    from unlearnops.registry import load_model
+    from unlearnops.model_registry import load_model
     from unlearnops.workspace import Workspace
 
     directory = user_directory(tmp_path, "sharded_records", "sharded_project.py")

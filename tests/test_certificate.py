@@ -1,7 +1,8 @@
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from unlearnops.certificate import CertificateError, load_or_create_signing_key, sign, verify
+from unlearnops.certificate import CertificateError, sign, verify
+from unlearnops.keys import load_or_create_signing_key
 
 
 def test_sign_verify_and_tamper(tmp_path):

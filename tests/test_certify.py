@@ -10,19 +10,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.cli import app
 from unlearnops.verification import verify_version
 
 
 def _run_artifact(ws, version, name) -> Path:
-    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, version)
+    mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, version)
     (path,) = ws.mlflow_artifacts.glob(f"**/{mv.run_id}/artifacts/{name}")
     return path
 
 
 def _model_file(ws, version) -> Path:
-    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, version)
+    mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, version)
     model_id = mv.source.rsplit("/", 1)[-1]
     (path,) = ws.mlflow_artifacts.glob(f"**/models/{model_id}/artifacts/data/model.pth")
     return path
@@ -125,7 +125,8 @@ def demo_batch(tmp_path_factory):
     from unlearnops.demo import demo_subjects
     from unlearnops.intake import submit
     from unlearnops.project import init_workspace, train_base
-    from unlearnops.steps import cut_dataset_version, locate_pending
+    from unlearnops.flow.dataset_version import dataset_version as cut_dataset_version
+    from unlearnops.flow.locate import locate as locate_pending
     from unlearnops.workspace import Workspace
 
     ws = Workspace(tmp_path_factory.mktemp("demo-data") / "ws")
@@ -139,7 +140,8 @@ def demo_batch(tmp_path_factory):
 
 
 def _gates_for(ws, batch, method):
-    from unlearnops.steps import run_gates, unlearn
+    from unlearnops.flow.gates import gates as run_gates
+    from unlearnops.flow.unlearn import unlearn_rung as unlearn
 
     batch = batch.model_copy(deep=True)
     batch.method, batch.method_config = method, {}

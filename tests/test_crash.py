@@ -20,10 +20,10 @@ import time
 import pandas as pd
 import pytest
 
-from unlearnops import data, registry
+from unlearnops import data, model_registry
 from unlearnops.faults import EXIT_CODE, INNER_POINTS
 from unlearnops.requests import RequestStore
-from unlearnops.steps import STEPS, Batch
+from unlearnops.flow.batch import STEPS, Batch
 
 FAULT_CHAIN = [
     "locate",
@@ -77,7 +77,7 @@ def dataset_commits(ws) -> list[str]:
 
 def live_versions(ws) -> list:
     name = ws.settings.project.model_name
-    return sorted(registry.client(ws).search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+    return sorted(model_registry.client(ws).search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
 
 
 def assert_invariants(ws, request_ids: set[str], base_commits: int, base_versions: int) -> None:
@@ -89,8 +89,8 @@ def assert_invariants(ws, request_ids: set[str], base_commits: int, base_version
     versions = live_versions(ws)
     assert len(versions) <= base_versions + 1
     status = {str(v.version): v.tags.get("unlearnops.certificate_status") for v in versions}
-    assert status[registry.resolve_version(ws, "champion")] in ("base", "certified")
-    candidate = registry.resolve_version(ws, "candidate")
+    assert status[model_registry.resolve_version(ws, "champion")] in ("base", "certified")
+    candidate = model_registry.resolve_version(ws, "candidate")
     assert candidate is None or status[candidate] == "certified"
     for path in ws.runs_dir.glob("*/batch.json"):
         Batch.model_validate_json(path.read_text())  # never torn
@@ -141,7 +141,7 @@ def test_a_kill_at_every_point_then_resume_loses_nothing_and_repeats_nothing(ws)
     assert str(version.version) == batch.registered_version
     assert version.tags["unlearnops.run_id"] == batch.run_id  # tags applied despite the kill inside
     if batch.status == "pass":
-        assert registry.resolve_version(ws, "candidate") == str(version.version)
+        assert model_registry.resolve_version(ws, "candidate") == str(version.version)
     stored = RequestStore(ws.requests_db).list()
     assert {r.id for r in stored} == request_ids
     assert {(r.state, r.dataset_rev, r.model_version) for r in stored} == {

@@ -211,10 +211,10 @@ def test_compose_env_is_what_the_code_reads():
 
 def assert_selects_servers(where: str, env: dict, mounts: set[str], services: set[str]) -> None:
     """The variables that put an unlearnops process on the scale path, pointing at services of the layout."""
-    from unlearnops import registry
+    from unlearnops import model_registry
 
     tracking, api = env.get("UNLEARNOPS_TRACKING_URI"), env.get("PREFECT_API_URL")
-    assert tracking and registry.is_server(tracking), f"{where}: UNLEARNOPS_TRACKING_URI={tracking!r}"
+    assert tracking and model_registry.is_server(tracking), f"{where}: UNLEARNOPS_TRACKING_URI={tracking!r}"
     assert api and re.fullmatch(r"http://[\w.-]+:\d+/api", api), f"{where}: PREFECT_API_URL={api!r}"
     assert {tracking.split("//")[1].split(":")[0], api.split("//")[1].split(":")[0]} <= services, where
     assert env.get("UNLEARNOPS_WORKSPACE") in mounts, f"{where}: the workspace is not mounted"

@@ -93,9 +93,9 @@ def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_work
     assert story["rungs"][0]["plots"] and all((tmp_path / p.split("/")[-1]).is_file() for p in story["rungs"][0]["plots"])
 
     # one nested MLflow run per rung under the version's run
-    from unlearnops import registry
+    from unlearnops import model_registry
 
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     version = client.get_model_version(ws.settings.project.model_name, summary["registered_version"])
     children = client.search_runs([client.get_run(version.run_id).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{version.run_id}'")

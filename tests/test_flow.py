@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from unlearnops import data, registry
+from unlearnops import data, model_registry
 from unlearnops.certificate import verify
 from unlearnops.requests import RequestStore
 
@@ -48,7 +48,7 @@ def test_dataset_version_without_the_deleted_samples(processed):
 
 
 def test_ladder_tries_the_fast_path_first_and_escalates_only_on_failure(processed):
-    from unlearnops.steps import Batch
+    from unlearnops.flow.batch import Batch
 
     ws, summary, _, _ = processed
     batch = Batch.load(ws, summary["run_id"])
@@ -66,13 +66,13 @@ def test_ladder_tries_the_fast_path_first_and_escalates_only_on_failure(processe
 
 def test_registry_versions_aliases_and_certificate(processed, tmp_path):
     ws, summary, stored, subjects = processed
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert versions == [1, 2]
-    assert registry.resolve_version(ws, "champion") == "1"
+    assert model_registry.resolve_version(ws, "champion") == "1"
     certified = summary["certificate_status"] == "certified"
-    assert (registry.resolve_version(ws, "candidate") == "2") == certified
+    assert (model_registry.resolve_version(ws, "candidate") == "2") == certified
     blocking = {k: s for k, s in summary["gates"].items() if s not in ("pass", "not_applicable")}
     assert certified == (not blocking or len(summary["caveats"]) == len(blocking))
 
@@ -81,7 +81,7 @@ def test_registry_versions_aliases_and_certificate(processed, tmp_path):
     assert tags["unlearnops.parent_version"] == "1"
     assert tags["unlearnops.dataset_rev"] == summary["dataset_rev_after"]
     assert tags["unlearnops.certificate_status"] == summary["certificate_status"]
-    cert_path = registry.download_run_artifact(ws, version.run_id, "certificate.json", tmp_path)
+    cert_path = model_registry.download_run_artifact(ws, version.run_id, "certificate.json", tmp_path)
     certificate = json.loads(cert_path.read_text())
     verify(certificate)
     assert certificate["requests"] == [stored.id]
@@ -93,7 +93,7 @@ def test_registry_versions_aliases_and_certificate(processed, tmp_path):
     assert not any(s in raw for s in subjects), "raw subject ids must never reach certificates or tags"
     assert len(certificate["subjects_hmac_sha256"]) == len(subjects)
 
-    onnx_path = registry.download_run_artifact(ws, version.run_id, "model.onnx", tmp_path)
+    onnx_path = model_registry.download_run_artifact(ws, version.run_id, "model.onnx", tmp_path)
     from unlearnops.model import file_sha256
 
     assert file_sha256(onnx_path) == certificate["onnx"]["sha256"] == tags["unlearnops.onnx_sha256"]
@@ -104,10 +104,10 @@ def test_registered_model_matches_the_certified_weights(processed):
     import torch
 
     from unlearnops.model import load_weights
-    from unlearnops.steps import Batch
+    from unlearnops.flow.batch import Batch
 
     batch = Batch.load(ws, summary["run_id"])
-    registered = registry.load_model(ws, "2")
+    registered = model_registry.load_model(ws, "2")
     local = load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.pt")
     for (n1, p1), (n2, p2) in zip(registered.state_dict().items(), local.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
@@ -149,4 +149,4 @@ def test_a_no_op_method_is_not_certified(processed):
     # (tests/test_certify.py pins "fail" on the default demo data).
     assert summary["gates"]["forget_accuracy"] in {"fail", "inconclusive"}
     assert summary["certificate_status"] != "certified"
-    assert registry.resolve_version(ws, "candidate") != summary["registered_version"]
+    assert model_registry.resolve_version(ws, "candidate") != summary["registered_version"]

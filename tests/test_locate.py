@@ -166,7 +166,7 @@ def test_expand_flow_removes_planted_copies_and_certifies_the_locator(tmp_path):
     from unlearnops.intake import submit
     from unlearnops.project import init_workspace, train_base
     from unlearnops.requests import RequestStore
-    from unlearnops.steps import process_pending
+    from unlearnops.flow.run import process_pending
     from unlearnops.verification import verify_version
     from unlearnops.workspace import DataSettings, LocateSettings, Params, Settings, Workspace
 

@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from unlearnops import hookimpl, registry
+from unlearnops import hookimpl, model_registry
 from unlearnops.cli import app
 from unlearnops.methods import (
     BUILTIN_PLUGINS,
@@ -288,7 +288,7 @@ def _submit(ws, subjects):
 
 def _model_versions(ws):
     name = ws.settings.project.model_name
-    return sorted(int(v.version) for v in registry.client(ws).search_model_versions(f"name='{name}'"))
+    return sorted(int(v.version) for v in model_registry.client(ws).search_model_versions(f"name='{name}'"))
 
 
 def _dataset_versions(ws):
@@ -304,7 +304,7 @@ def test_broken_plugins_leave_requests_failed_and_register_nothing(small_workspa
     ws = small_workspace
     use_plugins(["broken-import"])
     store = RequestStore(ws.requests_db)
-    versions, candidate = _model_versions(ws), registry.resolve_version(ws, "candidate")
+    versions, candidate = _model_versions(ws), model_registry.resolve_version(ws, "candidate")
     request_id = _submit(ws, demo_subjects(ws, 1))
 
     # A method from a plugin that failed to import: refused before the dataset is touched.
@@ -331,7 +331,7 @@ def test_broken_plugins_leave_requests_failed_and_register_nothing(small_workspa
             assert all(f"method {method!r}" in r.error for r in in_batch)
     assert {r.state for r in store.list()} <= {"failed", "received"} and len(store.list()) == 4
     assert _model_versions(ws) == versions
-    assert registry.resolve_version(ws, "candidate") == candidate
+    assert model_registry.resolve_version(ws, "candidate") == candidate
 
 
 def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, use_plugins):

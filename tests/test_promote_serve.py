@@ -10,7 +10,7 @@ import uvicorn
 from typer.testing import CliRunner
 
 from conftest import make_workspace
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.cli import app
 from unlearnops.servers import free_port
 
@@ -20,7 +20,7 @@ runner = CliRunner()
 def process_batch(ws, subjects, method=None):
     """One deletion batch through the same steps the Prefect flow runs (in-process)."""
     from unlearnops.intake import submit
-    from unlearnops.steps import process_pending
+    from unlearnops.flow.run import process_pending
 
     submit(ws, {"subject_ids": subjects, "reason": "promotion test"})
     return process_pending(ws, method=method)
@@ -71,17 +71,17 @@ def test_check_changes_nothing_then_promotion_moves_champion_and_taints(lineage)
     assert code == 0 and decision["promotable"] and not decision["promoted"]
     assert {"signature", "weights_sha256", "onnx_sha256", "tags", "certified", "lineage", "onnx_parity"} <= set(
         decision["checked"])
-    assert registry.resolve_version(ws, "champion") == "1"
+    assert model_registry.resolve_version(ws, "champion") == "1"
     code, decision = _promote(ws, "2")
     assert code == 0 and decision["promoted"] and decision["tainted"] == ["1"]
-    assert registry.resolve_version(ws, "champion") == "2"
-    tags = registry.client(ws).get_model_version(ws.settings.project.model_name, "1").tags
+    assert model_registry.resolve_version(ws, "champion") == "2"
+    tags = model_registry.client(ws).get_model_version(ws.settings.project.model_name, "1").tags
     assert tags["unlearnops.tainted"] == "true"
 
 
 def test_refusals_name_their_reasons(lineage):
     ws = lineage
-    if registry.resolve_version(ws, "champion") != "2":
+    if model_registry.resolve_version(ws, "champion") != "2":
         _promote(ws, "2")
     code, decision = _promote(ws, "3", "--check")  # from the champion v2 now
     assert code == 0 and "lineage" in decision["checked"], decision["reasons"]
@@ -97,7 +97,7 @@ def test_refusals_name_their_reasons(lineage):
 def test_lineage_rule_refuses_forks_and_uncertified_ancestors():
     from types import SimpleNamespace
 
-    from unlearnops.registry import lineage_problems
+    from unlearnops.model_registry import lineage_problems
 
     def version(parent, status="certified"):
         return SimpleNamespace(tags={"unlearnops.parent_version": parent, "unlearnops.certificate_status": status})
@@ -113,7 +113,7 @@ def test_lineage_rule_refuses_forks_and_uncertified_ancestors():
 
 def test_tampered_candidate_is_refused(lineage, tmp_path):
     ws = lineage
-    mv = registry.client(ws).get_model_version(ws.settings.project.model_name, "3")
+    mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, "3")
     (cert_path,) = ws.mlflow_artifacts.glob(f"**/{mv.run_id}/artifacts/certificate.json")
     original = cert_path.read_bytes()
     cert = json.loads(original)
@@ -131,7 +131,7 @@ def server(lineage):
     from unlearnops.deploy.serve import create_app
 
     ws = lineage
-    if registry.resolve_version(ws, "champion") != "2":
+    if model_registry.resolve_version(ws, "champion") != "2":
         _promote(ws, "2")
     port = free_port()
     config = uvicorn.Config(create_app(ws, max_batch=32, poll_seconds=0.5), host="127.0.0.1", port=port,

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_workspace
-from unlearnops import data, registry
+from unlearnops import data, model_registry
 from unlearnops.cli import app
 from unlearnops.datasets import build_manifest, stable_split
 
@@ -70,7 +70,7 @@ def canary_ws(tmp_path_factory):
 
 def process(ws, payload):
     from unlearnops.intake import submit
-    from unlearnops.steps import process_pending
+    from unlearnops.flow.run import process_pending
 
     stored, created = submit(ws, {**payload, "reason": "purge test"})
     assert created
@@ -130,13 +130,13 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
     assert code == 0 and again["removed_count"] == 0 and again["removed"] == {}
 
     # The purged versions keep their audit trail but not their weights; the champion is untouched.
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     for version in ("1", first.registered_version):
         tags = client.get_model_version(name, version).tags
         assert tags["unlearnops.purged"] == "true" and tags["unlearnops.tainted"] == "true"
         with pytest.raises(Exception):
-            registry.load_model(ws, version)
+            model_registry.load_model(ws, version)
     verified = runner.invoke(app, ["certificate", "verify", first.registered_version, "--workspace",
                                    str(ws.root), "--json"])
     result = json.loads(verified.stdout)
@@ -161,7 +161,7 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
 
 def test_tracked_data_committed_to_git_is_reported_not_hidden(canary_ws):
     ws, _ = canary_ws
-    if registry.resolve_version(ws, "champion") == "1":
+    if model_registry.resolve_version(ws, "champion") == "1":
         pytest.skip("needs the promoted lineage of the previous test")
     data.git(ws.root, "add", "-f", "data/manifest.parquet")
     data.git(ws.root, "commit", "-q", "-m", "a mistake: tracked data in git")

@@ -2,7 +2,8 @@ import pytest
 
 from unlearnops.intake import parse_request, submit
 from unlearnops.locate import check_request, locate
-from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore, keyed_hash
+from unlearnops.keys import keyed_hash
+from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore
 
 
 def test_request_normalizes_ids():
@@ -126,7 +127,8 @@ def _remove_subject(ws, subject: str) -> None:
 def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh_workspace):
     import pandas as pd
 
-    from unlearnops.steps import NothingToDo, locate_pending
+    from unlearnops.flow.batch import NothingToDo
+    from unlearnops.flow.locate import locate as locate_pending
 
     ws = fresh_workspace
     subjects = sorted(pd.read_parquet(ws.data_dir / "manifest.parquet").subject_id.unique())
@@ -162,7 +164,7 @@ def test_operator_rejects_a_waiting_request_from_the_cli(fresh_workspace):
     from typer.testing import CliRunner
 
     from unlearnops.cli import app
-    from unlearnops.steps import Batch
+    from unlearnops.flow.batch import Batch
 
     runner = CliRunner()
     ws = fresh_workspace

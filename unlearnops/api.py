@@ -163,16 +163,75 @@ def run(
     wait: float = 0.0,
 ) -> dict[str, Any] | None:
     """Process every pending request in one run (a Prefect flow run unless ``prefect=False``); the run's
-    summary, or None when nothing was pending."""
-    ws = workspace(ws)
-    if not prefect:
-        from unlearnops import steps
+    summary, None when nothing was pending, or ``{"skipped": reason}`` when another run holds the workspace.
+    A missing method or an invalid config for any rung of any request kind's ladder (or for ``method``) is
+    a ``PluginError`` before anything is touched."""
+    from unlearnops.durable import WorkspaceBusy
+    from unlearnops.flow.unlearn import validated_ladder
 
-        batch = steps.process_pending(ws, method, config or None, device, wait=wait)
-        return None if batch is None else steps.summary(batch)
+    ws = workspace(ws)
+    validated_ladder(ws, None, method, config or None)
+    if not prefect:
+        from unlearnops.flow.run import process_pending, summary
+
+        try:
+            batch = process_pending(ws, method, config or None, device, wait=wait)
+        except WorkspaceBusy as exc:
+            return {"skipped": str(exc)}
+        return None if batch is None else summary(batch)
     from unlearnops.pipelines.deletion import deletion_flow
 
     return deletion_flow(str(ws.root), method=method, method_config=config or None, device=device, wait=wait)
+
+
+def reject(ws: WorkspaceLike | None, request_id: str, reason: str, wait: float = 30.0):
+    """An operator rejects a waiting request (``unlearnops request reject``); the stored request. Holds the
+    workspace lock, so no run opens a batch over the request meanwhile; a request that is part of an
+    unfinished batch (its samples may already be cut from the dataset) cannot be rejected, nor a processed
+    one (``TransitionRefused``); rejecting a rejected request again changes nothing. ``KeyError`` for an
+    unknown id, ``WorkspaceBusy`` when a run holds the workspace longer than ``wait`` seconds."""
+    from unlearnops.durable import workspace_lock
+    from unlearnops.flow.batch import open_batches
+    from unlearnops.requests import RequestStore, TransitionRefused
+
+    ws = workspace(ws)
+    with workspace_lock(ws.state_dir, wait=wait, purpose="request reject"):
+        store = RequestStore(ws.requests_db)
+        stored = store.get(request_id)
+        for batch in open_batches(ws):
+            if request_id in batch.request_ids and stored.state != "rejected":
+                raise TransitionRefused(
+                    f"request {request_id} is part of the unfinished batch {batch.run_id} (its samples may "
+                    "already be cut from the dataset): the next run completes it"
+                )
+        return store.mark_rejected(request_id, reason)
+
+
+def review_candidates(ws: WorkspaceLike | None, request, request_id: str | None = None) -> dict[str, Any]:
+    """What ``request`` (a parsed :class:`~unlearnops.requests.DeletionRequest`) would delete, found by the
+    workspace's configured locators with the champion model (``unlearnops locate --dry-run``): every
+    candidate with the locator that found it and its score, the targets not in the dataset, the locators'
+    notes. Changes nothing."""
+    import time
+
+    from unlearnops import data, model_registry
+    from unlearnops.flow.locate import count_by_locator, locate_with_settings, min_scores
+    from unlearnops.locate import read_manifest, unmatched_targets
+
+    ws = workspace(ws)
+    started = time.perf_counter()
+    champion = model_registry.resolve_version(ws, "champion")
+    table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
+    located, locators, settings = locate_with_settings(ws, [request], champion, table)
+    records = located.records([request_id or "ad-hoc"])
+    return {
+        "request": request_id, "policy": request.policy, "dry_run": True, "model_version": champion,
+        "locators": [loc.name for loc in locators if loc.kind == "exact" or request.policy == "expand"],
+        "min_score": min_scores(settings, locators),
+        "n_candidates": len({r["sample_id"] for r in records}), "by_locator": count_by_locator(records),
+        "unmatched": unmatched_targets(request, table), "notes": located.notes, "candidates": records,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def promote(ws: WorkspaceLike | None = None, version: str | None = None, check: bool = False) -> dict[str, Any]:
@@ -193,12 +252,12 @@ def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
 
 def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
     """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state."""
-    from unlearnops import data, registry
+    from unlearnops import data, model_registry
     from unlearnops.requests import RequestStore
 
     ws = workspace(ws)
     name = ws.settings.project.model_name
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     versions = []
     from mlflow.exceptions import MlflowException
 
@@ -208,7 +267,7 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
     except MlflowException:  # nothing registered yet
         aliases, found = {}, []
     for mv in sorted(found, key=lambda v: int(v.version)):
-        tags = {k.removeprefix(registry.TAG_PREFIX): v for k, v in mv.tags.items() if k.startswith(registry.TAG_PREFIX)}
+        tags = {k.removeprefix(model_registry.TAG_PREFIX): v for k, v in mv.tags.items() if k.startswith(model_registry.TAG_PREFIX)}
         versions.append({
             "version": str(mv.version),
             "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),

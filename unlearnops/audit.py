@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearnops import gates, registry
+from unlearnops import gates, model_registry
 from unlearnops.data import Dataset, load_dataset
 from unlearnops.durable import atomic_write_text
 from unlearnops.methods import Samples, call_training
@@ -268,22 +268,22 @@ def _dataset_at(ws: Workspace, rev: str, with_features: bool):
 def _version_context(ws: Workspace, version: str) -> tuple[Any, dict[str, Any]]:
     from mlflow.exceptions import MlflowException
 
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     try:
         model_version = client.get_model_version(name, version)
     except MlflowException as exc:
         raise AuditRefused(f"no version {version} of {name}") from exc
     tags = model_version.tags
-    if tags.get(registry.TAG_PREFIX + "kind") != "unlearned":
+    if tags.get(model_registry.TAG_PREFIX + "kind") != "unlearned":
         raise AuditRefused(f"version {version} is a base model: nothing was deleted for it, so there is no forget "
                            "set to audit")
-    if tags.get(registry.TAG_PREFIX + "purged") == "true":
+    if tags.get(model_registry.TAG_PREFIX + "purged") == "true":
         raise AuditRefused(f"version {version} was purged: its weights are gone")
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
+        path = model_registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
         certificate = json.loads(path.read_text())
     return model_version, certificate
 
@@ -307,7 +307,8 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
     returns the audit record (signed with the workspace key), also stored with the version (MLflow artifact
     ``audits/audit-<time>.json``, tags ``unlearnops.audit_*``, an "Audit" section in ``report.html``) and in
     ``.unlearnops/audit/records/``. :class:`AuditRefused` when the version cannot be audited."""
-    from unlearnops.certificate import load_or_create_signing_key, sign
+    from unlearnops.certificate import sign
+    from unlearnops.keys import signing_key
 
     model_version, certificate = _version_context(ws, version)
     parent_version = certificate.get("parent_model_version")
@@ -321,10 +322,10 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
         "parent_version": parent_version,
         "dataset_before": certificate.get("dataset_before"),
         "dataset_after": certificate.get("dataset_after"),
-        **run_audit(ws, registry.load_model(ws, parent_version), registry.load_model(ws, version), forget,
+        **run_audit(ws, model_registry.load_model(ws, parent_version), model_registry.load_model(ws, version), forget,
                     references=references, device=device, wait=wait, rmia_a=rmia_a, rmia_gamma=rmia_gamma),
     }
-    record = sign(record, load_or_create_signing_key(ws.keys_dir))
+    record = sign(record, signing_key(ws))
     _store(ws, model_version, record)
     return record
 
@@ -432,7 +433,7 @@ def _store(ws: Workspace, model_version, record: dict[str, Any]) -> Path:
     local = ws.state_dir / "audit" / "records" / f"v{record['version']}-{stamp}.json"
     local.parent.mkdir(parents=True, exist_ok=True)
     local.write_text(json.dumps(record, indent=2, sort_keys=True))
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     run_id = model_version.run_id
     artifact = f"audits/audit-{stamp}.json"
     # log_artifact keeps the file's name; the local name carries the version, the artifact's the time only.
@@ -441,7 +442,7 @@ def _store(ws: Workspace, model_version, record: dict[str, Any]) -> Path:
         named.write_text(local.read_text())
         client.log_artifact(run_id, str(named), artifact_path="audits")
         try:
-            report = registry.download_run_artifact(ws, run_id, "report.html", Path(tmp) / "dl")
+            report = model_registry.download_run_artifact(ws, run_id, "report.html", Path(tmp) / "dl")
             page = with_audit(report.read_text(encoding="utf-8"), record)
             out = Path(tmp) / "report.html"
             out.write_text(page, encoding="utf-8")
@@ -455,5 +456,5 @@ def _store(ws: Workspace, model_version, record: dict[str, Any]) -> Path:
             **{f"audit_{a}_auc": f"{attacks[a]['candidate']['auc']:.4f}" for a in attacks},
             **{f"audit_{a}_parent_auc": f"{attacks[a]['parent']['auc']:.4f}" for a in attacks}}
     for key, value in tags.items():
-        client.set_model_version_tag(name, model_version.version, registry.TAG_PREFIX + key, value)
+        client.set_model_version_tag(name, model_version.version, model_registry.TAG_PREFIX + key, value)
     return local

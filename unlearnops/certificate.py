@@ -26,24 +26,6 @@ def _canonical(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def load_or_create_signing_key(keys_dir: Path) -> Ed25519PrivateKey:
-    path = keys_dir / "signing-ed25519.pem"
-    if path.is_file():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise CertificateError(f"{path} is not an Ed25519 private key")
-        return key
-    keys_dir.mkdir(parents=True, exist_ok=True)
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    path.touch(mode=0o600)
-    path.write_bytes(pem)
-    (keys_dir / "signing-ed25519.pub.pem").write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
-    return key
-
-
 def public_key_fingerprint(public_key: Ed25519PublicKey) -> str:
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b16encode(raw).decode().lower()

@@ -296,11 +296,11 @@ def request_reject(request_id: str,
     it will not be processed. Exit 1 if unknown, processed, or in an unfinished batch."""
     from unlearnops.durable import WorkspaceBusy
     from unlearnops.requests import TransitionRefused
-    from unlearnops.steps import reject_request
+    from unlearnops import api
 
     ws = _workspace(workspace)
     try:
-        stored = reject_request(ws, request_id, reason, wait=wait)
+        stored = api.reject(ws, request_id, reason, wait=wait)
     except KeyError:
         fail(f"no request {request_id!r}", ExitCode.REFUSED, as_json)
     except TransitionRefused as exc:
@@ -401,20 +401,6 @@ def _parse_overrides(items: list[str]) -> dict[str, str]:
     return overrides
 
 
-def run_deletion_flow(ws: Workspace, method: str | None, overrides: dict, device: str | None,
-                      wait: float = 0.0, orchestrate: bool = True) -> dict | None:
-    """One run over the pending requests: a Prefect flow run, or the same steps in this process."""
-    from unlearnops import api
-    from unlearnops.durable import WorkspaceBusy
-
-    try:
-        return api.run(ws, method=method, config=overrides, device=device, prefect=orchestrate, wait=wait)
-    except WorkspaceBusy as exc:
-        if orchestrate:
-            raise
-        return {"skipped": str(exc)}
-
-
 @app.command()
 def run(
     method: Optional[str] = typer.Option(
@@ -430,21 +416,16 @@ def run(
 ) -> None:
     """Run the deletion flow once over all pending requests (a Prefect flow run). An unfinished batch left
     by a crash is resumed first; a run that finds another run holding the workspace exits at once (0)."""
-    from unlearnops.methods import PluginError, load_plugins, parse_config
+    from unlearnops import api
+    from unlearnops.plugin import PluginError
 
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
-    try:  # refuse a bad method or config before anything is touched
-        registered = load_plugins()
-        ladder = [method] if method else ws.settings.unlearn.ladder
-        rungs = [registered.get(name) for name in ladder]
-        parse_config(rungs[0], overrides)
-    except PluginError as exc:
-        fail(str(exc), ExitCode.ERROR, as_json)
-    try:
+    try:  # a bad method or config is refused before anything is touched; a failing batch's requests are
+        # marked failed (retryable) with the reason
         with stdout_to_stderr(as_json):
-            result = run_deletion_flow(ws, method, overrides, device, wait=wait, orchestrate=prefect)
-    except PluginError as exc:  # the batch's requests are marked failed (retryable) with this reason
+            result = api.run(ws, method=method, config=overrides, device=device, prefect=prefect, wait=wait)
+    except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json(result or {"result": "no pending deletion requests"})
@@ -489,10 +470,10 @@ def plugins_list(as_json: bool = JsonOption) -> None:
     plugin that failed to load or register (with the reason)."""
     from unlearnops.methods import load_plugins
 
-    registry = load_plugins()
-    rows = [_plugin_row(e) for kind in registry.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
+    plugins = load_plugins()
+    rows = [_plugin_row(e) for kind in plugins.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
     if as_json:
-        emit_json({"plugins": rows, "errors": registry.errors})
+        emit_json({"plugins": rows, "errors": plugins.errors})
         return
     table = Table("kind", "name", "version", "source", "details")
     for r in rows:
@@ -503,7 +484,7 @@ def plugins_list(as_json: bool = JsonOption) -> None:
             details = ", ".join(f"{k}={v}" for k, v in details.items())
         table.add_row(r["kind"], r["name"], r["version"], r["source"], str(details))
     Console().print(table)
-    for e in registry.errors:
+    for e in plugins.errors:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
 
@@ -562,12 +543,10 @@ def locate_command(
     """Review what a request would delete: every candidate sample with the locator that found it and its
     score, from the workspace's configured locators and the champion model. Changes nothing (deleting is
     `unlearnops run`)."""
-    from unlearnops import data, registry
+    from unlearnops import api
     from unlearnops.intake import parse_request
-    from unlearnops.locate import read_manifest, unmatched_targets
-    from unlearnops.methods import PluginError
+    from unlearnops.plugin import PluginError
     from unlearnops.requests import RequestRejected, RequestStore
-    from unlearnops.steps import count_by_locator, locate_with_settings
 
     if not dry_run:
         fail("locate only reviews candidates: pass --dry-run (`unlearnops run` deletes)", ExitCode.ERROR, as_json)
@@ -588,25 +567,12 @@ def locate_command(
                                      "content_sha256": _split_ids(content_hash), "policy": policy or "exact"})
     except RequestRejected as exc:
         fail(f"request rejected: {exc}", ExitCode.REFUSED, as_json)
-    started = time.perf_counter()
     with stdout_to_stderr(as_json):
-        champion = registry.resolve_version(ws, "champion")
-        table = read_manifest(ws.data_dir / data.MANIFEST_FILE)
         try:
-            located, locators, settings = locate_with_settings(ws, [request], champion, table)
+            result = api.review_candidates(ws, request, request_id)
         except PluginError as exc:
             fail(str(exc), ExitCode.ERROR, as_json)
-        unmatched = unmatched_targets(request, table)
-    records = located.records([request_id or "ad-hoc"])
-    by_locator = count_by_locator(records)
-    result = {
-        "request": request_id, "policy": request.policy, "dry_run": True, "model_version": champion,
-        "locators": [loc.name for loc in locators if loc.kind == "exact" or request.policy == "expand"],
-        "min_score": {loc.name: settings.min_score.get(loc.name, loc.default_min_score)
-                      for loc in locators if loc.kind == "near-duplicate"},
-        "n_candidates": len({r["sample_id"] for r in records}), "by_locator": by_locator, "unmatched": unmatched,
-        "notes": located.notes, "candidates": records, "seconds": round(time.perf_counter() - started, 3),
-    }
+    records, by_locator, unmatched = result["candidates"], result["by_locator"], result["unmatched"]
     if as_json:
         emit_json(result)
         return
@@ -618,7 +584,7 @@ def locate_command(
               "dry run: nothing deleted")
     for name, missing in unmatched.items():
         err.print(f"[yellow]unmatched {name}:[/yellow] {', '.join(missing[:10])}")
-    for name, note in located.notes.items():
+    for name, note in result["notes"].items():
         err.print(f"[yellow]{name}:[/yellow] {note}")
 
 

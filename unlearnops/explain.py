@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.workspace import Workspace
 
 
@@ -49,14 +49,14 @@ def certificate_of(ws: Workspace, version: str) -> dict[str, Any]:
     """The signed certificate registered with ``version``."""
     from mlflow.exceptions import MlflowException
 
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     try:
         model_version = client.get_model_version(ws.settings.project.model_name, version)
     except MlflowException as exc:
         raise ExplainError(f"no version {version} of {ws.settings.project.model_name}") from exc
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
+            path = model_registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
         except Exception as exc:
             raise ExplainError(f"version {version} has no certificate (a base or imported model?)") from exc
         return json.loads(Path(path).read_text())

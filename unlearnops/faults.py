@@ -2,7 +2,7 @@
 
 ``UNLEARNOPS_FAULT_AFTER=<point>`` ends the process with ``os._exit(137)`` when the flow reaches that
 point, as ``kill -9`` would: no ``finally`` block, ``atexit`` handler or buffered write runs. The points are
-the step names of :data:`unlearnops.steps.STEPS` (reached once the step's completion is on disk) and the
+the step names of :data:`unlearnops.flow.batch.STEPS` (reached once the step's completion is on disk) and the
 points inside a step listed in :data:`INNER_POINTS` (reached after a side effect, before it is recorded).
 """
 

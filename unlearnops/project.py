@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sys
 from contextlib import chdir
 from importlib import resources
@@ -13,8 +12,9 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from unlearnops import data, registry
+from unlearnops import data, model_registry
 from unlearnops.data import Dataset, save_dataset
+from unlearnops.keys import create_keys
 from unlearnops.datasets import SourceData, SourceError, source_to_dataset
 from unlearnops.model import load_weights
 from unlearnops.workspace import (
@@ -65,7 +65,7 @@ def init_workspace(
     (ws.root / ".gitignore").write_text(WORKSPACE_GITIGNORE)
     save_dataset(ws.data_dir, Dataset(features, manifest))
     data.init_repository(ws)
-    ensure_keys(ws)
+    create_keys(ws)
     return data.commit_dataset_version(
         ws,
         f"dataset version 1: {len(manifest)} samples",
@@ -147,21 +147,6 @@ def check_model(root: Path, settings: Settings, features, manifest) -> None:
         )
 
 
-def ensure_keys(ws: Workspace) -> None:
-    from unlearnops.certificate import load_or_create_signing_key
-
-    load_or_create_signing_key(ws.keys_dir)
-    subject_key = ws.keys_dir / "subject-hmac.key"
-    if not subject_key.is_file():
-        subject_key.touch(mode=0o600)
-        subject_key.write_bytes(secrets.token_bytes(32))
-
-
-def subject_key(ws: Workspace) -> bytes:
-    ensure_keys(ws)
-    return (ws.keys_dir / "subject-hmac.key").read_bytes()
-
-
 def reproduce(ws: Workspace) -> None:
     """``dvc repro`` in the workspace (stages run with this interpreter), then commit ``dvc.lock``."""
     from dvc.repo import Repo
@@ -177,16 +162,16 @@ def reproduce(ws: Workspace) -> None:
         data.git(ws.root, "commit", "-q", "-m", "dvc repro: base model")
 
 
-def train_base(ws: Workspace) -> registry.RegisteredVersion | str:
+def train_base(ws: Workspace) -> model_registry.RegisteredVersion | str:
     """Reproduce the base model and register it as version 1 with alias ``champion`` (once)."""
-    existing = registry.resolve_version(ws, "champion")
+    existing = model_registry.resolve_version(ws, "champion")
     if existing is not None:
         return existing
     reproduce(ws)
     model = load_weights(ws.model_factory, ws.root / "models" / "base.pt")
     metrics = json.loads((ws.root / "metrics.json").read_text())
     version = data.current_version(ws)
-    return registry.register_model(
+    return model_registry.register_model(
         ws,
         model,
         run_name="base-model",
@@ -203,7 +188,7 @@ def train_base(ws: Workspace) -> registry.RegisteredVersion | str:
 
 
 def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | None = None,
-                source_tracking_uri: str | None = None) -> registry.RegisteredVersion | str:
+                source_tracking_uri: str | None = None) -> model_registry.RegisteredVersion | str:
     """Register an already trained model as version 1 with alias ``champion`` instead of training one.
 
     ``weights``: a state-dict file for the configured model factory. ``model_uri``: an MLflow model URI
@@ -220,7 +205,7 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
 
     if (weights is None) == (model_uri is None):
         raise ConfigError("give exactly one of a weights file or an MLflow model URI to import")
-    existing = registry.resolve_version(ws, "champion")
+    existing = model_registry.resolve_version(ws, "champion")
     if existing is not None:
         raise ConfigError(f"the workspace already has a champion (version {existing}); import only into a new one")
     if weights is not None:
@@ -253,7 +238,7 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
         part = dataset.split(split)
         metrics[f"{split}_accuracy"] = evaluate(model, part.features, part.labels).accuracy
     version = data.current_version(ws)
-    return registry.register_model(
+    return model_registry.register_model(
         ws,
         model,
         run_name="imported-base-model",

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.durable import workspace_lock
 from unlearnops.verification import verify_version
 from unlearnops.workspace import Workspace
 
-TAINTED_TAG = registry.TAG_PREFIX + "tainted"
+TAINTED_TAG = model_registry.TAG_PREFIX + "tainted"
 PARITY_TOLERANCE = 1e-4
 
 
@@ -49,13 +49,13 @@ def onnx_parity(ws: Workspace, version: str, run_id: str, samples: int = 16) -> 
     from unlearnops.model import predict_logits
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = registry.download_run_artifact(ws, run_id, "model.onnx", Path(tmp))
+        path = model_registry.download_run_artifact(ws, run_id, "model.onnx", Path(tmp))
         session = inference_session(path)
         (spec,) = session.get_inputs()
         shape = [samples] + [int(d) for d in spec.shape[1:]]
         x = np.random.default_rng(0).random(shape, dtype=np.float32)
         (got,) = session.run(None, {spec.name: x})
-    expected = predict_logits(registry.load_model(ws, version), x).numpy()
+    expected = predict_logits(model_registry.load_model(ws, version), x).numpy()
     return float(np.abs(got - expected).max())
 
 
@@ -63,12 +63,12 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
     """Decide whether ``version`` (default: the ``candidate`` alias) may become champion; changes nothing."""
     from mlflow.exceptions import MlflowException
 
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
-    version = version or registry.resolve_version(ws, "candidate")
+    version = version or model_registry.resolve_version(ws, "candidate")
     if version is None:
         raise PromotionError("no version given and no 'candidate' alias: nothing to promote")
-    champion = registry.resolve_version(ws, "champion")
+    champion = model_registry.resolve_version(ws, "champion")
     decision = PromotionDecision(version=version, champion_before=champion)
     try:
         model_version = client.get_model_version(name, version)
@@ -84,14 +84,14 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         decision.reasons.append(f"certificate status is {verification.status!r}, not 'certified'")
     else:
         decision.checked.append("certified")
-    if tags.get(registry.TAG_PREFIX + "purged") == "true":
+    if tags.get(model_registry.TAG_PREFIX + "purged") == "true":
         decision.reasons.append("its weights were purged (`unlearnops purge`)")
     if tags.get(TAINTED_TAG) == "true":
-        decision.reasons.append(f"tainted: {tags.get(registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
+        decision.reasons.append(f"tainted: {tags.get(model_registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
     if champion is not None:
         if int(version) <= int(champion):
             decision.reasons.append(f"not newer than the champion (v{champion})")
-        problems = registry.lineage_problems(registry.versions_by_number(ws), version, champion)
+        problems = model_registry.lineage_problems(model_registry.versions_by_number(ws), version, champion)
         decision.reasons += problems
         if not problems:
             decision.checked.append("lineage")
@@ -118,17 +118,17 @@ def _promote_locked(ws: Workspace, version: str | None) -> PromotionDecision:
     decision = check(ws, version)
     if not decision.promotable:
         return decision
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     client.set_registered_model_alias(name, "champion", decision.version)
-    if registry.resolve_version(ws, "candidate") == decision.version:
+    if model_registry.resolve_version(ws, "candidate") == decision.version:
         client.delete_registered_model_alias(name, "candidate")
     decision.promoted = True
     for other in client.search_model_versions(f"name='{name}'"):
         if int(other.version) < int(decision.version) and other.tags.get(TAINTED_TAG) != "true":
             client.set_model_version_tag(name, other.version, TAINTED_TAG, "true")
             client.set_model_version_tag(
-                name, other.version, registry.TAG_PREFIX + "tainted_reason",
+                name, other.version, model_registry.TAG_PREFIX + "tainted_reason",
                 f"trained on data deleted before v{decision.version} was promoted",
             )
             decision.tainted.append(str(other.version))

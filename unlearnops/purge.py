@@ -49,14 +49,14 @@ from typing import Any
 
 import yaml
 
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.data import git
 from unlearnops.durable import atomic_write_text, workspace_lock
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import Workspace
 
-PURGED_TAG = registry.TAG_PREFIX + "purged"
-TAINTED_TAG = registry.TAG_PREFIX + "tainted"
+PURGED_TAG = model_registry.TAG_PREFIX + "purged"
+TAINTED_TAG = model_registry.TAG_PREFIX + "tainted"
 DATASET_FILE = "data.dvc"
 LOCK_FILE = "dvc.lock"
 #: Files of an MLflow logged model that describe it (kept); everything else in it is weights (removed).
@@ -225,19 +225,19 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
     MLflow removals. :class:`PurgeRefused` when purging is not allowed yet."""
     from dvc.repo import Repo
 
-    from unlearnops.steps import Batch, open_batches
+    from unlearnops.flow.batch import Batch, open_batches
 
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
-    champion = registry.resolve_version(ws, "champion")
+    champion = model_registry.resolve_version(ws, "champion")
     if champion is None:
         raise PurgeRefused("no champion model: nothing was trained, nothing to purge")
     unfinished = open_batches(ws)
     if unfinished:
         raise PurgeRefused(f"the deletion batch {unfinished[0].run_id} is unfinished: finish it with "
                            "`unlearnops run` first")
-    versions = registry.versions_by_number(ws)
-    lineage = registry.chain(versions, champion)
+    versions = model_registry.versions_by_number(ws)
+    lineage = model_registry.chain(versions, champion)
     processed = RequestStore(ws.requests_db).list(("processed",))
     purged_requests = [r.id for r in processed if r.model_version in lineage]
     if not purged_requests:
@@ -250,7 +250,7 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
                          waiting_requests=[r.id for r in processed if r.model_version not in lineage])
 
     # Dataset revisions: the champion's and its descendants are kept, every other commit is dirty.
-    boundary = versions[champion].tags.get(registry.TAG_PREFIX + "dataset_rev")
+    boundary = versions[champion].tags.get(model_registry.TAG_PREFIX + "dataset_rev")
     if not boundary:
         raise PurgeRefused(f"the champion v{champion} has no dataset_rev tag: cannot tell what is deleted")
     boundary = git(ws.root, "rev-parse", f"{boundary}^{{commit}}")
@@ -332,7 +332,7 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
 
     # Weights of every version that does not descend from the champion.
     mlflow_removals = []
-    for version in sorted((v for v in versions.values() if champion not in registry.chain(versions, str(v.version))),
+    for version in sorted((v for v in versions.values() if champion not in model_registry.chain(versions, str(v.version))),
                           key=lambda v: int(v.version)):
         found = _weight_artifacts(ws, client, name, version)
         for store, uri, path, size in found:
@@ -407,7 +407,7 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
                 Path(path).unlink(missing_ok=True)
         if remote_touched:
             _clear_remote_index(ws)
-        client = registry.client(ws)
+        client = model_registry.client(ws)
         name = ws.settings.project.model_name
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for version, found in mlflow_removals:
@@ -415,12 +415,12 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
                 get_artifact_repository(uri).delete_artifacts(path)
             if version.tags.get(TAINTED_TAG) != "true":
                 client.set_model_version_tag(name, version.version, TAINTED_TAG, "true")
-                client.set_model_version_tag(name, version.version, registry.TAG_PREFIX + "tainted_reason",
+                client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "tainted_reason",
                                              f"not descended from the champion v{report.champion}: carries "
                                              "data its lineage deleted")
             if version.tags.get(PURGED_TAG) != "true":
                 client.set_model_version_tag(name, version.version, PURGED_TAG, "true")
-                client.set_model_version_tag(name, version.version, registry.TAG_PREFIX + "purged_at", stamp)
+                client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "purged_at", stamp)
         if report.items:
             atomic_write_text(ws.state_dir / "purges" / f"{stamp.replace(':', '')}.json",
                               json.dumps(report.to_dict(), indent=2))

@@ -11,8 +11,6 @@ version.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import sqlite3
 import uuid
@@ -100,11 +98,6 @@ class StoredRequest(BaseModel):
 
 class TransitionRefused(ValueError):
     """The request is not in a state that allows the change (e.g. rejecting a processed request)."""
-
-
-def keyed_hash(key: bytes, value: str) -> str:
-    """Pseudonymise a personal identifier for tags and certificates (HMAC-SHA256, hex, 32 chars)."""
-    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _now() -> str:

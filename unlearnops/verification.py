@@ -7,10 +7,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
-from unlearnops import registry
+from unlearnops import model_registry
 from unlearnops.certificate import CertificateError, verify
+from unlearnops.keys import public_key
 from unlearnops.model import file_sha256, save_weights
 from unlearnops.workspace import Workspace
 
@@ -33,20 +32,13 @@ class Verification:
                 "checked": self.checked, "problems": self.problems, "purged": self.purged}
 
 
-def workspace_public_key(ws: Workspace):
-    path = ws.keys_dir / "signing-ed25519.pub.pem"
-    if not path.is_file():
-        raise CertificateError(f"no public key at {path}")
-    return serialization.load_pem_public_key(path.read_bytes())
-
-
 def verify_version(ws: Workspace, version: str) -> Verification:
     """Check that ``version``'s certificate is signed by this workspace's key and that the weights, the ONNX
     file and the lineage tags the registry holds are the ones it certifies."""
     from mlflow.exceptions import MlflowException
 
     result = Verification(version=version)
-    client = registry.client(ws)
+    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     try:
         model_version = client.get_model_version(name, version)
@@ -56,20 +48,20 @@ def verify_version(ws: Workspace, version: str) -> Verification:
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         try:
-            cert_path = registry.download_run_artifact(ws, model_version.run_id, "certificate.json", tmp_path)
+            cert_path = model_registry.download_run_artifact(ws, model_version.run_id, "certificate.json", tmp_path)
             certificate = json.loads(cert_path.read_text())
         except (MlflowException, OSError, ValueError) as exc:
             result.problems.append(f"certificate missing or unreadable: {exc}")
             return result
         result.status = certificate.get("status")
         try:
-            verify(certificate, workspace_public_key(ws))
+            verify(certificate, public_key(ws))
             result.checked.append("signature")
         except CertificateError as exc:
             result.problems.append(str(exc))
 
         # A purged version's weights and ONNX file were removed on purpose: nothing left to compare.
-        result.purged = model_version.tags.get(registry.TAG_PREFIX + "purged") == "true"
+        result.purged = model_version.tags.get(model_registry.TAG_PREFIX + "purged") == "true"
         if not result.purged:
             _check_weights(ws, version, model_version, certificate, tmp_path, result)
     _check_tags(model_version, certificate, result)
@@ -80,7 +72,7 @@ def _check_weights(ws: Workspace, version: str, model_version, certificate: dict
                    result: Verification) -> None:
     from mlflow.exceptions import MlflowException
 
-    weights_sha = save_weights(registry.load_model(ws, version), tmp_path / "weights.pt")
+    weights_sha = save_weights(model_registry.load_model(ws, version), tmp_path / "weights.pt")
     if weights_sha == certificate.get("weights_sha256"):
         result.checked.append("weights_sha256")
     else:
@@ -94,7 +86,7 @@ def _check_weights(ws: Workspace, version: str, model_version, certificate: dict
         try:
             if not artifact:
                 raise OSError("the certificate names no file")
-            path = registry.download_run_artifact(ws, model_version.run_id, artifact, tmp_path)
+            path = model_registry.download_run_artifact(ws, model_version.run_id, artifact, tmp_path)
         except (MlflowException, OSError) as exc:
             result.problems.append(f"{label} missing: {exc}")
             continue
