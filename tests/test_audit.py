@@ -168,7 +168,7 @@ def test_audit_cli_records_with_the_version(deleted, audits):
     assert result.exit_code == (0 if record["status"] == "pass" else 1) and record["status"] != "fail"
     assert record["references"]["reused"] == K and record["signature"]["algorithm"] == "ed25519"
     from unlearnops.certificate import verify
-    from unlearnops.verification import workspace_public_key
+    from unlearnops.keys import public_key as workspace_public_key
 
     verify(record, workspace_public_key(ws))
     mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, "2")
