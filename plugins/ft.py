@@ -17,8 +17,7 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import Method, UnlearnInputs, UnlearnResult, changed_parameters, hookimpl, parameter_snapshot
 from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
 
 

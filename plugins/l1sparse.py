@@ -19,8 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import Method, UnlearnInputs, UnlearnResult, changed_parameters, hookimpl, parameter_snapshot
 from unlearnops.plugins.ft import finetune
 from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target
 

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from unlearnops.methods import MethodConfig, Samples, UnlearnInputs
+from unlearnops.plugin import MethodConfig, Samples, UnlearnInputs
 
 
 class ClassicConfig(MethodConfig):

@@ -14,21 +14,15 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from unlearnops import hookimpl, registry
+from unlearnops import registry
 from unlearnops.cli import app
-from unlearnops.methods import (
-    BUILTIN_PLUGINS,
-    Method,
-    PluginError,
-    UnlearnResult,
-    load_plugins,
-    register_plugin,
-    unregister_plugin,
-)
 from unlearnops.locate import configured_locators
+from unlearnops.method_runner import Method, UnlearnResult
+from unlearnops.plugin import hookimpl
+from unlearnops.plugin_manager import BUILTIN_PLUGINS, PluginError, load_plugins, register_plugin, unregister_plugin
 from unlearnops.requests import RequestStore
-from unlearnops.workspace import ExportSettings
 from unlearnops.testing import assert_conformant, check_method
+from unlearnops.workspace import ExportSettings
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 runner = CliRunner()
@@ -146,7 +140,7 @@ def _run(method, **inputs_changes):
 
     import torch
 
-    from unlearnops.methods import parameter_snapshot, parse_config, run_method
+    from unlearnops.method_runner import parameter_snapshot, parse_config, run_method
     from unlearnops.testing import tiny_task
 
     task = tiny_task()
@@ -158,7 +152,7 @@ def _run(method, **inputs_changes):
 def test_run_method_leaves_the_callers_model_untouched_and_measures_the_change():
     import torch
 
-    from unlearnops.methods import parameter_snapshot
+    from unlearnops.method_runner import parameter_snapshot
 
     slug = load_plugins().get("slug")  # changes the model it gets in place
     model, snapshot, result = _run(slug)
@@ -193,7 +187,7 @@ class NeedsRetain(NoOp):
 
 
 def test_run_method_refuses_false_accounts_and_unmet_needs():
-    from unlearnops.methods import Samples
+    from unlearnops.method_runner import Samples
 
     with pytest.raises(PluginError, match=r"'misreporting' reported changing \[\] but changed \['0.bias'\]"):
         _run(Misreporting())
@@ -412,7 +406,7 @@ def test_builtin_gates_judge_evidence_like_the_gate_functions():
     import numpy as np
 
     from unlearnops import gates
-    from unlearnops.methods import GateEvidence
+    from unlearnops.gates import GateEvidence
     from unlearnops.model import Evaluation
     from unlearnops.workspace import GateSettings
 

@@ -48,7 +48,7 @@ import numpy as np
 from unlearnops import gates, registry
 from unlearnops.data import Dataset, load_dataset
 from unlearnops.durable import atomic_write_text
-from unlearnops.methods import Samples, call_training
+from unlearnops.method_runner import Samples, call_training
 from unlearnops.workspace import Workspace
 
 SCHEMA = "unlearnops.audit/v1"

@@ -430,7 +430,8 @@ def run(
 ) -> None:
     """Run the deletion flow once over all pending requests (a Prefect flow run). An unfinished batch left
     by a crash is resumed first; a run that finds another run holding the workspace exits at once (0)."""
-    from unlearnops.methods import PluginError, load_plugins, parse_config
+    from unlearnops.method_runner import parse_config
+    from unlearnops.plugin_manager import PluginError, load_plugins
 
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
@@ -487,7 +488,7 @@ def _plugin_row(entry) -> dict[str, Any]:
 def plugins_list(as_json: bool = JsonOption) -> None:
     """List registered methods, gates, dataset adapters, locators and exporters with their source and version, and every
     plugin that failed to load or register (with the reason)."""
-    from unlearnops.methods import load_plugins
+    from unlearnops.plugin_manager import load_plugins
 
     registry = load_plugins()
     rows = [_plugin_row(e) for kind in registry.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
@@ -521,7 +522,7 @@ def bench(
 ) -> None:
     """Benchmark methods against retraining from scratch; writes JSON rows, a markdown table and a plot."""
     from unlearnops.bench.harness import MODELS, SCENARIOS, markdown_table, run, write_outputs
-    from unlearnops.methods import PluginError, load_plugins
+    from unlearnops.plugin_manager import PluginError, load_plugins
 
     model_list = (models or ("mlp" if quick else "cnn,resnet,mlp")).split(",")
     scenario_list = scenarios.split(",")
@@ -565,7 +566,7 @@ def locate_command(
     from unlearnops import data, registry
     from unlearnops.intake import parse_request
     from unlearnops.locate import read_manifest, unmatched_targets
-    from unlearnops.methods import PluginError
+    from unlearnops.plugin_manager import PluginError
     from unlearnops.requests import RequestRejected, RequestStore
     from unlearnops.steps import count_by_locator, locate_with_settings
 

@@ -67,7 +67,7 @@ WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".pt", ".pth")
 
 def weight_suffixes() -> tuple[str, ...]:
     """:data:`WEIGHT_SUFFIXES` and the file suffix of every registered exporter (exported models are weights)."""
-    from unlearnops.methods import load_plugins
+    from unlearnops.plugin_manager import load_plugins
 
     exporters = load_plugins().entries["exporter"].values()
     return tuple(dict.fromkeys([*WEIGHT_SUFFIXES, *(e.obj.suffix for e in exporters)]))

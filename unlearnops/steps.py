@@ -143,7 +143,8 @@ def _now() -> str:
 
 def _method_and_config(ws: Workspace, name: str, overrides: dict | None):
     """The loaded plugins, the method called ``name`` and its validated config (workspace seed by default)."""
-    from unlearnops.methods import load_plugins, parse_config
+    from unlearnops.method_runner import parse_config
+    from unlearnops.plugin_manager import load_plugins
 
     plugins = load_plugins()
     method = plugins.get(name)
@@ -157,7 +158,7 @@ def locate_pending(ws: Workspace, method: str | None = None, method_config: dict
     """Gather every pending request, find its samples in the current dataset with the configured locators,
     settle requests with nothing left to delete (no-op or rejected), open a batch over the rest."""
     from unlearnops.locate import unmatched_targets
-    from unlearnops.methods import PluginError
+    from unlearnops.plugin_manager import PluginError
     from unlearnops.project import subject_key
 
     started = time.perf_counter()
@@ -356,7 +357,7 @@ def cut_dataset_version(ws: Workspace, batch: Batch) -> Batch:
 
 def _forget_samples(ws: Workspace, batch: Batch):
     """The deleted samples that the parent model was trained on."""
-    from unlearnops.methods import Samples
+    from unlearnops.method_runner import Samples
 
     path = batch.run_dir(ws) / FORGET_FILE
     if not path.is_file():
@@ -369,7 +370,7 @@ def _forget_samples(ws: Workspace, batch: Batch):
 def _split_samples(ws: Workspace, split: str, limit: int | None = None, seed: int = 0, part: str | None = None):
     """Samples of one split; for ``holdout``, ``part`` keeps only its ``calibration`` (methods) or ``gate``
     (gates, audit) half — see :func:`unlearnops.datasets.holdout_part`."""
-    from unlearnops.methods import Samples
+    from unlearnops.method_runner import Samples
 
     if part is not None and split != "holdout":
         raise ValueError(f"only the holdout split has parts, not {split!r}")
@@ -395,7 +396,7 @@ def holdout_split(ws: Workspace, part: str):
 
 def unlearn(ws: Workspace, batch: Batch, device: str | None = None) -> Batch:
     """Run the batch's unlearning method on the parent model; saves ``unlearned.pt`` in the run directory."""
-    from unlearnops.methods import UnlearnInputs, run_method
+    from unlearnops.method_runner import UnlearnInputs, run_method
     from unlearnops.model import pick_device, save_weights, seed_everything
 
     with timed(batch, "unlearn", ws):
@@ -460,8 +461,9 @@ def run_gates(ws: Workspace, batch: Batch) -> Batch:
     """Data (GX), membership inference, forget accuracy and utility gates; before/after metrics."""
     import dvc.api
 
-    from unlearnops.methods import GateEvidence, PluginError, load_plugins
+    from unlearnops.gates import GateEvidence
     from unlearnops.model import evaluate
+    from unlearnops.plugin_manager import PluginError, load_plugins
 
     with timed(batch, "gates", ws):
         settings = ws.settings.gates
@@ -552,7 +554,7 @@ def unlearn_with_escalation(ws: Workspace, batch: Batch, device: str | None = No
 def configured_exporters(names: list[str], registry=None) -> dict[str, Any]:
     """The registered exporters called ``names``, in that order; an unknown name or two exporters writing the
     same suffix is a PluginError."""
-    from unlearnops.methods import PluginError, load_plugins
+    from unlearnops.plugin_manager import PluginError, load_plugins
 
     exporters = (registry or load_plugins()).named("exporter", names)
     suffixes = [e.suffix for e in exporters.values()]
@@ -564,8 +566,8 @@ def configured_exporters(names: list[str], registry=None) -> dict[str, Any]:
 def export(ws: Workspace, batch: Batch) -> Batch:
     """Run every configured exporter (``[export] exporters``) on the unlearned model: each writes
     ``model<suffix>`` into the run directory and returns a record whose ``sha256`` must be the file's."""
-    from unlearnops.methods import PluginError
     from unlearnops.model import file_sha256
+    from unlearnops.plugin_manager import PluginError
 
     with timed(batch, "export", ws):
         holdout = _split_samples(ws, "holdout", limit=256)
@@ -730,7 +732,7 @@ def certify_and_register(ws: Workspace, batch: Batch) -> Batch:
         if certified:
             mlflow_client.set_registered_model_alias(name, "candidate", version)
         batch.registered_version = version
-        from unlearnops.methods import load_plugins
+        from unlearnops.plugin_manager import load_plugins
 
         batch.hook_errors = load_plugins().after_certify({
             "run_id": batch.run_id, "request_ids": batch.request_ids, "registered_version": version,
