@@ -24,7 +24,6 @@ from unlearnops.plugin import (
     cosine_search,
     hamming_search,
     hookimpl,
-    match_keys,
     matches_frame,
     normalize,
     penultimate_features,
