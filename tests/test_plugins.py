@@ -1,6 +1,8 @@
 """Plugins from a real installed package (pip, entry points), the conformance suite, broken plugins in the
 deletion flow, lifecycle hooks, and the author's kit."""
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -467,3 +469,68 @@ def test_named_lookup_lists_what_is_registered():
         plugins.named("exporter", ["onnx", "tflite"])
     with pytest.raises(PluginError, match="unknown locator 'fuzzy'"):
         configured_locators(["fuzzy"], plugins)
+
+
+# -- import rules ---------------------------------------------------------------------------------------
+
+
+def _imported_modules(path: Path, package: str | None = None) -> list[str]:
+    """Every module ``path`` imports (``from X import a`` counts as X and X.a); relative imports resolved
+    against ``package``, the dotted package the file belongs to."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = (package or "").split(".")[: len((package or "").split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def _package_dir(name: str) -> Path:
+    return Path(importlib.import_module(name).__file__).parent
+
+
+def test_core_modules_never_import_the_builtin_plugins():
+    # The built-ins in plugins/ (installed as unlearnops.plugins) register like any third-party plugin; core
+    # reaches them only through the plugin manager (which names their modules as strings).
+    root = _package_dir("unlearnops")
+    separate = {"plugins", "bench"}  # top-level folders installed under unlearnops. (bench may use plugins)
+    files = [(p, "unlearnops." + ".".join(p.relative_to(root).parent.parts)) for p in root.rglob("*.py")
+             if p.relative_to(root).parts[0] not in separate]
+    files += [(p, f"unlearnops.{name}") for name in ("pipelines", "deploy")
+              for p in _package_dir(f"unlearnops.{name}").rglob("*.py")]
+    offending = {f"{p.relative_to(p.parents[1])}: {m}" for p, package in files
+                 for m in _imported_modules(p, package.rstrip("."))
+                 if m == "unlearnops.plugins" or m.startswith("unlearnops.plugins.")}
+    assert len(files) > 30
+    assert not offending, sorted(offending)
+
+
+def _unlearnops_imports(files: list[Path]) -> set[str]:
+    """The unlearnops modules imported by ``files`` other than ``unlearnops.plugin`` (and the names imported
+    from it)."""
+    return {f"{p.name}: {m}" for p in files for m in _imported_modules(p)
+            if (m == "unlearnops" or m.startswith("unlearnops.")) and m != "unlearnops.plugin"
+            and not m.startswith("unlearnops.plugin.")}
+
+
+def test_plugins_new_and_the_example_plugins_import_only_the_author_module(tmp_path):
+    from unlearnops.kit import new_plugin
+
+    package = new_plugin("my-method", tmp_path / "pkg")
+    generated = sorted(package.rglob("*.py"))
+    examples = sorted((EXAMPLE / "unlearnops_example").glob("*.py")) + [Path(__file__).parent / "noop_plugin.py"]
+    assert len(generated) == 2 and len(examples) == 4
+    for files in (generated, examples):
+        assert any("unlearnops.plugin" in _imported_modules(p) for p in files)
+        assert not _unlearnops_imports(files)
+
+
+def test_builtin_plugins_import_only_the_author_module_and_each_other():
+    files = sorted(_package_dir("unlearnops.plugins").glob("*.py"))
+    assert len(files) > 10
+    assert not {i for i in _unlearnops_imports(files) if not i.split(": ")[1].startswith("unlearnops.plugins")}
