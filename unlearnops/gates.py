@@ -5,6 +5,8 @@
   failing on both sides (still member-like, or less member-like than unseen data);
 * forget efficacy: forget accuracy at the held-out level (Fisher's exact test);
 * utility: test-accuracy drop within a bound of the parent model.
+
+A gate judges a :class:`GateEvidence` and answers a :class:`GateResult` (see ``register_gates``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 with pluggy, collects what their hooks register (all or nothing per plugin and hook, with a named reason for
 every failure) into a :class:`PluginSet`, and calls the batch hooks.
 
-"Plugin set", not "registry": the registry is MLflow's model registry (:mod:`unlearnops.registry`).
+"Plugin set", not "registry": in unlearnops the registry is MLflow's model registry.
 """
 
 from __future__ import annotations
