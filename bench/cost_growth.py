@@ -21,8 +21,9 @@ import numpy as np
 
 from unlearnops.bench.harness import MODELS, _samples, conditions, conditions_line
 from unlearnops.data import Dataset
-from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
+from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import pick_device, train_model
+from unlearnops.plugin_manager import load_plugins
 
 
 def _timed_pair(original, spec, epochs, forget: Samples, retain: Samples, holdout: Samples, device, seed=0):

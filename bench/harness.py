@@ -32,8 +32,9 @@ import torch
 from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k, sklearn_digits
 from unlearnops.gates import class_matched_auc
-from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
+from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import ResNetSmall, SmallCNN, TabularMLP, evaluate, pick_device, train_model
+from unlearnops.plugin_manager import load_plugins
 
 SCENARIOS = ("random_1pct", "random_10pct", "subjects_10", "class", "memorized_10pct")
 #: Scenarios chosen to be hard for approximate methods, reported in their own table.

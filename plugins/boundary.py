@@ -31,9 +31,8 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
+from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class BoundaryConfig(ClassicConfig):
@@ -68,18 +67,15 @@ def neighbour_labels(model, forget: Data, epsilon, uncrossed: str = "nearest") -
     return labels, int(crossed.sum())
 
 
-class BoundaryShrink(Method):
+class BoundaryShrink(ClassicMethod):
     name = "boundary"
     version = "0.2.0"
     Config = BoundaryConfig
     needs_retain = False
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: BoundaryConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
+    def algorithm(self, model, inputs: UnlearnInputs, config: BoundaryConfig, device, clock: Clock):
         generator = torch.Generator().manual_seed(config.seed)
-        before = parameter_snapshot(model)
         forget = Data(inputs.forget, device)
         target = Target(model, inputs, forget, config, device)
         epsilon = config.epsilon
@@ -94,11 +90,8 @@ class BoundaryShrink(Method):
         loop = TrainLoop(model, optimizer, target, clock, generator, device)
         loop.run(config.epochs, len(forget), config.batch_size,
                  lambda idx, _: F.cross_entropy(model(forget.x[idx]), labels[idx]))
-        details = {"steps": loop.steps, "losses": loop.step_losses, "neighbours_across_boundary": crossed,
-                   "uncrossed": uncrossed,
-                   "n_forget": len(forget), **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        return {"steps": loop.steps, "losses": loop.step_losses, "neighbours_across_boundary": crossed,
+                "uncrossed": uncrossed, "n_forget": len(forget)}, target
 
 
 @hookimpl

@@ -11,8 +11,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from unlearnops import __version__, hookimpl
-from unlearnops.datasets import SourceData, SourceError, mnist_5k, mnist_5k_planted, sklearn_digits
+from unlearnops.plugin import (
+    __version__,
+    SourceData,
+    SourceError,
+    hookimpl,
+    import_object,
+    mnist_5k,
+    mnist_5k_planted,
+    sklearn_digits,
+)
 
 
 class _Options(BaseModel):
@@ -152,8 +160,6 @@ class Arrays:
         if (options.path is None) == (options.function is None):
             raise SourceError("the arrays adapter needs exactly one of data.options.path or data.options.function")
         if options.function is not None:
-            from unlearnops.workspace import import_object
-
             source = import_object(root, ["."], options.function)()
             if not isinstance(source, SourceData):
                 raise SourceError(f"{options.function} returned {type(source).__name__}, not SourceData")

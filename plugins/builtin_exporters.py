@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from unlearnops import __version__, hookimpl
+from unlearnops.plugin import __version__, export_onnx, hookimpl
 
 
 class OnnxExporter:
@@ -17,8 +17,6 @@ class OnnxExporter:
     suffix = ".onnx"
 
     def export(self, model: nn.Module, sample: np.ndarray, path: Path) -> dict:
-        from unlearnops.export import export_onnx
-
         return export_onnx(model, sample, path).to_dict()
 
 

@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from unlearnops import __version__, gates, hookimpl
-from unlearnops.gates import GateResult
-from unlearnops.methods import GateEvidence
-from unlearnops.workspace import GateSettings
+from unlearnops.plugin import (
+    __version__,
+    GateEvidence,
+    GateResult,
+    GateSettings,
+    class_forgetting_gate,
+    classes_removed_in_full,
+    data_gate,
+    forget_accuracy_gate,
+    hookimpl,
+    mia_gate,
+    not_applicable,
+    utility_gate,
+)
 
 
 class DataGate:
@@ -17,7 +27,7 @@ class DataGate:
     description = "Great Expectations suite on the new dataset version (deleted ids gone, schema, labels)."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
-        result, validation = gates.data_gate(evidence.manifest_before, evidence.manifest_after,
+        result, validation = data_gate(evidence.manifest_before, evidence.manifest_after,
                                              evidence.forget_ids, evidence.forget_hashes, settings)
         evidence.artifacts["gx_validation.json"] = validation
         return result
@@ -25,7 +35,7 @@ class DataGate:
 
 def _sample_level(evidence: GateEvidence) -> np.ndarray:
     """Mask of the forgotten samples whose class stays in the dataset: the ones held-out data can judge."""
-    removed = gates.classes_removed_in_full(evidence.forget_labels, evidence.manifest_after)
+    removed = classes_removed_in_full(evidence.forget_labels, evidence.manifest_after)
     return ~np.isin(evidence.forget_labels, sorted(removed))
 
 
@@ -41,8 +51,8 @@ class MembershipInferenceGate:
                               metrics={"n_forget": 0}, thresholds={})
         keep = _sample_level(evidence)
         if not keep.any():
-            return gates.not_applicable(self.name, "every forgotten sample's class was removed in full")
-        return gates.mia_gate(
+            return not_applicable(self.name, "every forgotten sample's class was removed in full")
+        return mia_gate(
             evidence.after["forget"].phi[keep], evidence.forget_labels[keep], evidence.after["holdout"].phi,
             evidence.holdout_labels, settings, parent_forget_phi=evidence.before["forget"].phi[keep],
             parent_holdout_phi=evidence.before["holdout"].phi, seed=evidence.seed,
@@ -57,8 +67,8 @@ class ForgetAccuracyGate:
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
         keep = _sample_level(evidence)
         if len(keep) and not keep.any():
-            return gates.not_applicable(self.name, "every forgotten sample's class was removed in full")
-        return gates.forget_accuracy_gate(
+            return not_applicable(self.name, "every forgotten sample's class was removed in full")
+        return forget_accuracy_gate(
             evidence.after["forget"].correct[keep], evidence.after["holdout"].correct,
             evidence.before["forget"].correct[keep], evidence.before["holdout"].correct, settings,
         )
@@ -73,9 +83,9 @@ class ClassForgettingGate:
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
         removed = ~_sample_level(evidence)
         if not removed.any():
-            return gates.not_applicable(self.name, "no class was removed in full")
+            return not_applicable(self.name, "no class was removed in full")
         n_classes = int(evidence.manifest_before["label"].nunique())
-        return gates.class_forgetting_gate(evidence.after["forget"].correct[removed],
+        return class_forgetting_gate(evidence.after["forget"].correct[removed],
                                            evidence.before["forget"].correct[removed], n_classes, settings)
 
 
@@ -85,7 +95,7 @@ class UtilityGate:
     description = "Test-accuracy drop from the parent model within the allowed bound."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
-        return gates.utility_gate(evidence.before["test"].accuracy, evidence.after["test"].accuracy, settings)
+        return utility_gate(evidence.before["test"].accuracy, evidence.after["test"].accuracy, settings)
 
 
 @hookimpl

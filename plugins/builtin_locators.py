@@ -1,7 +1,8 @@
 """The built-in locators, registered through ``register_locators`` like external ones.
 
 Exact (every request): ``sample_id``, ``subject_id``, ``content_sha256`` — the request's keys joined
-against the manifest column of :data:`unlearnops.locate.EXACT_LOCATORS`, score 1.
+against the manifest column of :data:`unlearnops.locate.EXACT_LOCATORS`, score 1
+(:class:`unlearnops.locate.ExactLocator`: core checks requests with the same locators).
 
 Near-duplicate (requests with policy ``expand``; queries are the samples the exact locators found):
 ``phash`` — 256-bit DCT perceptual hash of image features, score = share of equal bits;
@@ -13,23 +14,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from unlearnops import __version__, hookimpl
-from unlearnops.locate import EXACT_LOCATORS, LocateContext, match_keys, matches_frame
-from unlearnops.neardup import HASH_SIZE, as_images, cosine_search, hamming_search, normalize, phash
-
-
-class ExactLocator:
-    """Samples whose ``column`` equals a key the request lists in ``request_field``."""
-
-    kind = "exact"
-    version = __version__
-
-    def __init__(self, name: str, request_field: str, column: str):
-        self.name, self.request_field, self.column = name, request_field, column
-
-    def locate(self, requests, ctx: LocateContext):
-        request, row, _ = match_keys(ctx.table[self.column], [getattr(r, self.request_field) for r in requests])
-        return matches_frame(request, row, 1.0)
+from unlearnops.plugin import (
+    __version__,
+    EXACT_LOCATORS,
+    HASH_SIZE,
+    ExactLocator,
+    LocateContext,
+    as_images,
+    cosine_search,
+    hamming_search,
+    hookimpl,
+    matches_frame,
+    normalize,
+    penultimate_features,
+    phash,
+)
 
 
 class _NearDuplicateLocator:
@@ -78,8 +77,6 @@ class EmbeddingLocator(_NearDuplicateLocator):
     default_min_score = 0.998
 
     def locate(self, requests, ctx: LocateContext):
-        from unlearnops.model import penultimate_features
-
         if ctx.seeds.empty:
             return matches_frame([], [], [])
         model = ctx.model

@@ -17,9 +17,8 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
+from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class FTConfig(ClassicConfig):
@@ -45,23 +44,17 @@ def finetune(model, retain: Data, target: Target, clock: Clock, config, device, 
     return {"epochs_run": len(losses), "steps": loop.steps, "epoch_losses": losses}
 
 
-class FT(Method):
+class FT(ClassicMethod):
     name = "ft"
     version = "0.1.0"
     Config = FTConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: FTConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
-        before = parameter_snapshot(model)
+    def algorithm(self, model, inputs: UnlearnInputs, config: FTConfig, device, clock: Clock):
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         target = Target(model, inputs, forget, config, device)
-        details = finetune(model, retain, target, clock, config, device)
-        details.update(target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        return finetune(model, retain, target, clock, config, device), target
 
 
 @hookimpl

@@ -16,9 +16,8 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
+from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class GAConfig(ClassicConfig):
@@ -28,18 +27,15 @@ class GAConfig(ClassicConfig):
     batch_size: int = Field(16, ge=1)
 
 
-class GA(Method):
+class GA(ClassicMethod):
     name = "ga"
     version = "0.1.0"
     Config = GAConfig
     needs_retain = False
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: GAConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
+    def algorithm(self, model, inputs: UnlearnInputs, config: GAConfig, device, clock: Clock):
         generator = torch.Generator().manual_seed(config.seed)
-        before = parameter_snapshot(model)
         forget = Data(inputs.forget, device)
         target = Target(model, inputs, forget, config, device)
         optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
@@ -47,10 +43,7 @@ class GA(Method):
         # Minimizing −CE ascends the forget loss.
         loop.run(config.epochs, len(forget), config.batch_size,
                  lambda idx, _: -F.cross_entropy(model(forget.x[idx]), forget.y[idx]))
-        details = {"steps": loop.steps, "forget_losses": [-v for v in loop.step_losses],
-                   **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        return {"steps": loop.steps, "forget_losses": [-v for v in loop.step_losses]}, target
 
 
 @hookimpl

@@ -19,10 +19,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.ft import finetune
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target
 
 
 class L1SparseConfig(ClassicConfig):
@@ -39,17 +38,14 @@ def near_zero_share(model, tolerance: float = 1e-3) -> float:
     return sum(int((p.detach().abs() < tolerance).sum()) for p in model.parameters()) / total
 
 
-class L1Sparse(Method):
+class L1Sparse(ClassicMethod):
     name = "l1sparse"
     version = "0.1.0"
     Config = L1SparseConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: L1SparseConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
-        before = parameter_snapshot(model)
+    def algorithm(self, model, inputs: UnlearnInputs, config: L1SparseConfig, device, clock: Clock):
         sparsity_before = near_zero_share(model)
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         target = Target(model, inputs, forget, config, device)
@@ -59,10 +55,8 @@ class L1Sparse(Method):
             return gamma * sum(p.abs().sum() for p in model.parameters())
 
         details = finetune(model, retain, target, clock, config, device, penalty=penalty)
-        details.update({"near_zero_weights_before": sparsity_before, "near_zero_weights_after": near_zero_share(model)},
-                       **target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        details.update({"near_zero_weights_before": sparsity_before, "near_zero_weights_after": near_zero_share(model)})
+        return details, target
 
 
 @hookimpl

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import time
 
-from unlearnops import hookimpl
-from unlearnops.methods import (
+from unlearnops.plugin import (
     Method,
     RetrainingConfig,
     UnlearnInputs,
     UnlearnResult,
     call_training,
+    hookimpl,
     reinitialized,
     training_params,
 )

@@ -34,10 +34,9 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.zoo_common import (
-    ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer, n_classes, random_wrong_labels,
+    ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer, n_classes, random_wrong_labels,
 )
 
 
@@ -122,20 +121,15 @@ def random_label_finetune(model, inputs: UnlearnInputs, config: RLConfig, device
             "labels": config.labels, "schedule": config.schedule}, target
 
 
-class RL(Method):
+class RL(ClassicMethod):
     name = "rl"
     version = "0.2.0"
     Config = RLConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: RLConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        before = parameter_snapshot(model)
-        details, target = random_label_finetune(model, inputs, config, device, clock)
-        details.update(target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+    def algorithm(self, model, inputs: UnlearnInputs, config: RLConfig, device, clock: Clock):
+        return random_label_finetune(model, inputs, config, device, clock)
 
 
 @hookimpl

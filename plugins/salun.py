@@ -19,10 +19,9 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.rl import RLConfig, random_label_finetune
-from unlearnops.plugins.zoo_common import Clock, Data
+from unlearnops.plugins.zoo_common import ClassicMethod, Clock, Data
 
 
 class SalUnConfig(RLConfig):
@@ -53,25 +52,21 @@ def saliency_mask(model, forget: Data, sparsity: float, per_tensor: bool, batch_
     return {n: (g >= threshold).float() for n, g in grads.items()}
 
 
-class SalUn(Method):
+class SalUn(ClassicMethod):
     name = "salun"
     version = "0.2.0"
     Config = SalUnConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: SalUnConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        before = parameter_snapshot(model)
+    def algorithm(self, model, inputs: UnlearnInputs, config: SalUnConfig, device, clock: Clock):
         mask = saliency_mask(model, Data(inputs.forget, device), config.sparsity, config.per_tensor)
         details, target = random_label_finetune(model, inputs, config, device, clock, mask=mask)
         kept = sum(int(m.sum()) for m in mask.values())
         total = sum(m.numel() for m in mask.values())
         details.update({"mask_kept_share": kept / total,
-                        "mask_kept_share_per_tensor": {n: float(m.mean()) for n, m in mask.items()}},
-                       **target.details(model), **clock.details())
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+                        "mask_kept_share_per_tensor": {n: float(m.mean()) for n, m in mask.items()}})
+        return details, target
 
 
 @hookimpl

@@ -21,9 +21,8 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, TrainLoop, make_optimizer
+from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
 
 
 class SCRUBConfig(ClassicConfig):
@@ -47,18 +46,15 @@ def distill_kl(student_logits, teacher_logits, temperature: float) -> torch.Tens
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
 
 
-class SCRUB(Method):
+class SCRUB(ClassicMethod):
     name = "scrub"
     version = "0.1.0"
     Config = SCRUBConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: SCRUBConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
+    def algorithm(self, model, inputs: UnlearnInputs, config: SCRUBConfig, device, clock: Clock):
         generator = torch.Generator().manual_seed(config.seed)
-        before = parameter_snapshot(model)
         teacher = copy.deepcopy(model).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -84,11 +80,8 @@ class SCRUB(Method):
                 max_losses.append(loop.one_pass(len(forget), config.batch_size, max_loss, epoch))
             if not loop.stopped:
                 min_losses.append(loop.one_pass(len(retain), config.retain_batch_size, min_loss, epoch))
-        details = {"steps": loop.steps, "max_phases_run": len(max_losses), "min_phases_run": len(min_losses),
-                   "max_phase_losses": max_losses, "min_phase_losses": min_losses,
-                   **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        return {"steps": loop.steps, "max_phases_run": len(max_losses), "min_phases_run": len(min_losses),
+                "max_phase_losses": max_losses, "min_phase_losses": min_losses}, target
 
 
 @hookimpl

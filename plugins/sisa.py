@@ -17,7 +17,7 @@ single network the run is refused with a clear error — use ``retrain`` there.
 A workspace whose model is a SISA ensemble names ``model_factory`` = an :func:`ensemble_factory` (S constituents
 of the user's network) and ``train_function`` = :data:`train_ensemble` or a :func:`sharded_training` of the
 user's own loop; ``dvc repro`` (``unlearnops train``) then trains it shard by shard, because the training
-function takes ``sample_ids`` (see :func:`unlearnops.methods.call_training`). Outside a workspace,
+function takes ``sample_ids`` (see :func:`unlearnops.plugin.call_training`). Outside a workspace,
 :func:`train_sharded` builds the same ensemble.
 
 Constituents are retrained from the caller's model factory (an ensemble factory gives its constituent of the
@@ -38,16 +38,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearnops import hookimpl
-from unlearnops.methods import (
+from unlearnops.plugin import (
     DEFAULT_TRAINING,
+    ConformanceTask,
     Method,
     RetrainingConfig,
     Samples,
     UnlearnInputs,
     UnlearnResult,
     call_training,
+    conformance_mlp,
+    hookimpl,
     reinitialized,
+    tiny_task,
     training_params,
 )
 
@@ -223,9 +226,7 @@ class SISA(Method):
 
 @functools.lru_cache(maxsize=2)
 def _sisa_task(seed: int):
-    from unlearnops import testing
-
-    base = testing.tiny_task(seed)
+    base = tiny_task(seed)
     inputs = base.inputs
     train = Samples(np.concatenate([inputs.forget.features, inputs.retain.features]),
                     np.concatenate([inputs.forget.labels, inputs.retain.labels]),
@@ -233,7 +234,7 @@ def _sisa_task(seed: int):
     n_features, n_classes = train.features.shape[1], int(train.labels.max()) + 1
 
     def factory() -> nn.Module:
-        return testing._mlp(n_features, n_classes)
+        return conformance_mlp(n_features, n_classes)
 
     params = {"epochs": 300, "batch_size": len(train), "lr": 1e-2, "seed": seed}
     threads = torch.get_num_threads()
@@ -243,7 +244,7 @@ def _sisa_task(seed: int):
     finally:
         torch.set_num_threads(threads)
     inputs.model_factory, inputs.train_params = factory, params
-    return testing.ConformanceTask(model, inputs, base.test)
+    return ConformanceTask(model, inputs, base.test)
 
 
 @hookimpl

@@ -30,8 +30,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult
+from unlearnops.plugin import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult, hookimpl
 
 
 class SlugConfig(MethodConfig):

@@ -28,9 +28,8 @@ from pydantic import Field
 from torch import nn
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnInputs, UnlearnResult, changed_parameters, parameter_snapshot
-from unlearnops.plugins.zoo_common import ClassicConfig, Clock, Data, Target, accuracy
+from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, accuracy
 
 
 class SSDConfig(ClassicConfig):
@@ -68,17 +67,14 @@ def importances(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: 
     return {n: t / max(n_batches, 1) for n, t in total.items()}, n_batches
 
 
-class SSD(Method):
+class SSD(ClassicMethod):
     name = "ssd"
     version = "0.1.0"
     Config = SSDConfig
     needs_retain = True
     supports_gpu = True
 
-    def unlearn(self, model, inputs: UnlearnInputs, config: SSDConfig, device) -> UnlearnResult:
-        clock = Clock(config.max_seconds)
-        torch.manual_seed(config.seed)
-        before = parameter_snapshot(model)
+    def algorithm(self, model, inputs: UnlearnInputs, config: SSDConfig, device, clock: Clock):
         model.eval()
         forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
         if config.reference == "train":
@@ -114,12 +110,9 @@ class SSD(Method):
             alpha, selected = chosen
             dampen(model, originals, imp_ref, imp_forget, alpha, config.dampening)
         total = sum(p.numel() for p in originals.values())
-        details = {"alpha": alpha, "search": trace, "selected_weights": sum(selected.values()),
-                   "selected_share": sum(selected.values()) / total, "selected_per_tensor": selected,
-                   "reference_batches": ref_batches, "forget_batches": forget_batches,
-                   **target.details(model), **clock.details()}
-        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
-                             seconds=clock.elapsed, details=details)
+        return {"alpha": alpha, "search": trace, "selected_weights": sum(selected.values()),
+                "selected_share": sum(selected.values()) / total, "selected_per_tensor": selected,
+                "reference_batches": ref_batches, "forget_batches": forget_batches}, target
 
 
 @torch.no_grad()

@@ -18,9 +18,17 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult, load_plugins, parse_config
-from unlearnops.model import penultimate_features
+from unlearnops.plugin import (
+    Method,
+    MethodConfig,
+    Samples,
+    UnlearnInputs,
+    UnlearnResult,
+    hookimpl,
+    load_plugins,
+    parse_config,
+    penultimate_features,
+)
 
 
 class UpcoreConfig(MethodConfig):

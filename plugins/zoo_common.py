@@ -14,7 +14,9 @@ Not a plugin: registers nothing. Gives each method the same notion of
 * one training loop (:class:`TrainLoop`) that applies the three, after every step or — for methods whose
   later phase repairs what an earlier one broke (RL, SalUn) — at the end of each epoch, keeping the best
   checked state within the utility budget;
-* deterministic shuffling from ``config.seed`` (a CPU generator, so the order is the same on every device).
+* deterministic shuffling from ``config.seed`` (a CPU generator, so the order is the same on every device);
+* one ``unlearn`` (:class:`ClassicMethod`): time budget, seed, parameter snapshot and the result around the
+  method's own algorithm.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from unlearnops.methods import MethodConfig, Samples, UnlearnInputs
+from unlearnops.plugin import (
+    Method,
+    MethodConfig,
+    Samples,
+    UnlearnInputs,
+    UnlearnResult,
+    changed_parameters,
+    parameter_snapshot,
+)
 
 
 class ClassicConfig(MethodConfig):
@@ -294,3 +304,28 @@ class TrainLoop:
         if self.check == "epoch":
             self.end_epoch()
             self.target.finish(self.model)
+
+
+class ClassicMethod(Method):
+    """Base of the classic methods: a subclass declares itself (``name``, ``version``, ``Config`` — a
+    :class:`ClassicConfig` —, ``needs_retain``, ``supports_gpu``) and writes only :meth:`algorithm`.
+
+    ``unlearn`` starts the time budget (:class:`Clock`), seeds torch's global RNG with ``config.seed``, takes the
+    parameter snapshot, runs the algorithm, and returns the result: the algorithm's details followed by its
+    :class:`Target`'s and the clock's, the parameters that changed and the elapsed seconds.
+    """
+
+    def unlearn(self, model: nn.Module, inputs: UnlearnInputs, config: ClassicConfig, device) -> UnlearnResult:
+        clock = Clock(config.max_seconds)
+        torch.manual_seed(config.seed)
+        before = parameter_snapshot(model)
+        details, target = self.algorithm(model, inputs, config, device, clock)
+        details = {**details, **target.details(model), **clock.details()}
+        return UnlearnResult(model=model, method=self.name, changed_parameters=changed_parameters(model, before),
+                             seconds=clock.elapsed, details=details)
+
+    def algorithm(self, model: nn.Module, inputs: UnlearnInputs, config: ClassicConfig, device,
+                  clock: Clock) -> tuple[dict, Target]:
+        """Change ``model`` (on ``device``) in place to forget ``inputs.forget`` within ``clock``'s budget;
+        return what it did (``details``) and the :class:`Target` it trained against."""
+        raise NotImplementedError

@@ -2,8 +2,7 @@
 
 from pydantic import BaseModel
 
-from unlearnops import hookimpl
-from unlearnops.methods import UnlearnResult
+from unlearnops.plugin import UnlearnResult, hookimpl
 
 
 class NoOp:

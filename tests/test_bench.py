@@ -41,7 +41,7 @@ def test_scenarios_draw_the_right_forget_sets():
 
 
 def test_memorization_scores_are_held_out_losses():
-    from unlearnops.methods import Samples
+    from unlearnops.method_runner import Samples
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4)).astype(np.float32)

@@ -2,7 +2,6 @@
 forgetting gates on the default demo data (identity refused, retraining certified)."""
 
 import json
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -152,7 +151,7 @@ def _gates_for(ws, batch, method):
 
 def test_identity_is_refused_on_the_default_demo_data(demo_batch):
     from noop_plugin import NoOpPlugin
-    from unlearnops.methods import register_plugin, unregister_plugin
+    from unlearnops.plugin_manager import register_plugin, unregister_plugin
 
     ws, batch = demo_batch
     register_plugin(NoOpPlugin(), "noop-plugin")

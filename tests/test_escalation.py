@@ -49,7 +49,7 @@ def test_identity_never_certifies(odd_workspace, tmp_path):
     """A no-op on a subject the model fit: refused, and nothing gets the candidate alias."""
     from noop_plugin import NoOpPlugin
 
-    from unlearnops.methods import register_plugin, unregister_plugin
+    from unlearnops.plugin_manager import register_plugin, unregister_plugin
 
     ws, odd_ids, manifest = odd_workspace
     register_plugin(NoOpPlugin(), "identity-for-test")

@@ -3,7 +3,6 @@ ONNX Runtime session, on the tiny trained workspace."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -133,8 +132,8 @@ def test_a_no_op_method_is_not_certified(processed):
     from noop_plugin import NoOpPlugin
     from unlearnops.demo import demo_subjects
     from unlearnops.intake import submit
-    from unlearnops.methods import register_plugin, unregister_plugin
     from unlearnops.pipelines.deletion import deletion_flow
+    from unlearnops.plugin_manager import register_plugin, unregister_plugin
 
     ws, *_ = processed
 

@@ -8,19 +8,10 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from unlearnops import hookimpl
-from unlearnops.methods import (
-    PluginError,
-    Samples,
-    UnlearnInputs,
-    UnlearnResult,
-    load_plugins,
-    parse_config,
-    register_plugin,
-    run_method,
-    unregister_plugin,
-)
+from unlearnops.method_runner import Samples, UnlearnInputs, UnlearnResult, parse_config, run_method
 from unlearnops.model import seed_everything, train_model
+from unlearnops.plugin import hookimpl
+from unlearnops.plugin_manager import PluginError, load_plugins, register_plugin, unregister_plugin
 from unlearnops.plugins.slug import pareto_front
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
+from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
+from unlearnops.plugin_manager import load_plugins
 from unlearnops.plugins.boundary import BoundaryShrink
 from unlearnops.plugins.ft import FT
 from unlearnops.plugins.ga import GA

@@ -1,6 +1,8 @@
 """Plugins from a real installed package (pip, entry points), the conformance suite, broken plugins in the
 deletion flow, lifecycle hooks, and the author's kit."""
 
+import ast
+import importlib
 import json
 import os
 import re
@@ -14,21 +16,15 @@ import pytest
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
-from unlearnops import hookimpl, model_registry
+from unlearnops import model_registry
 from unlearnops.cli import app
-from unlearnops.methods import (
-    BUILTIN_PLUGINS,
-    Method,
-    PluginError,
-    UnlearnResult,
-    load_plugins,
-    register_plugin,
-    unregister_plugin,
-)
 from unlearnops.locate import configured_locators
+from unlearnops.method_runner import Method, UnlearnResult
+from unlearnops.plugin import hookimpl
+from unlearnops.plugin_manager import BUILTIN_PLUGINS, PluginError, load_plugins, register_plugin, unregister_plugin
 from unlearnops.requests import RequestStore
-from unlearnops.workspace import ExportSettings
 from unlearnops.testing import assert_conformant, check_method
+from unlearnops.workspace import ExportSettings
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 runner = CliRunner()
@@ -146,7 +142,7 @@ def _run(method, **inputs_changes):
 
     import torch
 
-    from unlearnops.methods import parameter_snapshot, parse_config, run_method
+    from unlearnops.method_runner import parameter_snapshot, parse_config, run_method
     from unlearnops.testing import tiny_task
 
     task = tiny_task()
@@ -158,7 +154,7 @@ def _run(method, **inputs_changes):
 def test_run_method_leaves_the_callers_model_untouched_and_measures_the_change():
     import torch
 
-    from unlearnops.methods import parameter_snapshot
+    from unlearnops.method_runner import parameter_snapshot
 
     slug = load_plugins().get("slug")  # changes the model it gets in place
     model, snapshot, result = _run(slug)
@@ -193,7 +189,7 @@ class NeedsRetain(NoOp):
 
 
 def test_run_method_refuses_false_accounts_and_unmet_needs():
-    from unlearnops.methods import Samples
+    from unlearnops.method_runner import Samples
 
     with pytest.raises(PluginError, match=r"'misreporting' reported changing \[\] but changed \['0.bias'\]"):
         _run(Misreporting())
@@ -412,7 +408,7 @@ def test_builtin_gates_judge_evidence_like_the_gate_functions():
     import numpy as np
 
     from unlearnops import gates
-    from unlearnops.methods import GateEvidence
+    from unlearnops.gates import GateEvidence
     from unlearnops.model import Evaluation
     from unlearnops.workspace import GateSettings
 
@@ -473,3 +469,68 @@ def test_named_lookup_lists_what_is_registered():
         plugins.named("exporter", ["onnx", "tflite"])
     with pytest.raises(PluginError, match="unknown locator 'fuzzy'"):
         configured_locators(["fuzzy"], plugins)
+
+
+# -- import rules ---------------------------------------------------------------------------------------
+
+
+def _imported_modules(path: Path, package: str | None = None) -> list[str]:
+    """Every module ``path`` imports (``from X import a`` counts as X and X.a); relative imports resolved
+    against ``package``, the dotted package the file belongs to."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = (package or "").split(".")[: len((package or "").split(".")) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def _package_dir(name: str) -> Path:
+    return Path(importlib.import_module(name).__file__).parent
+
+
+def test_core_modules_never_import_the_builtin_plugins():
+    # The built-ins in plugins/ (installed as unlearnops.plugins) register like any third-party plugin; core
+    # reaches them only through the plugin manager (which names their modules as strings).
+    root = _package_dir("unlearnops")
+    separate = {"plugins", "bench"}  # top-level folders installed under unlearnops. (bench may use plugins)
+    files = [(p, "unlearnops." + ".".join(p.relative_to(root).parent.parts)) for p in root.rglob("*.py")
+             if p.relative_to(root).parts[0] not in separate]
+    files += [(p, f"unlearnops.{name}") for name in ("pipelines", "deploy")
+              for p in _package_dir(f"unlearnops.{name}").rglob("*.py")]
+    offending = {f"{p.relative_to(p.parents[1])}: {m}" for p, package in files
+                 for m in _imported_modules(p, package.rstrip("."))
+                 if m == "unlearnops.plugins" or m.startswith("unlearnops.plugins.")}
+    assert len(files) > 30
+    assert not offending, sorted(offending)
+
+
+def _unlearnops_imports(files: list[Path]) -> set[str]:
+    """The unlearnops modules imported by ``files`` other than ``unlearnops.plugin`` (and the names imported
+    from it)."""
+    return {f"{p.name}: {m}" for p in files for m in _imported_modules(p)
+            if (m == "unlearnops" or m.startswith("unlearnops.")) and m != "unlearnops.plugin"
+            and not m.startswith("unlearnops.plugin.")}
+
+
+def test_plugins_new_and_the_example_plugins_import_only_the_author_module(tmp_path):
+    from unlearnops.kit import new_plugin
+
+    package = new_plugin("my-method", tmp_path / "pkg")
+    generated = sorted(package.rglob("*.py"))
+    examples = sorted((EXAMPLE / "unlearnops_example").glob("*.py")) + [Path(__file__).parent / "noop_plugin.py"]
+    assert len(generated) == 2 and len(examples) == 4
+    for files in (generated, examples):
+        assert any("unlearnops.plugin" in _imported_modules(p) for p in files)
+        assert not _unlearnops_imports(files)
+
+
+def test_builtin_plugins_import_only_the_author_module_and_each_other():
+    files = sorted(_package_dir("unlearnops.plugins").glob("*.py"))
+    assert len(files) > 10
+    assert not {i for i in _unlearnops_imports(files) if not i.split(": ")[1].startswith("unlearnops.plugins")}

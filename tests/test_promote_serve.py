@@ -32,7 +32,7 @@ def lineage(tmp_path_factory):
     before any promotion, each starting from the unpromoted candidate so that deletions accumulate."""
     from noop_plugin import NoOpPlugin
     from unlearnops.demo import demo_subjects
-    from unlearnops.methods import register_plugin, unregister_plugin
+    from unlearnops.plugin_manager import register_plugin, unregister_plugin
     from unlearnops.project import train_base
 
     ws = make_workspace(tmp_path_factory.mktemp("promote") / "ws")

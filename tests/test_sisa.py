@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from unlearnops.export import export_onnx
-from unlearnops.methods import PluginError, Samples, load_plugins, parse_config, run_method
+from unlearnops.method_runner import Samples, parse_config, run_method
+from unlearnops.plugin_manager import PluginError, load_plugins
 from unlearnops.plugins.sisa import SISA, ShardedEnsemble, shard_assignment, shard_of, train_sharded
 from unlearnops.testing import tiny_task
 
@@ -112,7 +113,7 @@ def test_an_empty_ensemble_is_an_error():
 
 
 def test_training_function_gets_sample_ids_only_when_it_names_them():
-    from unlearnops.methods import call_training
+    from unlearnops.method_runner import call_training
 
     seen = {}
 
@@ -134,7 +135,7 @@ def test_training_function_gets_sample_ids_only_when_it_names_them():
 
 
 def test_reinitialized_refuses_parameters_that_no_layer_redraws():
-    from unlearnops.methods import reinitialized
+    from unlearnops.method_runner import reinitialized
 
     plain = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     fresh = reinitialized(plain)

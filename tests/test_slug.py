@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from unlearnops.methods import Samples, UnlearnInputs, load_plugins, parse_config, run_method
+from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import evaluate, seed_everything, train_model
+from unlearnops.plugin_manager import load_plugins
 
 
 def _blobs(n_per_class, centers, seed):

@@ -1,6 +1,6 @@
-"""unlearnops: deletion requests in, certified forgetting models out."""
+"""unlearnops: deletion requests in, certified forgetting models out.
 
-from unlearnops.hookspecs import hookimpl
+Plugin authors import from :mod:`unlearnops.plugin`."""
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]
+__all__ = ["__version__"]

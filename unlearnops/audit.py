@@ -39,16 +39,16 @@ import io
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unlearnops import gates, model_registry
+from unlearnops.clock import utc_now
 from unlearnops.data import Dataset, load_dataset
 from unlearnops.durable import atomic_write_text
-from unlearnops.methods import Samples, call_training
+from unlearnops.method_runner import Samples, call_training
 from unlearnops.workspace import Workspace
 
 SCHEMA = "unlearnops.audit/v1"
@@ -165,7 +165,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
         path = target_dir / f"{index}.pt"
         meta = {"dataset_md5": dataset_md5, "index": index, "seed": params["seed"], "n_train": int(mask.sum()),
                 "recipe": recipe, "seconds": round(time.perf_counter() - started, 2),
-                "created_at": _now(), "train_ids": sorted(ids[mask].tolist())}
+                "created_at": utc_now(), "train_ids": sorted(ids[mask].tolist())}
         meta["sha256"] = save_weights(model, path)
         atomic_write_text(target_dir / f"{index}.json", json.dumps(meta))  # written last: marks it complete
         chosen.append(Reference(path, meta, reused=False))
@@ -245,10 +245,6 @@ def combine(verdicts: dict[str, dict[str, Any]]) -> tuple[str, str]:
 # -- the audit -----------------------------------------------------------------------------------------
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _dataset_at(ws: Workspace, rev: str, with_features: bool):
     """Manifest (and features) of the dataset committed at git revision ``rev``, read through DVC."""
     import dvc.api
@@ -317,7 +313,7 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
         raise AuditRefused(f"version {version}: no deleted sample was in the training split; nothing to audit")
     record = {
         "schema_version": SCHEMA,
-        "audited_at": _now(),
+        "audited_at": utc_now(),
         "version": str(version),
         "parent_version": parent_version,
         "dataset_before": certificate.get("dataset_before"),

@@ -417,7 +417,7 @@ def run(
     """Run the deletion flow once over all pending requests (a Prefect flow run). An unfinished batch left
     by a crash is resumed first; a run that finds another run holding the workspace exits at once (0)."""
     from unlearnops import api
-    from unlearnops.plugin import PluginError
+    from unlearnops.plugin_manager import PluginError
 
     ws = _workspace(workspace)
     overrides = _parse_overrides(config)
@@ -468,7 +468,7 @@ def _plugin_row(entry) -> dict[str, Any]:
 def plugins_list(as_json: bool = JsonOption) -> None:
     """List registered methods, gates, dataset adapters, locators and exporters with their source and version, and every
     plugin that failed to load or register (with the reason)."""
-    from unlearnops.methods import load_plugins
+    from unlearnops.plugin_manager import load_plugins
 
     plugins = load_plugins()
     rows = [_plugin_row(e) for kind in plugins.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
@@ -502,7 +502,7 @@ def bench(
 ) -> None:
     """Benchmark methods against retraining from scratch; writes JSON rows, a markdown table and a plot."""
     from unlearnops.bench.harness import MODELS, SCENARIOS, markdown_table, run, write_outputs
-    from unlearnops.methods import PluginError, load_plugins
+    from unlearnops.plugin_manager import PluginError, load_plugins
 
     model_list = (models or ("mlp" if quick else "cnn,resnet,mlp")).split(",")
     scenario_list = scenarios.split(",")
@@ -545,7 +545,7 @@ def locate_command(
     `unlearnops run`)."""
     from unlearnops import api
     from unlearnops.intake import parse_request
-    from unlearnops.plugin import PluginError
+    from unlearnops.plugin_manager import PluginError
     from unlearnops.requests import RequestRejected, RequestStore
 
     if not dry_run:

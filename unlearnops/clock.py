@@ -1,4 +1,4 @@
-"""The one clock format of records, certificates and request states."""
+"""Wall-clock timestamps as unlearnops records them (requests, batches, certificates, audits, purges)."""
 
 from __future__ import annotations
 
@@ -6,5 +6,5 @@ from datetime import datetime, timezone
 
 
 def utc_now() -> str:
-    """Now, in UTC, as an ISO 8601 string to the second."""
+    """The current UTC time, ISO 8601 to the second (``2026-01-31T12:00:00+00:00``)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

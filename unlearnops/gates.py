@@ -5,11 +5,14 @@
   failing on both sides (still member-like, or less member-like than unseen data);
 * forget efficacy: forget accuracy at the held-out level (Fisher's exact test);
 * utility: test-accuracy drop within a bound of the parent model.
+
+A gate judges a :class:`GateEvidence` and answers a :class:`GateResult` (see ``register_gates``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -19,10 +22,34 @@ from scipy.stats import fisher_exact, rankdata
 from unlearnops.datasets import MANIFEST_COLUMNS
 from unlearnops.workspace import GateSettings
 
+if TYPE_CHECKING:
+    from unlearnops.model import Evaluation
+
 Status = Literal["pass", "fail", "inconclusive", "not_applicable"]
 
 
+@dataclass
+class GateEvidence:
+    """What gates judge a candidate on (see :func:`unlearnops.hookspecs.register_gates`)."""
+
+    manifest_before: pd.DataFrame
+    manifest_after: pd.DataFrame
+    forget_ids: list[str]
+    forget_hashes: list[str]
+    forget_labels: np.ndarray
+    holdout_labels: np.ndarray
+    #: ``"forget"``, ``"holdout"``, ``"test"`` -> per-sample evaluation of the parent model.
+    before: dict[str, Evaluation]
+    #: The same for the unlearned model.
+    after: dict[str, Evaluation]
+    seed: int = 0
+    #: Gates may leave named JSON-serializable records here; they are stored with the version.
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
 class GateResult(BaseModel):
+    """One gate's verdict on a candidate, with the numbers behind it and the thresholds it applied."""
+
     name: str
     status: Status
     summary: str

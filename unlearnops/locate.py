@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from unlearnops import __version__
+from unlearnops.plugin_manager import PluginError, load_plugins
 from unlearnops.requests import DeletionRequest, RequestRejected
 
 #: exact locator name -> (request field, manifest column)
@@ -156,9 +158,22 @@ class Located:
         return out
 
 
-def _checked(locator, result, n_requests: int, n_rows: int) -> pd.DataFrame:
-    from unlearnops.methods import PluginError
+class ExactLocator:
+    """Samples whose ``column`` equals a key the request lists in ``request_field`` (score 1). The built-in
+    exact locators are these, one per entry of :data:`EXACT_LOCATORS`; core uses them to check requests."""
 
+    kind = "exact"
+    version = __version__
+
+    def __init__(self, name: str, request_field: str, column: str):
+        self.name, self.request_field, self.column = name, request_field, column
+
+    def locate(self, requests, ctx: LocateContext):
+        request, row, _ = match_keys(ctx.table[self.column], [getattr(r, self.request_field) for r in requests])
+        return matches_frame(request, row, 1.0)
+
+
+def _checked(locator, result, n_requests: int, n_rows: int) -> pd.DataFrame:
     if not isinstance(result, pd.DataFrame) or not {"request", "row", "score"} <= set(result.columns):
         raise PluginError(f"locator {locator.name!r} returned {type(result).__name__}, not a DataFrame with "
                           f"columns {MATCH_COLUMNS}")
@@ -190,9 +205,7 @@ def locate_requests(requests: list[DeletionRequest], ctx: LocateContext, locator
     """Run ``locators`` (in precedence order) over a batch of requests: exact ones for every request, then
     near-duplicate ones seeded with what the exact ones found for the ``expand`` requests. A sample found
     by several locators is attributed to the first of them; a locator that raises or returns malformed
-    matches is a :class:`~unlearnops.methods.PluginError` naming it."""
-    from unlearnops.methods import PluginError
-
+    matches is a :class:`~unlearnops.plugin_manager.PluginError` naming it."""
     n_rows = ctx.table.num_rows
     frames = []
 
@@ -257,16 +270,13 @@ def _first_per_sample(frames: list[pd.DataFrame], ctx: LocateContext, names: lis
 
 def exact_locators() -> list:
     """The built-in exact locators, in their default precedence."""
-    from unlearnops.plugins.builtin_locators import ExactLocator
-
     return [ExactLocator(name, request_field, column) for name, (request_field, column) in EXACT_LOCATORS.items()]
 
 
-def configured_locators(names: list[str], registry=None) -> list:
-    """The registered locators called ``names``, in that order; an unknown name is a PluginError."""
-    from unlearnops.methods import load_plugins
-
-    return list((registry or load_plugins()).named("locator", names).values())
+def configured_locators(names: list[str], plugins=None) -> list:
+    """The registered locators called ``names`` (from ``plugins``, a :class:`~unlearnops.plugin_manager.PluginSet`;
+    default: freshly loaded), in that order; an unknown name is a PluginError."""
+    return list((plugins or load_plugins()).named("locator", names).values())
 
 
 def locate(request: DeletionRequest, manifest: pa.Table | pd.DataFrame) -> Located:

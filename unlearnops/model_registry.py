@@ -17,6 +17,8 @@ from unlearnops.workspace import Workspace
 
 EXPERIMENT = "unlearnops"
 TAG_PREFIX = "unlearnops."
+#: Tag set to "true" on a model version that still carries data deleted since: it is never promoted.
+TAINTED_TAG = TAG_PREFIX + "tainted"
 
 
 @dataclass

@@ -79,7 +79,7 @@ def build_dataset(
     """Run the configured dataset adapter (or take ``source``) and check the result; errors name the key."""
     config_path = Path(root) / CONFIG_FILE
     if source is None:
-        from unlearnops.methods import load_plugins
+        from unlearnops.plugin_manager import load_plugins
 
         adapters = load_plugins().entries["adapter"]
         name = settings.data.adapter

@@ -19,7 +19,6 @@ from unlearnops.durable import workspace_lock
 from unlearnops.verification import verify_version
 from unlearnops.workspace import Workspace
 
-TAINTED_TAG = model_registry.TAG_PREFIX + "tainted"
 PARITY_TOLERANCE = 1e-4
 
 
@@ -86,7 +85,7 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         decision.checked.append("certified")
     if tags.get(model_registry.TAG_PREFIX + "purged") == "true":
         decision.reasons.append("its weights were purged (`unlearnops purge`)")
-    if tags.get(TAINTED_TAG) == "true":
+    if tags.get(model_registry.TAINTED_TAG) == "true":
         decision.reasons.append(f"tainted: {tags.get(model_registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
     if champion is not None:
         if int(version) <= int(champion):
@@ -125,8 +124,8 @@ def _promote_locked(ws: Workspace, version: str | None) -> PromotionDecision:
         client.delete_registered_model_alias(name, "candidate")
     decision.promoted = True
     for other in client.search_model_versions(f"name='{name}'"):
-        if int(other.version) < int(decision.version) and other.tags.get(TAINTED_TAG) != "true":
-            client.set_model_version_tag(name, other.version, TAINTED_TAG, "true")
+        if int(other.version) < int(decision.version) and other.tags.get(model_registry.TAINTED_TAG) != "true":
+            client.set_model_version_tag(name, other.version, model_registry.TAINTED_TAG, "true")
             client.set_model_version_tag(
                 name, other.version, model_registry.TAG_PREFIX + "tainted_reason",
                 f"trained on data deleted before v{decision.version} was promoted",

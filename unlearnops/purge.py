@@ -43,20 +43,19 @@ import json
 import shutil
 from contextlib import chdir
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from unlearnops import model_registry
+from unlearnops.clock import utc_now
 from unlearnops.data import git
 from unlearnops.durable import atomic_write_text, workspace_lock
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import Workspace
 
 PURGED_TAG = model_registry.TAG_PREFIX + "purged"
-TAINTED_TAG = model_registry.TAG_PREFIX + "tainted"
 DATASET_FILE = "data.dvc"
 LOCK_FILE = "dvc.lock"
 #: Files of an MLflow logged model that describe it (kept); everything else in it is weights (removed).
@@ -67,7 +66,7 @@ WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".pt", ".pth")
 
 def weight_suffixes() -> tuple[str, ...]:
     """:data:`WEIGHT_SUFFIXES` and the file suffix of every registered exporter (exported models are weights)."""
-    from unlearnops.methods import load_plugins
+    from unlearnops.plugin_manager import load_plugins
 
     exporters = load_plugins().entries["exporter"].values()
     return tuple(dict.fromkeys([*WEIGHT_SUFFIXES, *(e.obj.suffix for e in exporters)]))
@@ -409,12 +408,12 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
             _clear_remote_index(ws)
         client = model_registry.client(ws)
         name = ws.settings.project.model_name
-        stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        stamp = utc_now()
         for version, found in mlflow_removals:
             for _, uri, path, _ in found:
                 get_artifact_repository(uri).delete_artifacts(path)
-            if version.tags.get(TAINTED_TAG) != "true":
-                client.set_model_version_tag(name, version.version, TAINTED_TAG, "true")
+            if version.tags.get(model_registry.TAINTED_TAG) != "true":
+                client.set_model_version_tag(name, version.version, model_registry.TAINTED_TAG, "true")
                 client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "tainted_reason",
                                              f"not descended from the champion v{report.champion}: carries "
                                              "data its lineage deleted")

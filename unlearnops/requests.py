@@ -15,11 +15,12 @@ import json
 import sqlite3
 import uuid
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from unlearnops.clock import utc_now
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
@@ -98,10 +99,6 @@ class StoredRequest(BaseModel):
 
 class TransitionRefused(ValueError):
     """The request is not in a state that allows the change (e.g. rejecting a processed request)."""
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 _SCHEMA = """
@@ -186,7 +183,7 @@ class RequestStore:
                 if row:
                     return self._row(row), False
             request_id = "req-" + uuid.uuid4().hex[:12]
-            now = _now()
+            now = utc_now()
             db.execute(
                 "INSERT INTO requests (id, created_at, updated_at, state, request_json, idempotency_key)"
                 " VALUES (?, ?, ?, 'received', ?, ?)",
@@ -226,7 +223,7 @@ class RequestStore:
             for request_id, sample_ids in located.items():
                 db.execute(
                     "UPDATE requests SET state='located', located_json=?, updated_at=?, error=NULL WHERE id=?",
-                    (json.dumps(sorted(sample_ids)), _now(), request_id),
+                    (json.dumps(sorted(sample_ids)), utc_now(), request_id),
                 )
 
     def mark_processed(self, request_ids: list[str], dataset_rev: str, model_version: str | None) -> None:
@@ -235,7 +232,7 @@ class RequestStore:
                 db.execute(
                     "UPDATE requests SET state='processed', dataset_rev=?, model_version=?, updated_at=?,"
                     " error=NULL WHERE id=? AND state != 'rejected'",
-                    (dataset_rev, model_version, _now(), request_id),
+                    (dataset_rev, model_version, utc_now(), request_id),
                 )
 
     def mark_failed(self, request_ids: list[str], error: str) -> None:
@@ -244,7 +241,7 @@ class RequestStore:
                 db.execute(
                     "UPDATE requests SET state='failed', error=?, attempts=attempts+1, updated_at=?"
                     " WHERE id=? AND state IN ('received', 'located', 'failed')",
-                    (error[:2000], _now(), request_id),
+                    (error[:2000], utc_now(), request_id),
                 )
 
     def mark_rejected(self, request_id: str, reason: str) -> StoredRequest:
@@ -264,7 +261,7 @@ class RequestStore:
                                         f"({', '.join(PENDING_STATES)}) can be rejected")
             db.execute(
                 "UPDATE requests SET state='rejected', rejection_reason=?, updated_at=? WHERE id=?",
-                (reason, _now(), request_id),
+                (reason, utc_now(), request_id),
             )
             return self._row(db.execute("SELECT * FROM requests WHERE id = ?", (request_id,)).fetchone())
 
@@ -275,5 +272,5 @@ class RequestStore:
             db.execute(
                 "UPDATE requests SET state='processed', dataset_rev=?, model_version=?, resolved_by=?,"
                 " error=NULL, updated_at=? WHERE id=? AND state IN ('received', 'located', 'failed')",
-                (earlier.dataset_rev, earlier.model_version, earlier.id, _now(), request_id),
+                (earlier.dataset_rev, earlier.model_version, earlier.id, utc_now(), request_id),
             )

@@ -12,7 +12,7 @@ import numpy as np
 
 from unlearnops.data import load_dataset
 from unlearnops.datasets import SPLITS
-from unlearnops.methods import Samples, call_training
+from unlearnops.method_runner import Samples, call_training
 from unlearnops.workspace import Workspace
 
 PREPARED = Path("prepared")

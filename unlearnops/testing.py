@@ -1,12 +1,12 @@
 """The conformance suite plugin authors run against their unlearning method, from pytest or a script::
 
-    from unlearnops.testing import assert_conformant
+    from unlearnops.plugin import assert_conformant
     from my_plugin import MyMethod
 
     def test_my_method_conforms():
         assert_conformant(MyMethod())
 
-It runs the method the way the pipeline does (:func:`unlearnops.methods.run_method`) on a tiny real task —
+It runs the method the way the pipeline does (:func:`unlearnops.method_runner.run_method`) on a tiny real task —
 an MLP that memorized its 600 training points of four overlapping Gaussian classes (training accuracy 1.0,
 held-out about 0.7) — and checks that the method
 
@@ -38,15 +38,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from unlearnops.methods import (
-    PluginError,
-    Samples,
-    UnlearnInputs,
-    contract_problems,
-    parse_config,
-    run_method,
-)
+from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import evaluate, seed_everything, train_model
+from unlearnops.plugin_manager import PluginError, contract_problems
 
 #: Share of the forget/held-out accuracy gap a method must close.
 FORGET_FRACTION = 0.5
@@ -103,7 +97,8 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _mlp(n_features: int, n_classes: int) -> nn.Module:
+def conformance_mlp(n_features: int, n_classes: int) -> nn.Module:
+    """An untrained model of the conformance task's architecture (a three-layer MLP)."""
     return nn.Sequential(nn.Linear(n_features, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, n_classes))
 
 
@@ -121,7 +116,7 @@ def _trained_task(seed: int) -> ConformanceTask:
     train, holdout, test = draw(600), draw(1000), draw(2000)
     seed_everything(seed)
     with _one_thread():
-        model = train_model(_mlp(n_features, n_classes), train.features, train.labels, epochs=300,
+        model = train_model(conformance_mlp(n_features, n_classes), train.features, train.labels, epochs=300,
                             batch_size=len(train), lr=1e-2, seed=seed)
     n_forget = 150
     forget = Samples(train.features[:n_forget], train.labels[:n_forget], train.sample_ids[:n_forget])

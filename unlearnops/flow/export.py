@@ -8,7 +8,7 @@ from typing import Any
 
 from unlearnops.flow.batch import Batch
 from unlearnops.flow.samples import split_samples, unlearned_model
-from unlearnops.plugin import PluginError
+from unlearnops.plugin_manager import PluginError
 from unlearnops.workspace import Workspace
 
 

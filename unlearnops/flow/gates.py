@@ -13,7 +13,8 @@ from unlearnops import data, model_registry
 from unlearnops import gates as gate_statistics
 from unlearnops.flow.batch import Batch
 from unlearnops.flow.samples import forget_samples, split_samples, unlearned_model
-from unlearnops.plugin import GateEvidence, GateResult, PluginError
+from unlearnops.gates import GateEvidence, GateResult
+from unlearnops.plugin_manager import PluginError
 from unlearnops.report import SCORES_FILE
 from unlearnops.workspace import Workspace
 

@@ -16,7 +16,7 @@ from unlearnops.flow.batch import Batch, LocateRecord, NothingToDo
 from unlearnops.flow.unlearn import validated_ladder
 from unlearnops.keys import keyed_hash, subject_key
 from unlearnops.locate import LocateContext, configured_locators, locate_requests, read_manifest
-from unlearnops.plugin import PluginError
+from unlearnops.plugin_manager import PluginError
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import Workspace
 

@@ -7,7 +7,7 @@ import numpy as np
 
 from unlearnops.data import load_dataset
 from unlearnops.flow.batch import FORGET_FILE, Batch
-from unlearnops.plugin import Samples
+from unlearnops.method_runner import Samples
 from unlearnops.workspace import Workspace
 
 

@@ -13,7 +13,7 @@ from unlearnops import model_registry
 from unlearnops.flow.batch import PASS, Batch, UnlearnRecord
 from unlearnops.flow.gates import gates
 from unlearnops.flow.samples import forget_samples, split_samples
-from unlearnops.plugin import UnlearnInputs
+from unlearnops.method_runner import UnlearnInputs
 from unlearnops.workspace import Workspace
 
 #: The request kinds a batch can have (see :func:`unlearnops.flow.locate.request_kind`).
@@ -33,7 +33,8 @@ def rung_config(ws: Workspace, method: str, requested: dict | None) -> dict[str,
 
 def method_and_config(ws: Workspace, name: str, overrides: dict | None):
     """The loaded plugins, the method called ``name`` and its validated config (workspace seed by default)."""
-    from unlearnops.plugin_manager import load_plugins, parse_config
+    from unlearnops.method_runner import parse_config
+    from unlearnops.plugin_manager import load_plugins
 
     plugins = load_plugins()
     method = plugins.get(name)
@@ -90,7 +91,7 @@ def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
 def unlearn_rung(ws: Workspace, batch: Batch) -> Batch:
     """Run the batch's current method on the parent model; saves ``unlearned.pt`` in the run directory."""
     from unlearnops.model import pick_device, save_weights, seed_everything
-    from unlearnops.plugin_manager import run_method
+    from unlearnops.method_runner import run_method
 
     with batch.timed(ws, "unlearn"):
         plugins, method, config = method_and_config(ws, batch.method, batch.method_config)

@@ -10,8 +10,7 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, MethodConfig, UnlearnResult, changed_parameters, parameter_snapshot
+from unlearnops.plugin import Method, MethodConfig, UnlearnResult, changed_parameters, hookimpl, parameter_snapshot
 
 
 class NegGradPlusConfig(MethodConfig):

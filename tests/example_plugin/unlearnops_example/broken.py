@@ -3,8 +3,7 @@ audit hook that vetoes every batch. The pipeline must report each by name and re
 
 from __future__ import annotations
 
-from unlearnops import hookimpl
-from unlearnops.methods import Method, UnlearnResult
+from unlearnops.plugin import Method, UnlearnResult, hookimpl
 
 
 class Raising(Method):

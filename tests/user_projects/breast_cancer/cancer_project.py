@@ -44,7 +44,6 @@ def train(model, features, labels, *, epochs, lr, seed, device="cpu", progress=N
 
 def write_data(directory: Path) -> Path:
     """Write the scikit-learn breast-cancer table as records.csv with the user's own column names."""
-    import pandas as pd
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer(as_frame=True)
