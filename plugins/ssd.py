@@ -2,17 +2,20 @@
 Retraining Through Selective Synaptic Dampening"). Training-free: two importance passes and one edit.
 
 1. Importances: the diagonal of the Fisher information, estimated as the mean over batches of the squared
-   gradient of the batch's cross-entropy — []_D on the full training data (retain ∪ forget, as in the paper;
-   ``reference="retain"`` uses the retain data alone) and []_f on the forget set.
+   gradient of the batch's cross-entropy — []_D on the full training data (all retained training samples ∪
+   forget, as in the paper; ``reference="retain"`` uses the retained samples alone) and []_f on the forget set.
+   A 512-sample retain draw in place of the whole training set caps the importance ratio, so that most α
+   values select no weight: the whole retained training data is used whenever the caller provides it.
 2. Selection: parameters with []_f > α · []_D are specialised to the forget set.
 3. Dampening: each selected parameter is multiplied by β = min(λ · []_D / []_f, 1).
 
 The paper's defaults are α = 10, λ = 1 (ResNet18/ViT on CIFAR). The tiny models here have far fewer, less
 specialised weights: measured on the conformance task (random 25 % of a memorized MLP's training data), the
-paper's α = 10, λ = 1 changes nothing (forget accuracy stays 1.0); only α = 1.5 with λ = 0.1 closes enough of
-the gap (63 %), and α = 2 at λ = 0.1 closes none. A fixed small α is destructive elsewhere (on the benchmark's
-digits MLP, α = 1.5 took test accuracy from 0.94 to 0.34 for a 72-sample forget set), so by default
-(``search``) α starts at the paper's 10 and falls by ×0.8 down to ``min_alpha`` = 1.5, each edit made from
+paper's α = 10, λ = 1 changes nothing (forget accuracy stays 1.0); at λ = 0.1, α = 1.5 closes 41 % of the gap
+and α = 1.2 closes 54 % (re-measured 2026-12-01; an earlier install measured 63 % at α = 1.5). A fixed small α
+is destructive elsewhere (on the benchmark's digits MLP, α = 1.5 took test accuracy from 0.94 to 0.34 for a
+72-sample forget set), so by default (``search``) α starts at the paper's 10 and falls by ×0.8 down to
+``min_alpha`` = 1.2, each edit made from
 the original weights and judged by forward passes only: the first α whose edit brings forget accuracy to the
 held-out level (0 for a forgotten class) is kept; an α that costs more held-out accuracy than the utility
 guard allows ends the search with the previous one (none: the model is left unchanged). λ = 0.1.
@@ -35,7 +38,7 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 class SSDConfig(ClassicConfig):
     alpha: float = Field(10.0, gt=1, description="Selection: dampen where forget importance > alpha × reference. "
                          "With search: the first (most selective) alpha tried.")
-    min_alpha: float = Field(1.5, gt=1, description="Search: the least selective alpha tried.")
+    min_alpha: float = Field(1.2, gt=1, description="Search: the least selective alpha tried.")
     search: bool = Field(True, description="Lower alpha step by step until the target is reached (see module).")
     dampening: float = Field(0.1, gt=0, description="λ: β = min(λ · reference / forget importance, 1).")
     reference: Literal["train", "retain"] = Field("train", description="Reference importances: retain ∪ forget, or retain.")
@@ -76,7 +79,8 @@ class SSD(ClassicMethod):
 
     def algorithm(self, model, inputs: UnlearnInputs, config: SSDConfig, device, clock: Clock):
         model.eval()
-        forget, retain = Data(inputs.forget, device), Data(inputs.retain, device)
+        retained = inputs.retain_full if inputs.retain_full is not None else inputs.retain
+        forget, retain = Data(inputs.forget, device), Data(retained, device)
         if config.reference == "train":
             ref_x, ref_y = torch.cat([retain.x, forget.x]), torch.cat([retain.y, forget.y])
         else:
