@@ -319,18 +319,22 @@ def request_import(directory: Path = typer.Argument(..., help="Drop directory of
     """Take in a drop directory: each file is stored whole and moved to done/, or refused whole and moved
     to rejected/ with a reason file. Exit 1 if any file was rejected."""
     from unlearnops.intake import import_directory
+    from unlearnops.requests import RequestRejected
 
     ws = _workspace(workspace)
     if not directory.is_dir():
         fail(f"no directory {directory}")
-    results = import_directory(ws, directory)
+    try:
+        results = import_directory(ws, directory)
+    except RequestRejected as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json(results)
     else:
         for r in results:
             detail = ", ".join(x["id"] for x in r["receipts"]) if r["status"] == "done" else r["reason"]
             err.print(f"{r['file']}: {r['status']} ({detail})")
-    if any(r["status"] == "rejected" for r in results):
+    if any(r["status"] != "done" for r in results):
         raise typer.Exit(ExitCode.REFUSED)
 
 
