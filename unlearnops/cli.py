@@ -652,16 +652,27 @@ def serve(
     port: int = typer.Option(8080, min=1, max=65535),
     poll_seconds: float = typer.Option(5.0, min=0.1, help="How often to look for a new champion."),
     max_batch: int = typer.Option(256, min=1, help="Largest batch /predict accepts."),
+    no_auth: bool = typer.Option(False, "--no-auth",
+                                 help="Serve without a bearer token (loopback demos only: refused on other hosts)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model)."""
+    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model). /predict and
+    /model need `Authorization: Bearer <token>`: UNLEARNOPS_SERVE_TOKEN or the file serve.token in the key
+    directory (created 0600 on first start); /health is open."""
     import uvicorn
 
-    from unlearnops.deploy.serve import create_app
+    from unlearnops.deploy.serve import SERVE_TOKEN_ENV, SERVE_TOKEN_FILE, create_app
+    from unlearnops.service import load_or_create_token
 
     ws = _workspace(workspace)
-    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds), host=host, port=port,
-                log_level="warning")
+    if no_auth and host not in ("127.0.0.1", "::1", "localhost"):
+        fail(f"--no-auth serves only on a loopback address, not {host}")
+    token = None if no_auth else load_or_create_token(ws, SERVE_TOKEN_ENV, SERVE_TOKEN_FILE)
+    source = SERVE_TOKEN_ENV if os.environ.get(SERVE_TOKEN_ENV) else ws.keys_dir / SERVE_TOKEN_FILE
+    err.print(f"serving on http://{host}:{port}; " + ("no authentication (--no-auth)" if no_auth
+                                                      else f"bearer token from {source}"))
+    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds, token=token, auth=not no_auth),
+                host=host, port=port, log_level="warning")
 
 
 @app.command()
