@@ -26,6 +26,9 @@ app.add_typer(request_app, name="request")
 app.add_typer(plugins_app, name="plugins")
 certificate_app = typer.Typer(help="Check certificates of registered versions.", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
+keys_app = typer.Typer(help="The workspace's keys (the secret ones never leave the key directory).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
@@ -716,14 +719,49 @@ def explain(
         console.print(f"caveat: {caveat}", highlight=False)
 
 
+@keys_app.command("public")
+def keys_public(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Print the public signing key (PEM) that verifies this workspace's certificates and audit records:
+    hand it to auditors (`unlearnops certificate verify --public-key FILE CERTIFICATE.json`)."""
+    from unlearnops import api
+    from unlearnops.certificate import CertificateError
+
+    ws = _workspace(workspace)
+    try:
+        exported = api.public_key(ws)
+    except CertificateError as exc:
+        fail(f"{exc}: run `unlearnops init` for this workspace", ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(exported)
+    else:
+        sys.stdout.write(exported["pem"])
+        err.print(f"fingerprint {exported['fingerprint']} ({exported['path']})")
+
+
 @certificate_app.command("verify")
 def certificate_verify(
-    version: str = typer.Argument(..., help="Registered model version number."),
+    version: str = typer.Argument(..., help="Registered model version number; with --public-key, a certificate "
+                                            "JSON file."),
+    public_key_file: Optional[Path] = typer.Option(
+        None, "--public-key", help="Verify the certificate file VERSION with this PEM public key alone "
+                                   "(no workspace, no registry)."),
     workspace: Optional[Path] = WorkspaceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags.
-    Exit 0 verified, 1 refused (problems listed), 2 error."""
+    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags; or,
+    with --public-key, only a certificate file's signature. Exit 0 verified, 1 refused (problems listed), 2 error."""
+    if public_key_file is not None:
+        from unlearnops import api
+
+        checked = api.verify_certificate_file(version, public_key_file)
+        if as_json:
+            emit_json(checked)
+        elif checked["ok"]:
+            err.print(f"{version}: signature verified with key {checked['fingerprint'][:16]}… "
+                      f"({checked['schema']}); certificate says {checked['status']}")
+        else:
+            err.print(f"[red]{version}: NOT verified[/red]: {checked['problem']}")
+        raise typer.Exit(ExitCode.OK if checked["ok"] else ExitCode.REFUSED)
     from unlearnops.verification import verify_version
 
     ws = _workspace(workspace)
