@@ -54,44 +54,60 @@ def measure(base: str, batch: int, seconds: float, clients: int, input_shape: li
             "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))}
 
 
-def health_under_oversize(base: str, seconds: float, clients: int, headers: dict) -> dict:
-    """/health latency while ``clients`` threads send oversized /predict bodies."""
-    answers: dict[str, int] = {}
-    health_ms: list[float] = []
-    lock = threading.Lock()
+def _chunked():  # no Content-Length: counted as it arrives, refused once over the limit
+    for _ in range(1200):
+        yield b" " * (64 << 10)
+
+
+def _attacker(base: str, headers: dict, seconds: float, declared: bool, answers) -> None:
+    """One process sending oversized /predict bodies for ``seconds`` (its own GIL: the prober is not slowed)."""
+    body = b" " * (75 << 20)  # 75 MB with its Content-Length: refused before a byte is read
     deadline = time.perf_counter() + seconds
-    declared = b" " * (75 << 20)  # 75 MB with its Content-Length: refused before a byte is read
+    with httpx.Client(base_url=base, timeout=30, headers=headers) as http:
+        while time.perf_counter() < deadline:
+            try:
+                code = str(http.post("/predict", content=body if declared else _chunked()).status_code)
+            except httpx.TransportError as exc:  # the server closed the connection after its 413
+                code = type(exc).__name__
+            answers.append(code)
 
-    def chunked():  # no Content-Length: counted as it arrives, refused once over the limit
-        for _ in range(1200):
-            yield b" " * (64 << 10)
 
-    def attacker(i: int) -> None:
-        with httpx.Client(base_url=base, timeout=30, headers=headers) as http:
-            while time.perf_counter() < deadline:
-                try:
-                    code = str(http.post("/predict", content=declared if i % 2 else chunked()).status_code)
-                except httpx.TransportError as exc:  # the server closed the connection after its 413
-                    code = type(exc).__name__
-                with lock:
-                    answers[code] = answers.get(code, 0) + 1
+def health_latency(base: str, seconds: float) -> list[float]:
+    """/health latencies (ms) sampled every 10 ms for ``seconds``."""
+    health_ms: list[float] = []
+    deadline = time.perf_counter() + seconds
+    with httpx.Client(base_url=base, timeout=30) as http:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            ok = http.get("/health").status_code == 200
+            health_ms.append((time.perf_counter() - started) * 1000 if ok else float("inf"))
+            time.sleep(0.01)
+    return health_ms
 
-    def prober() -> None:
-        with httpx.Client(base_url=base, timeout=30) as http:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                ok = http.get("/health").status_code == 200
-                health_ms.append((time.perf_counter() - started) * 1000 if ok else float("inf"))
-                time.sleep(0.01)
 
-    threads = [threading.Thread(target=attacker, args=(i,)) for i in range(clients)] + [threading.Thread(target=prober)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ms = np.array(health_ms)
-    return {"oversized_clients": clients, "oversized_answers": answers, "health_requests": len(ms),
-            "health_p50_ms": float(np.percentile(ms, 50)), "health_p99_ms": float(np.percentile(ms, 99))}
+def health_under_oversize(base: str, seconds: float, clients: int, headers: dict) -> dict:
+    """/health latency alone, then while ``clients`` processes send oversized /predict bodies (half with a
+    declared 75 MB Content-Length, half chunked)."""
+    import multiprocessing
+
+    idle = np.array(health_latency(base, seconds / 2))
+    with multiprocessing.Manager() as manager:
+        answers = manager.list()
+        attackers = [multiprocessing.Process(target=_attacker, args=(base, headers, seconds, i % 2 == 0, answers))
+                     for i in range(clients)]
+        for p in attackers:
+            p.start()
+        time.sleep(0.5)
+        loaded = np.array(health_latency(base, seconds - 1))
+        for p in attackers:
+            p.join()
+        counts: dict[str, int] = {}
+        for code in answers:
+            counts[code] = counts.get(code, 0) + 1
+    return {"oversized_clients": clients, "oversized_answers": counts,
+            "health_idle_p50_ms": float(np.percentile(idle, 50)), "health_idle_p99_ms": float(np.percentile(idle, 99)),
+            "health_requests": len(loaded), "health_p50_ms": float(np.percentile(loaded, 50)),
+            "health_p99_ms": float(np.percentile(loaded, 99))}
 
 
 def main(argv: list[str] | None = None) -> None:

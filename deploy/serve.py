@@ -164,7 +164,7 @@ def create_app(ws: Workspace, max_batch: int = 256, poll_seconds: float = 5.0, t
     async def predict(request: Request) -> dict:
         try:
             body = await read_body(request, server.body_limit())
-            payload = await run_in_threadpool(parse_json, body)
+            payload = parse_json(body) if len(body) < (64 << 10) else await run_in_threadpool(parse_json, body)
         except BodyRefused as exc:
             raise HTTPException(exc.status, str(exc)) from None
         if not isinstance(payload, dict) or set(payload) != {"inputs"}:

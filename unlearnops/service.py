@@ -71,7 +71,7 @@ def bearer_guard(token: str):
     if len(token) < MIN_TOKEN_CHARS:
         raise ValueError(f"a bearer token must have at least {MIN_TOKEN_CHARS} characters")
 
-    def authorized(request: Request) -> None:
+    async def authorized(request: Request) -> None:  # async: no thread hop per request
         if not bearer_ok(request.headers.get("authorization"), token):
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
