@@ -4,6 +4,13 @@ At start and then every ``poll_seconds`` it resolves the registry's ``champion``
 downloaded, its certificate verified (signature, weights, ONNX hash, tags, status "certified") and only then
 swapped in — requests in flight finish on the session they started with, so an alias change costs no
 downtime. A version that fails verification is never served; the previous one stays.
+
+HTTP: ``POST /predict`` and ``GET /model`` need ``Authorization: Bearer <token>`` (``UNLEARNOPS_SERVE_TOKEN``
+or ``serve.token`` in the key directory, created 0600); ``GET /health`` is open. ``auth=False``
+(``unlearnops serve --no-auth``, for loopback demos) serves without a token and then ``/model`` leaves out
+the request ids, run id, dataset revisions and hashes. A body above the limit (declared Content-Length first,
+then the bytes counted as they arrive) is refused with 413 before anything is parsed, and a batch above
+``max_batch`` before any array is built; every malformed body is a 4xx with a reason.
 """
 
 from __future__ import annotations
@@ -19,13 +26,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 
 from unlearnops import model_registry
 from unlearnops.workspace import Workspace
 
 log = logging.getLogger("unlearnops.serve")
+
+SERVE_TOKEN_ENV = "UNLEARNOPS_SERVE_TOKEN"
+SERVE_TOKEN_FILE = "serve.token"
+BYTES_PER_VALUE = 32  # a generous JSON spelling of one float32 with its separator ("-0.12345678901234568, ")
+DEFAULT_BODY_BYTES = 1 << 20  # before a model is loaded
 
 
 @dataclass(frozen=True)
@@ -37,10 +49,6 @@ class Loaded:
     certificate: dict
     providers: list[str]
     loaded_at: float
-
-
-class PredictRequest(BaseModel):
-    inputs: list = Field(..., description="A batch: a list of samples, each shaped like the model's input.")
 
 
 class ModelServer:
@@ -101,9 +109,14 @@ class ModelServer:
         loaded = self.current
         if loaded is None:
             raise HTTPException(503, f"no verified champion to serve yet: {self.last_error or 'none registered'}")
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= self.max_batch:
+            size = len(inputs) if isinstance(inputs, list) else 0
+            raise HTTPException(413 if size else 422, f"inputs must be a batch (a list) of 1..{self.max_batch} "
+                                                      f"samples, got {size if isinstance(inputs, list) else 'no list'}")
         try:
-            x = np.asarray(inputs, dtype=np.float32)
-        except (ValueError, TypeError):
+            with np.errstate(over="ignore"):  # beyond float32: infinity, refused just below
+                x = np.asarray(inputs, dtype=np.float32)
+        except (ValueError, TypeError, OverflowError):
             raise HTTPException(422, "inputs must be a rectangular nested list of numbers") from None
         if x.ndim == 0 or x.shape[1:] != loaded.input_shape:
             raise HTTPException(
@@ -117,8 +130,26 @@ class ModelServer:
         return {"version": loaded.version, "predictions": logits.argmax(1).tolist(), "logits": logits.tolist()}
 
 
-def create_app(ws: Workspace, max_batch: int = 256, poll_seconds: float = 5.0) -> FastAPI:
+    def body_limit(self) -> int:
+        """The largest /predict body accepted: ``max_batch`` samples of the served input shape."""
+        loaded = self.current
+        if loaded is None:
+            return DEFAULT_BODY_BYTES
+        return self.max_batch * int(np.prod(loaded.input_shape)) * BYTES_PER_VALUE + 4096
+
+
+def create_app(ws: Workspace, max_batch: int = 256, poll_seconds: float = 5.0, token: str | None = None,
+               auth: bool = True) -> FastAPI:
+    """The serving app for ``ws``. With ``auth`` (the default) /predict and /model need ``token`` (default:
+    :func:`~unlearnops.service.load_or_create_token` of ``UNLEARNOPS_SERVE_TOKEN`` / ``serve.token``)."""
+    from unlearnops.service import BodyRefused, bearer_guard, load_or_create_token, parse_json, read_body
+
     server = ModelServer(ws, max_batch=max_batch, poll_seconds=poll_seconds)
+    if auth:
+        token = token or load_or_create_token(ws, SERVE_TOKEN_ENV, SERVE_TOKEN_FILE)
+        guarded = [Depends(bearer_guard(token))]
+    else:
+        guarded = []
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -126,11 +157,19 @@ def create_app(ws: Workspace, max_batch: int = 256, poll_seconds: float = 5.0) -
         yield
         server.stop()
 
-    app = FastAPI(title="unlearnops serving", version="1", lifespan=lifespan)
+    app = FastAPI(title="unlearnops serving", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
 
-    @app.post("/predict")
-    def predict(request: PredictRequest) -> dict:
-        return server.predict(request.inputs)
+    @app.post("/predict", dependencies=guarded)
+    async def predict(request: Request) -> dict:
+        try:
+            body = await read_body(request, server.body_limit())
+            payload = parse_json(body) if len(body) < (64 << 10) else await run_in_threadpool(parse_json, body)
+        except BodyRefused as exc:
+            raise HTTPException(exc.status, str(exc)) from None
+        if not isinstance(payload, dict) or set(payload) != {"inputs"}:
+            raise HTTPException(422, 'the body is a JSON object {"inputs": [sample, ...]}')
+        return await run_in_threadpool(server.predict, payload["inputs"])
 
     @app.get("/health")
     def health() -> dict:
@@ -138,18 +177,21 @@ def create_app(ws: Workspace, max_batch: int = 256, poll_seconds: float = 5.0) -
             raise HTTPException(503, f"no verified champion: {server.last_error or 'none registered'}")
         return {"status": "ok", "version": server.current.version, "last_error": server.last_error}
 
-    @app.get("/model")
+    @app.get("/model", dependencies=guarded)
     def model() -> dict:
         loaded = server.current
         if loaded is None:
             raise HTTPException(503, f"no verified champion: {server.last_error or 'none registered'}")
         cert = loaded.certificate
+        fields = ("status", "issued_at")
+        if auth:  # lineage (request ids, run, dataset, hashes) only for authenticated callers
+            fields += ("run_id", "requests", "weights_sha256", "onnx", "dataset_after", "parent_model_version")
         return {
             "version": loaded.version,
             "providers": loaded.providers,
             "input_shape": list(loaded.input_shape),
-            "certificate": {k: cert.get(k) for k in ("status", "run_id", "issued_at", "requests", "weights_sha256",
-                                                     "onnx", "dataset_after", "parent_model_version")},
+            "max_batch": server.max_batch,
+            "certificate": {k: cert.get(k) for k in fields},
             "loaded_at": loaded.loaded_at,
         }
 

@@ -75,3 +75,39 @@ def processed(trained_workspace, prefect_harness):
 def fresh_workspace(tmp_path):
     """An untrained workspace with a small dataset (for intake and CLI tests)."""
     return make_workspace(tmp_path / "ws", limit=300, epochs=1)
+
+
+SERVE_TOKEN = "serve-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def serving_app(tmp_path_factory):
+    """The serving app (auth on, max batch 8) with a real ONNX Runtime session of a tiny linear model on
+    [1, 28, 28] inputs already loaded — no registry, no training: for tests of the HTTP layer."""
+    import time
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from unlearnops.deploy.serve import Loaded, create_app
+    from unlearnops.export import inference_session
+    from unlearnops.workspace import Workspace
+
+    root = tmp_path_factory.mktemp("serving")
+    weights = np.random.default_rng(0).normal(size=(784, 10)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        [numpy_helper.from_array(weights, "w")])
+    path = root / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(path))
+    session = inference_session(path)
+    certificate = {"status": "certified", "issued_at": "2026-01-01T00:00:00Z", "run_id": "r" * 32,
+                   "requests": ["req-000000000001"], "weights_sha256": "0" * 64, "dataset_after": "abc"}
+    app = create_app(Workspace(root / "ws"), max_batch=8, token=SERVE_TOKEN)
+    app.state.server.current = Loaded("7", session, "input", (1, 28, 28), certificate, session.get_providers(),
+                                      time.time())
+    app.state.token = SERVE_TOKEN
+    return app

@@ -9,6 +9,7 @@ Docker or Kubernetes (neither runs on the development machine)."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shlex
 import shutil
@@ -295,3 +296,71 @@ def test_kustomize_renders_the_manifests():
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
     assert kinds.count("Deployment") == 5 and "PersistentVolumeClaim" in kinds and "Job" in kinds
+
+
+# -- the serving app's HTTP layer (auth, limits, malformed bodies) --------------------------------------------
+def _client(app):
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, raise_server_exceptions=False)  # no lifespan: the fixture's model stays loaded
+
+
+def test_serve_needs_a_bearer_token_except_for_health(serving_app):
+    SERVE_TOKEN = serving_app.state.token
+    http = _client(serving_app)
+    sample = [[[[0.5] * 28] * 28]]
+    assert http.get("/health").json()["version"] == "7"
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": SERVE_TOKEN},
+                    {"Authorization": f"Basic {SERVE_TOKEN}"}):
+        assert http.post("/predict", json={"inputs": sample}, headers=headers).status_code == 401, headers
+        refused = http.get("/model", headers=headers)
+        assert refused.status_code == 401 and "req-" not in refused.text
+    for scheme in ("Bearer", "bearer", "BEARER"):  # RFC 7235: case-insensitive
+        answer = http.post("/predict", json={"inputs": sample}, headers={"Authorization": f"{scheme} {SERVE_TOKEN}"})
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 1
+    info = http.get("/model", headers={"Authorization": f"Bearer {SERVE_TOKEN}"}).json()
+    assert info["certificate"]["requests"] == ["req-000000000001"] and info["max_batch"] == 8
+
+
+def test_serve_no_auth_hides_lineage_on_model(tmp_path, serving_app):
+    from unlearnops.deploy.serve import create_app
+    from unlearnops.workspace import Workspace
+
+    app = create_app(Workspace(tmp_path / "ws"), auth=False)
+    app.state.server.current = serving_app.state.server.current
+    info = _client(app).get("/model")
+    assert info.status_code == 200 and info.json()["certificate"] == {"status": "certified",
+                                                                      "issued_at": "2026-01-01T00:00:00Z"}
+    assert not (tmp_path / "ws" / ".unlearnops" / "keys").exists()  # --no-auth creates no token
+
+
+def test_serve_token_file_is_created_0600_in_a_0700_key_dir(tmp_path, monkeypatch):
+    from unlearnops.deploy.serve import SERVE_TOKEN_ENV, create_app
+    from unlearnops.workspace import Workspace
+
+    monkeypatch.delenv(SERVE_TOKEN_ENV, raising=False)
+    monkeypatch.setenv("UNLEARNOPS_KEY_DIR", str(tmp_path / "elsewhere" / "keys"))
+    create_app(Workspace(tmp_path / "ws"))
+    token_file = tmp_path / "elsewhere" / "keys" / "serve.token"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600" and len(token_file.read_text()) >= 32
+    assert oct(token_file.parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_serve_refuses_malformed_and_oversized_bodies_with_4xx(serving_app):
+    SERVE_TOKEN = serving_app.state.token
+    http = _client(serving_app)
+    auth = {"Authorization": f"Bearer {SERVE_TOKEN}", "Content-Type": "application/json"}
+    sample = [[[0.5] * 28] * 28]
+    cases = [(b"[" * 100_000, 422), (b'{"inputs": ' + b"[" * 40 + b"]" * 40 + b"}", 422),
+             (b'{"inputs": [' + b"9" * 5000 + b"]}", 422), (b'{"inputs": [[[[1e999]]]]}', 422),
+             (b'{"inputs": [[[[NaN]]]]}', 422), (b"\xef\xbb\xbf{}", 422), (b"\xff\xfe", 422), (b"", 422),
+             (b"[]", 422), (b'{"inputs": []}', 422), (b'{"inputs": {}}', 422), (b'{"inputs": [1], "x": 1}', 422),
+             (b'{"inputs": [[[[' + b"1" * 300 + b"]]]]}", 422), (json.dumps({"inputs": [sample] * 9}).encode(), 413),
+             (json.dumps({"inputs": [[["a"]]]}).encode(), 422), (json.dumps({"inputs": [[1.0, 2.0]]}).encode(), 422)]
+    for body, status in cases:
+        answer = http.post("/predict", content=body, headers=auth)
+        assert answer.status_code == status and answer.json()["detail"], (body[:40], answer.text[:200])
+    limit = serving_app.state.server.body_limit()
+    assert limit == 8 * 784 * 32 + 4096
+    declared = http.post("/predict", content=b" " * (limit + 1), headers=auth)
+    assert declared.status_code == 413 and "Content-Length" in declared.json()["detail"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from unlearnops.cli import app
 from unlearnops.intake import MAX_FILE_BYTES, import_directory
-from unlearnops.requests import RequestStore
+from unlearnops.requests import RequestRejected, RequestStore
 
 runner = CliRunner()
 
@@ -44,7 +44,7 @@ def test_drop_directory_all_or_nothing_per_file(fresh_workspace, tmp_path):
     reasons = {f: r["reason"] for f, r in results.items() if r["status"] == "rejected"}
     assert "unknown subject id: nobody-42" in reasons["mixed.json"] and "request 1" in reasons["mixed.json"]
     assert "malformed JSON" in reasons["broken.json"]
-    assert "CSV columns" in reasons["cols.csv"]
+    assert "CSV columns" in reasons["cols.csv"] and "colour" not in reasons["cols.csv"]
     assert "not UTF-8" in reasons["latin1.csv"]
     assert "larger than" in reasons["huge.json"]
     assert "malformed id" in reasons["ünï côde.json"]
@@ -63,6 +63,44 @@ def test_drop_directory_all_or_nothing_per_file(fresh_workspace, tmp_path):
     assert [r["created"] for r in again[0]["receipts"]] == [False, False]
     assert [r["id"] for r in again[0]["receipts"]] == [r["id"] for r in receipts]
     assert len(RequestStore(ws.requests_db).list()) == 3
+
+
+def test_import_never_follows_links_nor_echoes_and_one_bad_file_blocks_nothing(fresh_workspace, tmp_path):
+    ws = fresh_workspace
+    s = subjects(ws, 2)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    secret = outside / "secret.csv"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (outside / "valid.json").write_text(json.dumps({"subject_ids": [s[1]]}))
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in outside.iterdir()}
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a-deep.json").write_text("[" * 100_000 + "]" * 100_000)  # crashed the command and blocked the rest
+    (inbox / "b-link.csv").symlink_to(secret)
+    (inbox / "c-link.json").symlink_to(outside / "valid.json")  # valid content, but a link: refused
+    (inbox / "d-dangling.json").symlink_to(tmp_path / "nowhere.json")
+    (inbox / "e-dirlink.json").symlink_to(outside, target_is_directory=True)
+    (inbox / "f-bom.csv").write_bytes(b"\xef\xbb\xbfsubject_ids\n" + s[0].encode() + b"\n")  # Excel's UTF-8 CSV
+    results = {r["file"]: r for r in import_directory(ws, inbox)}
+    assert {f: r["status"] for f, r in results.items()} == {
+        "a-deep.json": "rejected", "b-link.csv": "rejected", "c-link.json": "rejected", "d-dangling.json": "rejected",
+        "e-dirlink.json": "rejected", "f-bom.csv": "done"}
+    assert "nested deeper" in results["a-deep.json"]["reason"]
+    assert all("symbolic link" in results[f]["reason"] for f in ("b-link.csv", "c-link.json", "d-dangling.json"))
+    assert not any("root" in r.get("reason", "") for r in results.values())
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in outside.iterdir()} == before
+    assert (inbox / "rejected" / "b-link.csv").is_symlink()  # the link moved, its target untouched
+    assert [r.request.subject_ids for r in RequestStore(ws.requests_db).list()] == [[s[0]]]
+
+    # done/ planted as a link out of the drop directory: refused before anything moves.
+    planted = tmp_path / "inbox2"
+    planted.mkdir()
+    (planted / "done").symlink_to(outside, target_is_directory=True)
+    (planted / "r.json").write_text(json.dumps({"subject_ids": [s[1]]}))
+    with pytest.raises(RequestRejected, match="not a link"):
+        import_directory(ws, planted)
+    assert (planted / "r.json").is_file() and sorted(p.name for p in outside.iterdir()) == sorted(before)
 
 
 def test_cli_import_and_show(fresh_workspace, tmp_path):
@@ -121,13 +159,28 @@ def test_http_intake_with_token_auth(intake_server):
         again = http.post("/requests", json={"subject_ids": [subject], "idempotency_key": "h-1"}, headers=auth)
         assert again.status_code == 200 and again.json()["id"] == created.json()["id"]
 
-        for body, fragment in ((b'{"subject_ids": [', "not UTF-8 JSON"), (b"\xff\xfe", "not UTF-8 JSON"),
+        lower = http.post("/requests", json={"subject_ids": [subject], "idempotency_key": "h-1"},
+                          headers={"Authorization": f"bearer {token}"})  # RFC 7235: the scheme is case-insensitive
+        assert lower.status_code == 200 and lower.json()["id"] == created.json()["id"]
+
+        for body, fragment in ((b'{"subject_ids": [', "malformed JSON"), (b"\xff\xfe", "byte order mark"),
+                               (b"\xc3\x28{}", "not UTF-8"), (b'\xef\xbb\xbf{"subject_ids": ["a"]}', "byte order mark"),
+                               (b"[" * 5000 + b"]" * 5000, "nested deeper"), (b'{"a": ' * 50000, "nested deeper"),
+                               (b'{"subject_ids": [' + b"9" * 5000 + b"]}", "malformed JSON"),
+                               (b'{"subject_ids": [1e999]}', "out of range"), (b'{"subject_ids": [NaN]}', "NaN"),
                                (b"[1, 2]", "JSON object"), (b'{"subject_ids": ["nobody-7"]}', "unknown subject"),
                                (b'{"subject_ids": ["a\\u0000b"]}', "malformed id")):
             refused = http.post("/requests", content=body, headers={**auth, "Content-Type": "application/json"})
             assert refused.status_code == 422 and fragment in refused.json()["error"], body
         huge = http.post("/requests", content=b" " * (2 << 20), headers=auth)
-        assert huge.status_code == 413
+        assert huge.status_code == 413 and "Content-Length" in huge.json()["error"]
+
+        def chunks():  # no Content-Length: the server counts the bytes as they arrive
+            for _ in range(64):
+                yield b" " * (64 << 10)
+
+        streamed = http.post("/requests", content=chunks(), headers=auth)
+        assert streamed.status_code == 413 and "larger than" in streamed.json()["error"]
 
         shown = http.get(f"/requests/{created.json()['id']}", headers=auth)
         assert shown.status_code == 200 and shown.json()["request"]["subject_ids"] == [subject]

@@ -134,7 +134,7 @@ def server(lineage):
     if model_registry.resolve_version(ws, "champion") != "2":
         _promote(ws, "2")
     port = free_port()
-    config = uvicorn.Config(create_app(ws, max_batch=32, poll_seconds=0.5), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(ws, max_batch=32, poll_seconds=0.5, auth=False), host="127.0.0.1", port=port,
                             log_level="warning")
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)

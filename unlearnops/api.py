@@ -290,3 +290,35 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
         "versions": versions,
         "requests": requests,
     }
+
+
+def public_key(ws: WorkspaceLike | None = None) -> dict[str, Any]:
+    """The public signing key to hand to verifiers: ``pem``, ``fingerprint`` (the hex that certificates name
+    in ``signature.public_key``) and ``path``. Never creates a key."""
+    from unlearnops.certificate import public_key_fingerprint
+    from unlearnops.keys import PUBLIC_KEY_FILE, public_key_pem, read_public_key
+
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    path = ws.keys_dir / PUBLIC_KEY_FILE
+    return {"pem": public_key_pem(ws), "fingerprint": public_key_fingerprint(read_public_key(path)), "path": str(path)}
+
+
+def verify_certificate_file(certificate: str | Path, public_key_file: str | Path) -> dict[str, Any]:
+    """Verify a certificate file's signature with a public key file alone (no workspace, no registry):
+    ``{"ok", "certificate", "schema", "status", "fingerprint", "problem"}``."""
+    from unlearnops.certificate import CertificateError, public_key_fingerprint, read, verify
+    from unlearnops.keys import read_public_key
+
+    result: dict[str, Any] = {"ok": False, "certificate": str(certificate), "schema": None, "status": None,
+                              "fingerprint": None, "problem": None}
+    try:
+        key = read_public_key(Path(public_key_file))
+        result["fingerprint"] = public_key_fingerprint(key)
+        document = read(Path(certificate))
+        if isinstance(document, dict):
+            result["schema"], result["status"] = document.get("schema"), document.get("status")
+        verify(document, key)
+        result["ok"] = True
+    except CertificateError as exc:
+        result["problem"] = str(exc)
+    return result

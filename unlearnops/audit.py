@@ -303,7 +303,7 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
     returns the audit record (signed with the workspace key), also stored with the version (MLflow artifact
     ``audits/audit-<time>.json``, tags ``unlearnops.audit_*``, an "Audit" section in ``report.html``) and in
     ``.unlearnops/audit/records/``. :class:`AuditRefused` when the version cannot be audited."""
-    from unlearnops.certificate import sign
+    from unlearnops.certificate import finite_or_null, sign
     from unlearnops.keys import signing_key
 
     model_version, certificate = _version_context(ws, version)
@@ -321,7 +321,7 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
         **run_audit(ws, model_registry.load_model(ws, parent_version), model_registry.load_model(ws, version), forget,
                     references=references, device=device, wait=wait, rmia_a=rmia_a, rmia_gamma=rmia_gamma),
     }
-    record = sign(record, signing_key(ws))
+    record = sign(finite_or_null(record), signing_key(ws))  # NaN statistics (no sample in a stratum) → null
     _store(ws, model_version, record)
     return record
 

@@ -26,6 +26,9 @@ app.add_typer(request_app, name="request")
 app.add_typer(plugins_app, name="plugins")
 certificate_app = typer.Typer(help="Check certificates of registered versions.", no_args_is_help=True)
 app.add_typer(certificate_app, name="certificate")
+keys_app = typer.Typer(help="The workspace's keys (the secret ones never leave the key directory).",
+                       no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
@@ -319,18 +322,22 @@ def request_import(directory: Path = typer.Argument(..., help="Drop directory of
     """Take in a drop directory: each file is stored whole and moved to done/, or refused whole and moved
     to rejected/ with a reason file. Exit 1 if any file was rejected."""
     from unlearnops.intake import import_directory
+    from unlearnops.requests import RequestRejected
 
     ws = _workspace(workspace)
     if not directory.is_dir():
         fail(f"no directory {directory}")
-    results = import_directory(ws, directory)
+    try:
+        results = import_directory(ws, directory)
+    except RequestRejected as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
         emit_json(results)
     else:
         for r in results:
             detail = ", ".join(x["id"] for x in r["receipts"]) if r["status"] == "done" else r["reason"]
             err.print(f"{r['file']}: {r['status']} ({detail})")
-    if any(r["status"] == "rejected" for r in results):
+    if any(r["status"] != "done" for r in results):
         raise typer.Exit(ExitCode.REFUSED)
 
 
@@ -648,16 +655,27 @@ def serve(
     port: int = typer.Option(8080, min=1, max=65535),
     poll_seconds: float = typer.Option(5.0, min=0.1, help="How often to look for a new champion."),
     max_batch: int = typer.Option(256, min=1, help="Largest batch /predict accepts."),
+    no_auth: bool = typer.Option(False, "--no-auth",
+                                 help="Serve without a bearer token (loopback demos only: refused on other hosts)."),
     workspace: Optional[Path] = WorkspaceOption,
 ) -> None:
-    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model)."""
+    """Serve the verified champion over HTTP with ONNX Runtime (/predict, /health, /model). /predict and
+    /model need `Authorization: Bearer <token>`: UNLEARNOPS_SERVE_TOKEN or the file serve.token in the key
+    directory (created 0600 on first start); /health is open."""
     import uvicorn
 
-    from unlearnops.deploy.serve import create_app
+    from unlearnops.deploy.serve import SERVE_TOKEN_ENV, SERVE_TOKEN_FILE, create_app
+    from unlearnops.service import load_or_create_token
 
     ws = _workspace(workspace)
-    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds), host=host, port=port,
-                log_level="warning")
+    if no_auth and host not in ("127.0.0.1", "::1", "localhost"):
+        fail(f"--no-auth serves only on a loopback address, not {host}")
+    token = None if no_auth else load_or_create_token(ws, SERVE_TOKEN_ENV, SERVE_TOKEN_FILE)
+    source = SERVE_TOKEN_ENV if os.environ.get(SERVE_TOKEN_ENV) else ws.keys_dir / SERVE_TOKEN_FILE
+    err.print(f"serving on http://{host}:{port}; " + ("no authentication (--no-auth)" if no_auth
+                                                      else f"bearer token from {source}"))
+    uvicorn.run(create_app(ws, max_batch=max_batch, poll_seconds=poll_seconds, token=token, auth=not no_auth),
+                host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -701,14 +719,49 @@ def explain(
         console.print(f"caveat: {caveat}", highlight=False)
 
 
+@keys_app.command("public")
+def keys_public(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """Print the public signing key (PEM) that verifies this workspace's certificates and audit records:
+    hand it to auditors (`unlearnops certificate verify --public-key FILE CERTIFICATE.json`)."""
+    from unlearnops import api
+    from unlearnops.certificate import CertificateError
+
+    ws = _workspace(workspace)
+    try:
+        exported = api.public_key(ws)
+    except CertificateError as exc:
+        fail(f"{exc}: run `unlearnops init` for this workspace", ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(exported)
+    else:
+        sys.stdout.write(exported["pem"])
+        err.print(f"fingerprint {exported['fingerprint']} ({exported['path']})")
+
+
 @certificate_app.command("verify")
 def certificate_verify(
-    version: str = typer.Argument(..., help="Registered model version number."),
+    version: str = typer.Argument(..., help="Registered model version number; with --public-key, a certificate "
+                                            "JSON file."),
+    public_key_file: Optional[Path] = typer.Option(
+        None, "--public-key", help="Verify the certificate file VERSION with this PEM public key alone "
+                                   "(no workspace, no registry)."),
     workspace: Optional[Path] = WorkspaceOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags.
-    Exit 0 verified, 1 refused (problems listed), 2 error."""
+    """Verify a version: certificate signature (workspace key), weights and ONNX hashes, registry tags; or,
+    with --public-key, only a certificate file's signature. Exit 0 verified, 1 refused (problems listed), 2 error."""
+    if public_key_file is not None:
+        from unlearnops import api
+
+        checked = api.verify_certificate_file(version, public_key_file)
+        if as_json:
+            emit_json(checked)
+        elif checked["ok"]:
+            err.print(f"{version}: signature verified with key {checked['fingerprint'][:16]}… "
+                      f"({checked['schema']}); certificate says {checked['status']}")
+        else:
+            err.print(f"[red]{version}: NOT verified[/red]: {checked['problem']}")
+        raise typer.Exit(ExitCode.OK if checked["ok"] else ExitCode.REFUSED)
     from unlearnops.verification import verify_version
 
     ws = _workspace(workspace)

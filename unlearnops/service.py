@@ -3,8 +3,12 @@ a serving app through :func:`intake_router`.
 
 ``POST /requests`` takes the JSON of one :class:`~unlearnops.requests.DeletionRequest` and answers with its
 receipt (201 stored, 200 already stored: same idempotency key or everything it names already deleted),
-422 with the reason when it is refused (nothing stored), 413 above :data:`MAX_BODY_BYTES`.
-``GET /requests/{id}`` shows one request. Both need ``Authorization: Bearer <token>``; ``GET /health`` does not.
+422 with the reason when it is refused (nothing stored: malformed, not UTF-8, a byte order mark, nesting
+deeper than :data:`MAX_JSON_DEPTH`, an integer too long...), 413 above :data:`MAX_BODY_BYTES` (the declared
+Content-Length is checked first, then the bytes are counted as they arrive, so an oversized or chunked body is
+refused without being read whole or parsed). ``GET /requests/{id}`` shows one request. Both need
+``Authorization: Bearer <token>`` (scheme case-insensitive, RFC 7235); ``GET /health`` does not.
+The helpers :func:`bearer_ok`, :func:`read_body` and :func:`parse_json` are shared with the serving app.
 """
 
 from __future__ import annotations
@@ -15,61 +19,104 @@ import os
 import re
 import secrets
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from unlearnops.intake import receipt, submit
+from unlearnops.intake import MAX_JSON_DEPTH, receipt, strict_json, submit
 from unlearnops.requests import ID_PATTERN, RequestRejected, RequestStore
 from unlearnops.workspace import Workspace
 
 MAX_BODY_BYTES = 1 << 20
 TOKEN_ENV = "UNLEARNOPS_INTAKE_TOKEN"
 TOKEN_FILE = "intake.token"
+MIN_TOKEN_CHARS = 16
 
 
-def load_or_create_token(ws: Workspace) -> str:
-    """The intake token: ``UNLEARNOPS_INTAKE_TOKEN`` if set, else ``.unlearnops/keys/intake.token`` (created
-    on first use, mode 0600)."""
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    path = ws.keys_dir / TOKEN_FILE
+class BodyRefused(ValueError):
+    """A request body that is refused before or while it is parsed: ``status`` (413 or 422) and a reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+def load_or_create_token(ws: Workspace, env: str = TOKEN_ENV, file: str = TOKEN_FILE) -> str:
+    """A bearer token: the variable ``env`` if set, else the file ``file`` in the key directory (created on
+    first use, mode 0600, in a 0700 directory). Defaults: the intake's ``UNLEARNOPS_INTAKE_TOKEN`` /
+    ``intake.token``."""
+    from unlearnops.keys import check_keys_dir, write_secret
+
+    if os.environ.get(env):
+        return os.environ[env]
+    path = ws.keys_dir / file
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(32))
+        write_secret(path, secrets.token_urlsafe(32).encode())
+    check_keys_dir(path.parent)
     return path.read_text().strip()
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` under the scheme ``Bearer`` (any case,
+    RFC 7235), compared in constant time."""
+    scheme, _, given = (header or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode("utf-8", "replace"))
+
+
+def bearer_guard(token: str):
+    """A FastAPI dependency that answers 401 unless the request carries ``token``."""
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"a bearer token must have at least {MIN_TOKEN_CHARS} characters")
+
+    async def authorized(request: Request) -> None:  # async: no thread hop per request
+        if not bearer_ok(request.headers.get("authorization"), token):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return authorized
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, at most ``limit`` bytes: a larger declared Content-Length is refused (413) before a byte is
+    read, and a streamed (chunked) body is counted as it arrives and refused once over the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BodyRefused(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise BodyRefused(413, f"payload larger than {limit} bytes (Content-Length {int(declared)})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyRefused(413, f"payload larger than {limit} bytes")
+    return bytes(body)
+
+
+def parse_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON of a request body (:func:`unlearnops.intake.strict_json`); :class:`BodyRefused` (422) with
+    the reason for a byte order mark, bytes that are not UTF-8, malformed JSON, ``NaN``/``Infinity``, numbers
+    out of range, integers longer than Python converts, or nesting deeper than ``max_depth``."""
+    try:
+        return strict_json(body, max_depth=max_depth)
+    except RequestRejected as exc:
+        raise BodyRefused(422, str(exc)) from None
 
 
 def intake_router(ws: Workspace, token: str) -> APIRouter:
     """The intake endpoints for ``ws``, guarded by ``token``."""
-    if len(token) < 16:
-        raise ValueError("the intake token must have at least 16 characters")
-    expected = f"Bearer {token}".encode()
-
-    def authorized(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, expected):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    router = APIRouter(dependencies=[Depends(authorized)])
+    router = APIRouter(dependencies=[Depends(bearer_guard(token))])
 
     @router.post("/requests")
     async def post_request(request: Request) -> JSONResponse:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-            return JSONResponse({"error": f"payload larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"error": f"payload larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
         try:
-            payload = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            return JSONResponse({"error": f"request rejected: body is not UTF-8 JSON ({exc})"}, status_code=422)
+            payload = parse_json(await read_body(request, MAX_BODY_BYTES))
+        except BodyRefused as exc:
+            return JSONResponse({"error": f"request rejected: {exc}"}, status_code=exc.status)
         try:
-            stored, created = submit(ws, payload)
+            stored, created = await run_in_threadpool(submit, ws, payload)
         except RequestRejected as exc:
             return JSONResponse({"error": f"request rejected: {exc}"}, status_code=422)
         return JSONResponse(receipt(stored, created), status_code=201 if created else 200)

@@ -79,7 +79,9 @@ class LocationSettings(_Strict):
         "", description="Prefect API URL; empty: a temporary local server per run [env PREFECT_API_URL wins]."
     )
     signing_key_dir: str = Field(
-        "", description="Directory of the Ed25519 signing key and the subject HMAC key; empty: .unlearnops/keys."
+        "", description="Directory of the Ed25519 signing key, the subject HMAC key and the bearer tokens; relative "
+        "to the workspace or absolute (keep it outside the workspace in production); empty: .unlearnops/keys "
+        "[env UNLEARNOPS_KEY_DIR wins]."
     )
 
 
@@ -237,8 +239,10 @@ class Workspace:
 
     @property
     def keys_dir(self) -> Path:
-        configured = self.settings.locations.signing_key_dir
-        return (self.root / configured).resolve() if configured else self.state_dir / "keys"
+        """Where the keys live: ``UNLEARNOPS_KEY_DIR``, else ``[locations] signing_key_dir`` (relative to the
+        workspace or absolute), else ``.unlearnops/keys``."""
+        configured = os.environ.get("UNLEARNOPS_KEY_DIR") or self.settings.locations.signing_key_dir
+        return (self.root / Path(configured).expanduser()).resolve() if configured else self.state_dir / "keys"
 
     @property
     def tracking_uri(self) -> str:

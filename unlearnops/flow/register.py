@@ -118,7 +118,7 @@ def register(ws: Workspace, batch: Batch) -> Batch:
     """Sign the certificate and register the unlearned model as a new version. Alias ``candidate`` moves
     to it only when every gate passed. A version that an interrupted attempt already registered is
     completed (tags, alias), never registered twice."""
-    from unlearnops.certificate import sign, write
+    from unlearnops.certificate import finite_or_null, sign, write
     from unlearnops.keys import signing_key
     from unlearnops.plugin_manager import load_plugins
 
@@ -129,7 +129,7 @@ def register(ws: Workspace, batch: Batch) -> Batch:
         mlflow_client = model_registry.client(ws)
         name = ws.settings.project.model_name
         if version is None:
-            signed = sign(build_certificate(ws, batch), signing_key(ws))
+            signed = sign(finite_or_null(build_certificate(ws, batch)), signing_key(ws))  # NaN statistics → null
             write(signed, run_dir / "certificate.json")
             (run_dir / "unlearn.json").write_text(
                 json.dumps(batch.unlearn.model_dump() if batch.unlearn else None, indent=2, default=str))
