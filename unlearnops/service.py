@@ -2,9 +2,11 @@
 a serving app through :func:`intake_router`.
 
 ``POST /requests`` takes the JSON of one :class:`~unlearnops.requests.DeletionRequest` and answers with its
-receipt (201 stored, 200 already stored: same idempotency key or everything it names already deleted),
-422 with the reason when it is refused (nothing stored), 413 above :data:`MAX_BODY_BYTES`.
-``GET /requests/{id}`` shows one request. Both need ``Authorization: Bearer <token>``; ``GET /health`` does not.
+receipt (201 stored, 200 already stored: same idempotency key and body, the same targets as an open request,
+or everything it names already deleted), 409 when the idempotency key was used for a different request,
+422 with the reason when it is refused (nothing stored), 413 above :data:`MAX_BODY_BYTES`. Receipts carry
+the state, due date and ``days_left``. ``GET /requests/{id}`` shows one request (state, ``days_left``,
+``overdue``). Both need ``Authorization: Bearer <token>``; ``GET /health`` does not.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from unlearnops.intake import receipt, submit
-from unlearnops.requests import ID_PATTERN, RequestRejected, RequestStore
+from unlearnops.requests import ID_PATTERN, IdempotencyConflict, RequestRejected, RequestStore
 from unlearnops.workspace import Workspace
 
 MAX_BODY_BYTES = 1 << 20
@@ -72,6 +74,8 @@ def intake_router(ws: Workspace, token: str) -> APIRouter:
             stored, created = submit(ws, payload)
         except RequestRejected as exc:
             return JSONResponse({"error": f"request rejected: {exc}"}, status_code=422)
+        except IdempotencyConflict as exc:
+            return JSONResponse({"error": f"request rejected: {exc}"}, status_code=409)
         return JSONResponse(receipt(stored, created), status_code=201 if created else 200)
 
     @router.get("/requests/{request_id}")
@@ -79,7 +83,7 @@ def intake_router(ws: Workspace, token: str) -> APIRouter:
         if not re.fullmatch(ID_PATTERN, request_id):
             raise HTTPException(404, "no such request")
         try:
-            return RequestStore(ws.requests_db).get(request_id).model_dump(mode="json")
+            return RequestStore(ws.requests_db).get(request_id).view()
         except KeyError:
             raise HTTPException(404, "no such request") from None
 
