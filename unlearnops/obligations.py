@@ -31,11 +31,19 @@ def cut_obligations(ws: Workspace) -> list[StoredRequest]:
 
 
 def obligation_problems(ws: Workspace, version: str, versions: dict | None = None) -> list[str]:
-    """Why ``version`` may not be champion for the requests it owes ([] when none): every request cut from
-    the dataset must have been forgotten by a certified version in ``version``'s lineage."""
+    """Why ``version`` may not be champion for the requests it owes ([] when none). Every request cut from
+    the dataset must be forgotten by a certified version in ``version``'s lineage, or by a certified
+    descendant of ``version`` (promotable next: the request stays ``certified`` until it is champion). A
+    request cut but forgotten by no certified version (``cut``, ``uncertified``) blocks every promotion
+    until a batch that carries it certifies."""
     versions = versions if versions is not None else model_registry.versions_by_number(ws)
     line = model_registry.chain(versions, version)
-    owed = [r for r in cut_obligations(ws) if r.certified_version not in line]
+
+    def covered(r: StoredRequest) -> bool:
+        return bool(r.certified_version) and (
+            r.certified_version in line or version in model_registry.chain(versions, r.certified_version))
+
+    owed = [r for r in cut_obligations(ws) if not covered(r)]
     if not owed:
         return []
     listed = ", ".join(f"{r.id} ({r.state}" + (f", v{r.model_version}" if r.model_version else "") + ")"
