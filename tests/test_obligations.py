@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_workspace
-from unlearnops import data, model_registry
+from unlearnops import api, data, model_registry
 from unlearnops.cli import app
 from unlearnops.requests import RequestStore
 
@@ -91,10 +91,12 @@ def test_obligations_survive_an_uncertified_batch_until_promotion(tmp_path_facto
     assert (ws.runs_dir / second["run_id"] / "forget.npz").is_file()  # kept: the obligation needs it
 
     # Promotion of the certified v2 is refused: its training data still holds a's samples.
-    code, decision = cli(ws, "promote", "2", "--check")
-    assert code == 1 and any(req_a["id"] in r and "still holds samples" in r for r in decision["reasons"])
-    code, decision = cli(ws, "promote", "2")
-    assert code == 1 and model_registry.resolve_version(ws, "champion") == "1"
+    # (through the API: the CLI runs promotion as a Prefect flow, which tests/test_promote_serve.py covers)
+    decision = api.promote(ws, "2", check=True)
+    assert not decision["promotable"]
+    assert any(req_a["id"] in r and "still holds samples" in r for r in decision["reasons"]), decision
+    decision = api.promote(ws, "2")
+    assert not decision["promoted"] and model_registry.resolve_version(ws, "champion") == "1"
 
     # The next batch (subject b) forgets a's samples too, from v2: checked on the samples.
     code, req_b = cli(ws, "request", "submit", "--subject", b)
@@ -112,8 +114,8 @@ def test_obligations_survive_an_uncertified_batch_until_promotion(tmp_path_facto
     assert not (samples[x] | samples[a] | samples[b]) & remaining
     assert not list(ws.runs_dir.glob("*/forget.npz"))  # certified: every copy of the forgotten samples is gone
 
-    code, decision = cli(ws, "promote", "4")
-    assert code == 0 and decision["promoted"], decision
+    decision = api.promote(ws, "4")
+    assert decision["promoted"], decision
     assert set(decision["forgotten"]) == {req_x["id"], req_a["id"], req_b["id"]}
     assert {store.get(r["id"]).state for r in (req_x, req_a, req_b)} == {"forgotten"}
 
