@@ -82,7 +82,7 @@ def assert_flow_certified(directory: Path, subjects: list[str]) -> dict:
     versions = {v["version"]: v for v in status["versions"]}
     new = summary["registered_version"]
     assert versions[new]["parent_version"] == "1" and "candidate" in versions[new]["aliases"]
-    assert status["requests"] == {"processed": 1}
+    assert status["requests"] == {"certified": 1}
     verify = runner.invoke(app, ["certificate", "verify", new, "--workspace", ws])
     assert verify.exit_code == 0, verify.output
     decision = invoke("promote", "--workspace", ws)

@@ -145,7 +145,7 @@ def test_a_kill_at_every_point_then_resume_loses_nothing_and_repeats_nothing(ws)
     stored = RequestStore(ws.requests_db).list()
     assert {r.id for r in stored} == request_ids
     assert {(r.state, r.dataset_rev, r.model_version) for r in stored} == {
-        ("processed", dataset_commits(ws)[0], batch.registered_version)}
+        ("certified" if batch.status == "pass" else "uncertified", dataset_commits(ws)[0], batch.registered_version)}
 
     # The data on disk is the committed version, complete, without the deleted samples, and nothing
     # half-written is left anywhere in the workspace.
@@ -193,4 +193,5 @@ def test_two_runs_at_once_one_processes_the_other_exits_cleanly(ws):
     summary = json.loads(out)
     assert set(summary["requests"]) == request_ids
     assert len(dataset_commits(ws)) == commits + 1 and len(live_versions(ws)) == versions + 1
-    assert {r.state for r in RequestStore(ws.requests_db).list()} == {"processed"}
+    states = {r.state for r in RequestStore(ws.requests_db).list()}
+    assert states in ({"certified"}, {"uncertified"}), states

@@ -115,7 +115,7 @@ def test_registered_model_matches_the_certified_weights(processed):
 def test_requests_processed_and_forget_copy_removed(processed):
     ws, summary, stored, _ = processed
     done = RequestStore(ws.requests_db).get(stored.id)
-    assert done.state == "processed"
+    assert done.state == "certified" and done.certified_version == "2"  # forgotten only once promoted
     assert done.dataset_rev == summary["dataset_rev_after"] and done.model_version == "2"
     assert len(done.located_sample_ids) == summary["samples_removed"]
     assert not (ws.runs_dir / summary["run_id"] / "forget.npz").exists()

@@ -371,7 +371,7 @@ def test_installed_plugin_runs_end_to_end_with_lifecycle_hooks(small_workspace, 
     assert before["method_source"] == "unlearnops-example-plugin 0.2.0" and before["config"]["max_steps"] == 20
     assert after["registered_version"] == summary["registered_version"]
     assert after["certificate"]["method"]["source"] == "unlearnops-example-plugin 0.2.0"
-    assert RequestStore(ws.requests_db).get(request_id).state == "processed"
+    assert RequestStore(ws.requests_db).get(request_id).state in ("certified", "uncertified")
     # The plugin's exporter ran beside ONNX: its file is certified, attached to the run and verified.
     certificate = after["certificate"]
     exported = certificate["exports"]["torchscript"]

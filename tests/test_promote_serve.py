@@ -29,7 +29,8 @@ def process_batch(ws, subjects, method=None):
 @pytest.fixture(scope="module")
 def lineage(tmp_path_factory):
     """v1 base; v2 unlearned from v1, then v3 from v2 and v4 (a no-op, not certified) from v3: three batches
-    before any promotion, each starting from the unpromoted candidate so that deletions accumulate."""
+    before any promotion, each starting from the unpromoted candidate so that deletions accumulate. v4's
+    requests stay open and block every promotion until v5 (retrain from v3, carrying v4's samples) certifies."""
     from noop_plugin import NoOpPlugin
     from unlearnops.demo import demo_subjects
     from unlearnops.plugin_manager import register_plugin, unregister_plugin
@@ -54,6 +55,14 @@ def lineage(tmp_path_factory):
     assert (v2.parent_version, v3.parent_version, v4.parent_version) == ("1", "2", "3")
     assert v2.status == "pass", [(g.name, g.status, g.summary) for g in v2.gates]
     assert v4.status != "pass", [(g.name, g.status, g.summary, g.metrics) for g in v4.gates]
+    # v3 is certified, but its training data still holds v4's samples, which no certified version forgot.
+    code, decision = _promote(ws, "3", "--check")
+    assert code == 1 and any(v4.request_ids[0] in r and "still holds samples" in r for r in decision["reasons"])
+    from unlearnops.flow.run import process_pending
+
+    v5 = process_pending(ws, method="retrain")  # nothing new: the open requests alone, with an exact method
+    assert v5.registered_version == "5" and v5.parent_version == "3" and v5.status == "pass"
+    assert v5.request_ids == v4.request_ids and set(v5.forget_ids) == set(v4.forget_ids)
     return ws
 
 

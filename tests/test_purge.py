@@ -148,7 +148,8 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
                                    "--json"])
     assert decision.exit_code == 1 and any("purged" in r for r in json.loads(decision.stdout)["reasons"])
     stored = RequestStore(ws.requests_db).get(canary_request.id)
-    assert stored.state == "processed" and stored.model_version == first.registered_version
+    assert stored.state == "forgotten" and stored.certified_version == first.registered_version
+    assert stored.purged["dvc-cache"] > 0 and all(s.startswith("hmac:") for s in stored.request.subject_ids)
 
     # The current dataset is intact in the cache and the remote.
     from contextlib import chdir

@@ -3,7 +3,7 @@ import pytest
 from unlearnops.intake import parse_request, submit
 from unlearnops.locate import check_request, locate
 from unlearnops.keys import keyed_hash
-from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore
+from unlearnops.requests import DeletionRequest, IdempotencyConflict, RequestRejected, RequestStore
 
 
 def test_request_normalizes_ids():
@@ -32,18 +32,24 @@ def test_store_lifecycle_and_idempotency(tmp_path):
     store = RequestStore(tmp_path / "requests.db")
     first, created = store.add(DeletionRequest(subject_ids=["s1"], idempotency_key="k-1"))
     assert created and first.state == "received"
-    again, created = store.add(DeletionRequest(subject_ids=["s2"], idempotency_key="k-1"))
+    again, created = store.add(DeletionRequest(subject_ids=["s1"], idempotency_key="k-1"))
     assert not created and again.id == first.id and again.request.subject_ids == ["s1"]
+    with pytest.raises(IdempotencyConflict, match=f"used for request {first.id}"):
+        store.add(DeletionRequest(subject_ids=["s2"], idempotency_key="k-1"))
+    assert len(store.list()) == 1
 
     store.mark_located({first.id: ["x2", "x1"]})
     assert store.get(first.id).located_sample_ids == ["x1", "x2"]
     store.mark_failed([first.id], "boom")
     failed = RequestStore(tmp_path / "requests.db").get(first.id)  # a new handle: state is durable
     assert failed.state == "failed" and failed.attempts == 1 and [r.id for r in store.pending()] == [first.id]
-    store.mark_processed([first.id], "rev", "2")
+    store.mark_certified([first.id], "rev", "2", None)
     done = store.get(first.id)
-    assert (done.state, done.dataset_rev, done.model_version, done.error) == ("processed", "rev", "2", None)
-    assert store.pending() == []
+    assert (done.state, done.dataset_rev, done.model_version, done.error) == ("certified", "rev", "2", None)
+    assert store.pending() == [] and done.open and done.days_left() in (29, 30)
+    store.mark_forgotten([first.id], "3")
+    closed = store.get(first.id)
+    assert (closed.state, closed.champion_version, closed.open, closed.days_left()) == ("forgotten", "3", False, None)
 
 
 def test_locate_by_each_exact_key(fresh_workspace):
@@ -80,7 +86,7 @@ def test_rejection_is_final_needs_a_reason_and_only_applies_to_waiting_requests(
     store = RequestStore(tmp_path / "requests.db")
     waiting, _ = store.add(DeletionRequest(subject_ids=["s1"]))
     done, _ = store.add(DeletionRequest(subject_ids=["s2"]))
-    store.mark_processed([done.id], "rev", "2")
+    store.mark_certified([done.id], "rev", "2", None)
     with pytest.raises(TransitionRefused, match="reason"):
         store.mark_rejected(waiting.id, "  ")
     rejected = store.mark_rejected(waiting.id, "duplicate of a ticket handled by hand")
@@ -88,9 +94,9 @@ def test_rejection_is_final_needs_a_reason_and_only_applies_to_waiting_requests(
     assert store.mark_rejected(waiting.id, "another reason").rejection_reason == rejected.rejection_reason
     assert store.pending() == []
     store.mark_failed([waiting.id], "late failure")  # a final state is never left
-    store.mark_processed([waiting.id], "rev", "3")
+    store.mark_certified([waiting.id], "rev", "3", None)
     assert RequestStore(tmp_path / "requests.db").get(waiting.id).state == "rejected"
-    with pytest.raises(TransitionRefused, match="is processed"):
+    with pytest.raises(TransitionRefused, match="is certified"):
         store.mark_rejected(done.id, "too late")
     with pytest.raises(KeyError):
         store.mark_rejected("req-nope", "x")
@@ -133,11 +139,11 @@ def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh
     ws = fresh_workspace
     subjects = sorted(pd.read_parquet(ws.data_dir / "manifest.parquet").subject_id.unique())
     vanished, _ = submit(ws, {"subject_ids": [subjects[0]]})
-    # An earlier request deleted subject 1 (processed); a later one for the same subject was stored while
+    # An earlier request deleted subject 1 (certified); a later one for the same subject was stored while
     # the samples were still there (say, while the earlier batch ran).
     store = RequestStore(ws.requests_db)
     earlier, _ = submit(ws, {"subject_ids": [subjects[1]]})
-    store.mark_processed([earlier.id], "rev-1", "2")
+    store.mark_certified([earlier.id], "rev-1", "2", None)
     later, created = store.add(DeletionRequest(subject_ids=[subjects[1]], reason="asked twice"))
     assert created
     _remove_subject(ws, subjects[0])
@@ -149,7 +155,9 @@ def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh
     assert gone.state == "rejected" and f"unknown subject id: {subjects[0]}" in gone.rejection_reason
     again = store.get(later.id)
     assert (again.state, again.resolved_by, again.dataset_rev, again.model_version) == (
-        "processed", earlier.id, "rev-1", "2")
+        "certified", earlier.id, "rev-1", "2")
+    # Raw subject ids are gone once settled: only keyed hashes remain.
+    assert all(s.startswith("hmac:") for r in (gone, again) for s in r.request.subject_ids)
     assert store.pending() == []
     # A rejected request covers nothing: the same subject can be asked for again (and is refused only
     # because its samples are gone and nobody deleted them).
@@ -195,8 +203,8 @@ def test_operator_rejects_a_waiting_request_from_the_cli(fresh_workspace):
     in_batch = runner.invoke(app, ["request", "reject", second.id, "--reason", "x", "--workspace", root, "--json"])
     assert in_batch.exit_code == 1 and "unfinished batch" in json.loads(in_batch.stdout)["error"]
 
-    RequestStore(ws.requests_db).mark_processed([second.id], "rev", "2")
+    RequestStore(ws.requests_db).mark_certified([second.id], "rev", "2", None)
     batch.completed.append("finalize")
     batch.save(ws)
     processed = runner.invoke(app, ["request", "reject", second.id, "--reason", "x", "--workspace", root, "--json"])
-    assert processed.exit_code == 1 and "is processed" in json.loads(processed.stdout)["error"]
+    assert processed.exit_code == 1 and "is certified" in json.loads(processed.stdout)["error"]

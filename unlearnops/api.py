@@ -178,10 +178,44 @@ def run(
             batch = process_pending(ws, method, config or None, device, wait=wait)
         except WorkspaceBusy as exc:
             return {"skipped": str(exc)}
-        return None if batch is None else summary(batch)
+        return None if batch is None else with_obligations(ws, summary(batch))
     from unlearnops.pipelines.deletion import deletion_flow
 
-    return deletion_flow(str(ws.root), method=method, method_config=config or None, device=device, wait=wait)
+    return with_obligations(ws, deletion_flow(str(ws.root), method=method, method_config=config or None,
+                                              device=device, wait=wait))
+
+
+def with_obligations(ws: Workspace, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A run's summary plus every request still open (state, versions, reasons, days left) and the ids of
+    the overdue ones (``requests_open``, ``overdue``)."""
+    from unlearnops.requests import OPEN_STATES, RequestStore
+
+    if not summary or "run_id" not in summary:
+        return summary
+    still_open = RequestStore(ws.requests_db).list(OPEN_STATES)
+    summary["requests_open"] = [
+        {"id": r.id, "state": r.state, "model_version": r.model_version, "certified_version": r.certified_version,
+         "reasons": r.reasons or ([r.error] if r.error else []), "days_left": r.days_left()} for r in still_open]
+    summary["overdue"] = [r.id for r in still_open if r.overdue()]
+    return summary
+
+
+def list_requests(ws: WorkspaceLike | None = None) -> list[dict[str, Any]]:
+    """Every stored request with its state, ``days_left`` and ``overdue`` (``unlearnops request list``)."""
+    from unlearnops.obligations import settle_legacy
+    from unlearnops.requests import RequestStore
+
+    ws = workspace(ws)
+    settle_legacy(ws)
+    return [r.view() for r in RequestStore(ws.requests_db).list()]
+
+
+def request_receipt(ws: WorkspaceLike | None, request_id: str) -> dict[str, Any]:
+    """The signed receipt of a forgotten request (``unlearnops request receipt``); ``ReceiptRefused`` while
+    it is open. Verify it with :func:`unlearnops.certificate.verify` and the workspace's public key."""
+    from unlearnops.obligations import receipt
+
+    return receipt(workspace(ws), request_id)
 
 
 def reject(ws: WorkspaceLike | None, request_id: str, reason: str, wait: float = 30.0):
@@ -251,7 +285,8 @@ def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
 
 
 def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
-    """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state."""
+    """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state,
+    open requests with their days left, and the overdue ones."""
     from unlearnops import data, model_registry
     from unlearnops.requests import RequestStore
 
@@ -278,9 +313,16 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
             "tainted": tags.get("tainted") == "true",
             "created": mv.creation_timestamp,
         })
+    from unlearnops.obligations import settle_legacy
+
+    settle_legacy(ws)
     requests: dict[str, int] = {}
+    still_open = []
     for stored in RequestStore(ws.requests_db).list():
         requests[stored.state] = requests.get(stored.state, 0) + 1
+        if stored.open:
+            still_open.append({"id": stored.id, "state": stored.state, "due_at": stored.due_at,
+                               "days_left": stored.days_left(), "overdue": stored.overdue()})
     dataset = data.current_version(ws)
     return {
         "workspace": str(ws.root),
@@ -289,6 +331,8 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
         "dataset": dataset.to_dict(),
         "versions": versions,
         "requests": requests,
+        "open_requests": still_open,
+        "overdue": [r["id"] for r in still_open if r["overdue"]],
     }
 
 

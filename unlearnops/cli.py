@@ -50,6 +50,8 @@ def _configure_logging() -> None:
 
 class ExitCode:
     OK, REFUSED, ERROR = 0, 1, 2
+    #: ``run``: the batch ended without a certified version; its requests stay open.
+    UNCERTIFIED = 3
 
 
 @contextmanager
@@ -156,8 +158,11 @@ def init(
 
 
 @app.command()
-def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
-    """Model versions with aliases, certificate status and lineage; the dataset version; requests by state."""
+def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption,
+           overdue: bool = typer.Option(False, "--overdue", help="Exit 1 when an open request is past its due "
+                                        "date (for monitoring).")) -> None:
+    """Model versions with aliases, certificate status and lineage; the dataset version; requests by state
+    and the days left on open ones. With --overdue, exit 1 when any open request is past due."""
     from unlearnops import api
 
     ws = _workspace(workspace)
@@ -165,7 +170,18 @@ def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOpti
         report = api.status(ws)
     if as_json:
         emit_json(report)
-        return
+        raise typer.Exit(ExitCode.REFUSED if overdue and report["overdue"] else ExitCode.OK)
+    _print_status(report)
+    raise typer.Exit(ExitCode.REFUSED if overdue and report["overdue"] else ExitCode.OK)
+
+
+def _days_left(days: Optional[int]) -> str:
+    if days is None:
+        return ""
+    return f"{days} days left" if days >= 0 else f"overdue by {-days} days"
+
+
+def _print_status(report: dict) -> None:
     console = Console()
     console.print(f"workspace {report['workspace']} — model {report['model_name']} ({report['tracking_uri']})")
     dataset = report["dataset"]
@@ -177,6 +193,10 @@ def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOpti
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report["requests"].items())) or "none"
     console.print(f"requests: {counts}")
+    for r in report["open_requests"]:
+        console.print(f"  open {r['id']}: {r['state']}, {_days_left(r['days_left'])}")
+    if report["overdue"]:
+        console.print(f"[red]overdue: {', '.join(report['overdue'])}[/red]")
 
 
 @app.command()
@@ -228,7 +248,7 @@ def request_submit(
 ) -> None:
     """Validate and store a deletion request. Unknown or malformed ids are refused; nothing is stored."""
     from unlearnops.intake import receipt, submit
-    from unlearnops.requests import RequestRejected
+    from unlearnops.requests import IdempotencyConflict, RequestRejected
 
     ws = _workspace(workspace)
     try:
@@ -243,7 +263,7 @@ def request_submit(
                 "idempotency_key": idempotency_key,
             },
         )
-    except RequestRejected as exc:
+    except (RequestRejected, IdempotencyConflict) as exc:
         fail(f"request rejected: {exc}", ExitCode.REFUSED, as_json)
     if as_json:
         emit_json(receipt(stored, created))
@@ -253,21 +273,24 @@ def request_submit(
 
 @request_app.command("list")
 def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
-    """List deletion requests and their states."""
-    from unlearnops.requests import RequestStore
+    """List deletion requests: state, due date and days left, dataset revision, model version, why."""
+    from unlearnops import api
 
     ws = _workspace(workspace)
-    stored = RequestStore(ws.requests_db).list()
+    with stdout_to_stderr(as_json):
+        stored = api.list_requests(ws)
     if as_json:
-        emit_json([s.model_dump(mode="json") for s in stored])
+        emit_json(stored)
         return
-    table = Table("id", "state", "received", "targets", "dataset rev", "model version", "error / reason")
+    table = Table("id", "state", "received", "due", "targets", "dataset rev", "model version", "error / reason")
     for s in stored:
-        r = s.request
-        targets = f"{len(r.subject_ids)} subjects, {len(r.sample_ids)} samples, {len(r.content_sha256)} hashes"
-        table.add_row(s.id, s.state, s.created_at, targets, (s.dataset_rev or "")[:10], s.model_version or "",
-                      (s.error or s.rejection_reason or (f"already deleted by {s.resolved_by}"
-                                                         if s.resolved_by else ""))[:60])
+        r = s["request"]
+        targets = (f"{len(r['subject_ids'])} subjects, {len(r['sample_ids'])} samples, "
+                   f"{len(r['content_sha256'])} hashes")
+        why = s["error"] or s["rejection_reason"] or "; ".join(s["reasons"]) or (
+            f"already deleted by {s['resolved_by']}" if s["resolved_by"] else "")
+        table.add_row(s["id"], s["state"], s["created_at"], _days_left(s["days_left"]) or (s["due_at"] or ""),
+                      targets, (s["dataset_rev"] or "")[:10], s["model_version"] or "", why[:60])
     Console().print(table)
 
 
@@ -285,9 +308,31 @@ def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, a
     except KeyError:
         fail(f"no request {request_id!r}", ExitCode.REFUSED, as_json)
     if as_json:
-        emit_json(stored.model_dump(mode="json"))
+        emit_json(stored.view())
     else:
-        Console().print_json(stored.model_dump_json())
+        Console().print_json(json.dumps(stored.view()))
+
+
+@request_app.command("receipt")
+def request_receipt(request_id: str, workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
+    """A signed receipt for a forgotten request (dataset revision without its samples, the model version and
+    certificate sha256 that forgot them, what purge cleaned; subjects as keyed hashes). Exit 1 while open."""
+    from unlearnops import api
+    from unlearnops.obligations import ReceiptRefused
+
+    ws = _workspace(workspace)
+    try:
+        receipt = api.request_receipt(ws, request_id)
+    except ReceiptRefused as exc:
+        fail(str(exc), ExitCode.REFUSED, as_json)
+    if as_json:
+        emit_json(receipt)
+        return
+    console = Console()
+    for line in receipt["statement"]:
+        console.print(line)
+    console.print(f"subjects (HMAC-SHA256): {', '.join(receipt['subjects_hmac_sha256']) or 'none'}")
+    console.print(f"signed ed25519 by {receipt['signature']['public_key']}: {receipt['signature']['value']}")
 
 
 @request_app.command("reject")
@@ -422,7 +467,9 @@ def run(
     as_json: bool = JsonOption,
 ) -> None:
     """Run the deletion flow once over all pending requests (a Prefect flow run). An unfinished batch left
-    by a crash is resumed first; a run that finds another run holding the workspace exits at once (0)."""
+    by a crash is resumed first; a run that finds another run holding the workspace exits at once (0).
+    Exit 3 when the batch ended without a certified version (its requests stay open; the JSON lists every
+    open request and why)."""
     from unlearnops import api
     from unlearnops.plugin_manager import PluginError
 
@@ -442,6 +489,10 @@ def run(
         err.print(f"skipped: {result['skipped']}")
     else:
         print_summary(result)
+        for r in result.get("requests_open", []):
+            err.print(f"open {r['id']}: {r['state']}" + (f" ({'; '.join(r['reasons'])[:200]})" if r["reasons"] else ""))
+    if result and result.get("certificate_status", "certified") != "certified":
+        raise typer.Exit(ExitCode.UNCERTIFIED)
 
 
 def _plugin_row(entry) -> dict[str, Any]:

@@ -21,7 +21,9 @@ from pydantic import ValidationError
 
 from unlearnops import data as data_module
 from unlearnops.locate import check_request, locate, read_manifest
-from unlearnops.requests import DeletionRequest, RequestRejected, RequestStore, StoredRequest
+from unlearnops.keys import keyed_hash, subject_key
+from unlearnops.requests import (HASHED_PREFIX, OPEN_STATES, DeletionRequest, IdempotencyConflict, RequestRejected,
+                                 RequestStore, StoredRequest, targets)
 from unlearnops.workspace import Workspace
 
 MAX_FILE_BYTES = 1 << 20
@@ -47,54 +49,83 @@ def parse_request(payload: Any) -> DeletionRequest:
 
 
 def receipt(stored: StoredRequest, created: bool) -> dict[str, Any]:
-    """What the submitter gets back: the request id, its state, and whether this call stored it."""
-    return {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at}
+    """What the submitter gets back: the request id, its state, whether this call stored it, its due date
+    and the days left."""
+    return {"id": stored.id, "state": stored.state, "created": created, "received_at": stored.created_at,
+            "due_at": stored.due_at, "days_left": stored.days_left()}
+
+
+def hashed_subjects(subject_ids, key: bytes | None) -> set[str]:
+    """Subject ids in the form the store keeps after locate (``hmac:<keyed hash>``; already hashed ones as
+    they are); the ids unchanged without a key."""
+    if key is None:
+        return set(subject_ids)
+    return {s if s.startswith(HASHED_PREFIX) else HASHED_PREFIX + keyed_hash(key, s) for s in subject_ids}
 
 
 def already_deleted(request: DeletionRequest, store: RequestStore, states: tuple[str, ...] | None = None,
-                    exclude: str | None = None) -> StoredRequest | None:
+                    exclude: str | None = None, key: bytes | None = None) -> StoredRequest | None:
     """The earliest stored request (in ``states``; default: any but rejected; never ``exclude``) that
     overlaps ``request`` when such requests together cover every one of its targets, else None (some
-    target was never asked for)."""
+    target was never asked for). With the subject ``key``, subjects compare by keyed hash."""
     earlier = [r for r in store.list(states) if r.state != "rejected" and r.id != exclude]
+    wanted_subjects = hashed_subjects(request.subject_ids, key)
     covered: dict[str, set[str]] = {"subject_ids": set(), "sample_ids": set(), "content_sha256": set()}
     for r in earlier:
-        covered["subject_ids"] |= set(r.request.subject_ids)
+        covered["subject_ids"] |= hashed_subjects(r.request.subject_ids, key)
         covered["sample_ids"] |= set(r.request.sample_ids) | set(r.located_sample_ids)
         covered["content_sha256"] |= set(r.request.content_sha256)
-    for field_name, wanted in (("subject_ids", request.subject_ids), ("sample_ids", request.sample_ids),
+    for field_name, wanted in (("subject_ids", wanted_subjects), ("sample_ids", request.sample_ids),
                                ("content_sha256", request.content_sha256)):
         if not set(wanted) <= covered[field_name]:
             return None
     for r in earlier:
-        if (set(request.subject_ids) & set(r.request.subject_ids)
+        if (wanted_subjects & hashed_subjects(r.request.subject_ids, key)
                 or set(request.sample_ids) & (set(r.request.sample_ids) | set(r.located_sample_ids))
                 or set(request.content_sha256) & set(r.request.content_sha256)):
             return r
     return None
 
 
+def same_targets(stored: StoredRequest, request: DeletionRequest, key: bytes | None) -> bool:
+    """Whether ``request`` names exactly what ``stored`` names (subjects by keyed hash), with the same policy."""
+    return (targets(stored.request, sorted(hashed_subjects(stored.request.subject_ids, key)))
+            == targets(request, sorted(hashed_subjects(request.subject_ids, key))))
+
+
 def submit(ws: Workspace, payload: Any) -> tuple[StoredRequest, bool]:
     """Validate, check against the current dataset, and store. Returns (stored request, newly created).
 
-    A repeated idempotency key, or a request whose every target is already deleted or awaiting deletion
-    under an earlier request, is an idempotent no-op that returns that earlier request."""
+    A repeated idempotency key with the same request returns the stored one; with a different request it is
+    an :class:`~unlearnops.requests.IdempotencyConflict` (nothing stored). A request with exactly the targets
+    of an open one, or whose every target is already deleted or awaiting deletion under an earlier request,
+    is an idempotent no-op that returns that earlier request."""
     request = parse_request(payload)
     store = RequestStore(ws.requests_db)
+    key = subject_key(ws)
     if request.idempotency_key:
         existing = store.by_idempotency_key(request.idempotency_key)
         if existing is not None:
+            if not same_targets(existing, request, key) or existing.request.reason != request.reason:
+                raise IdempotencyConflict(
+                    f"idempotency key {request.idempotency_key!r} was used for request {existing.id} with "
+                    "different targets or options; use a new key for a new request")
             return existing, False
+    else:
+        for stored in store.list(OPEN_STATES):
+            if same_targets(stored, request, key):
+                return stored, False
     manifest = read_manifest(ws.data_dir / data_module.MANIFEST_FILE, ["sample_id", "subject_id", "content_sha256"])
     try:
         check_request(request, manifest)
     except RequestRejected:
-        earlier = already_deleted(request, store)
+        earlier = already_deleted(request, store, key=key)
         if earlier is None:
             raise
         if not locate(request, manifest).sample_ids:
             return earlier, False
-    return store.add(request)
+    return store.add(request, ws.settings.requests.due_days,
+                     same=lambda stored, new: same_targets(stored, new, key) and stored.request.reason == new.reason)
 
 
 def _depth(value: Any) -> int:
@@ -249,12 +280,13 @@ def _import_one(ws: Workspace, path: Path) -> list[dict[str, Any]]:
             raise RequestRejected(f"request {i}: {exc}") from None
     manifest = read_manifest(ws.data_dir / data_module.MANIFEST_FILE, ["sample_id", "subject_id", "content_sha256"])
     store = RequestStore(ws.requests_db)
+    key = subject_key(ws)
     for i, request in enumerate(requests):
         if store.by_idempotency_key(request.idempotency_key) is None:
             try:
                 check_request(request, manifest)
             except RequestRejected as exc:
-                if already_deleted(request, store) is None:
+                if already_deleted(request, store, key=key) is None:
                     raise RequestRejected(f"request {i}: {exc}") from None
     return [receipt(*submit(ws, request)) for request in requests]
 

@@ -2,8 +2,10 @@
 
 A version is promotable when its certificate verifies (signature, weights, ONNX file, tags), says
 "certified", its ONNX file still matches torch, it descends from the current champion (otherwise it would
-bring back data the champion's lineage deleted), it is newer than the champion, and it is not tainted.
-After a promotion every older version trained on data that has since been deleted is tagged tainted.
+bring back data the champion's lineage deleted), it is newer than the champion, it is not tainted, and it owes no deletion request: every request already cut
+from the dataset was forgotten by a certified version in its lineage (:func:`unlearnops.obligations.
+obligation_problems`). After a promotion every older version trained on data that has since been deleted is
+tagged tainted, and the requests its lineage forgot become ``forgotten``.
 """
 
 from __future__ import annotations
@@ -35,11 +37,13 @@ class PromotionDecision:
     reasons: list[str] = field(default_factory=list)
     checked: list[str] = field(default_factory=list)
     tainted: list[str] = field(default_factory=list)
+    #: Requests the promotion closed (state ``forgotten``).
+    forgotten: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"version": self.version, "champion_before": self.champion_before, "promotable": self.promotable,
                 "promoted": self.promoted, "reasons": self.reasons, "checked": self.checked,
-                "tainted": self.tainted}
+                "tainted": self.tainted, "forgotten": self.forgotten}
 
 
 def onnx_parity(ws: Workspace, version: str, run_id: str, samples: int = 16) -> float:
@@ -94,6 +98,13 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         decision.reasons += problems
         if not problems:
             decision.checked.append("lineage")
+    from unlearnops.obligations import obligation_problems, settle_legacy
+
+    settle_legacy(ws)  # rows of the old 'processed' state, once
+    owed = obligation_problems(ws, version)
+    decision.reasons += owed
+    if not owed:
+        decision.checked.append("obligations")
     if not decision.reasons or "onnx_sha256" in decision.checked:
         diff = onnx_parity(ws, version, model_version.run_id)
         if diff > PARITY_TOLERANCE:
@@ -123,6 +134,9 @@ def _promote_locked(ws: Workspace, version: str | None) -> PromotionDecision:
     if model_registry.resolve_version(ws, "candidate") == decision.version:
         client.delete_registered_model_alias(name, "candidate")
     decision.promoted = True
+    from unlearnops.obligations import close_on_promotion
+
+    decision.forgotten = close_on_promotion(ws, decision.version)
     for other in client.search_model_versions(f"name='{name}'"):
         if int(other.version) < int(decision.version) and other.tags.get(model_registry.TAINTED_TAG) != "true":
             client.set_model_version_tag(name, other.version, model_registry.TAINTED_TAG, "true")

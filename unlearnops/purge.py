@@ -27,10 +27,19 @@ cache; ``gc --rev/--num`` keeps by commit count, not by lineage, and removes unr
 revisions too. Purge instead removes exactly the content-addressed objects that hold deleted data.
 
 Which data is purged: the lineage of the champion (the champion, its parent, …) is the set of versions in
-production's past; a processed request whose model version is in that lineage is fully effective, so every
+production's past; a forgotten request (its certified version is in that lineage) is fully effective, so every
 dataset version before the champion's (the git commits that are not descendants of the champion's
 ``dataset_rev``) is dirty. Versions after it are kept (their deletions wait for a promotion). Objects that
 a kept revision also uses are never removed.
+
+Open obligations (purge's rule): purge never destroys what an open request still needs. Requests cut from
+the dataset but not yet forgotten keep their samples' copy in ``.unlearnops/runs/<run>/forget.npz`` (purge
+never removes it; the flow deletes it once a certified version covers them) and are listed as
+``waiting_requests``. When such a copy is already gone (a workspace from before obligation states), purge
+refuses and names the requests: only an exact method (``unlearnops run --method retrain``) can still forget
+them, and that must happen before older dataset versions go. After removing the bytes, purge replaces any
+raw subject id left in the request store (forgotten or rejected requests) by its keyed hash, compacts the
+store so no old page keeps it, and records on each forgotten request what it cleaned (its receipt shows it).
 
 Purge holds the workspace lock, is idempotent (the plan comes from git and the registry, not from what is
 left in the stores, so a re-run after a crash finishes the work and a second purge removes nothing), and
@@ -237,16 +246,31 @@ def plan(ws: Workspace, dry_run: bool = True) -> tuple[PurgeReport, list[tuple[s
                            "`unlearnops run` first")
     versions = model_registry.versions_by_number(ws)
     lineage = model_registry.chain(versions, champion)
-    processed = RequestStore(ws.requests_db).list(("processed",))
-    purged_requests = [r.id for r in processed if r.model_version in lineage]
+    from unlearnops.obligations import cut_obligations, missing_forget_copies, settle_legacy
+
+    settle_legacy(ws)
+    forgotten = RequestStore(ws.requests_db).list(("forgotten",))
+    purged_requests = [r.id for r in forgotten if r.certified_version in lineage]
     if not purged_requests:
         raise PurgeRefused(
             f"no successor has been promoted: the champion v{champion} descends from no version that "
-            "processed a deletion request, so the deleted samples' bytes must stay until one is promoted "
+            "forgot a deletion request, so the deleted samples' bytes must stay until one is promoted "
             "(`unlearnops promote`)"
         )
+    lost = missing_forget_copies(ws)
+    if lost:
+        raise PurgeRefused(
+            f"open requests {', '.join(r.id for r in lost)} are cut from the dataset but not forgotten, and their "
+            "samples' copy in the run directory is gone: older dataset versions are the last place their data "
+            "is, so purge keeps them until a certified exact method forgets them (`unlearnops run --method "
+            "retrain`, then `unlearnops promote`)"
+        )
+    waiting = cut_obligations(ws)
     report = PurgeReport(dry_run=dry_run, champion=champion, lineage=lineage, requests=purged_requests,
-                         waiting_requests=[r.id for r in processed if r.model_version not in lineage])
+                         waiting_requests=[r.id for r in waiting])
+    if waiting:
+        report.warnings.append(f"{len(waiting)} open requests wait for a certified version; their samples' "
+                               "copies in .unlearnops/runs/ are kept until one forgets them")
 
     # Dataset revisions: the champion's and its descendants are kept, every other commit is dirty.
     boundary = versions[champion].tags.get(model_registry.TAG_PREFIX + "dataset_rev")
@@ -423,7 +447,28 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
         if report.items:
             atomic_write_text(ws.state_dir / "purges" / f"{stamp.replace(':', '')}.json",
                               json.dumps(report.to_dict(), indent=2))
+        clean_request_store(ws, report)
         return report
+
+
+def clean_request_store(ws: Workspace, report: PurgeReport) -> None:
+    """Replace raw subject ids left on closed requests by keyed hashes, record what this purge cleaned on
+    each forgotten request (stores it removed from, with counts, added to earlier purges'), and compact
+    the store so overwritten pages keep no raw id."""
+    from unlearnops.keys import keyed_hash, subject_key
+
+    store = RequestStore(ws.requests_db)
+    key = subject_key(ws)
+    closed = [r for r in store.list(("forgotten", "rejected"))]
+    store.redact([r.id for r in closed], lambda s: keyed_hash(key, s))
+    totals = {name: entry["count"] for name, entry in report.totals().items()}
+    for r in closed:
+        if r.id in report.requests and r.state == "forgotten":
+            merged = dict(r.purged)
+            for name, count in totals.items():
+                merged[name] = merged.get(name, 0) + count
+            store.mark_purged([r.id], merged)
+    store.compact()
 
 
 def _clear_remote_index(ws: Workspace) -> None:

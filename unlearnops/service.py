@@ -2,11 +2,13 @@
 a serving app through :func:`intake_router`.
 
 ``POST /requests`` takes the JSON of one :class:`~unlearnops.requests.DeletionRequest` and answers with its
-receipt (201 stored, 200 already stored: same idempotency key or everything it names already deleted),
+receipt (201 stored, 200 already stored: same idempotency key and body, the same targets as an open request,
+or everything it names already deleted), 409 when the idempotency key was used for a different request,
 422 with the reason when it is refused (nothing stored: malformed, not UTF-8, a byte order mark, nesting
 deeper than :data:`MAX_JSON_DEPTH`, an integer too long...), 413 above :data:`MAX_BODY_BYTES` (the declared
 Content-Length is checked first, then the bytes are counted as they arrive, so an oversized or chunked body is
-refused without being read whole or parsed). ``GET /requests/{id}`` shows one request. Both need
+refused without being read whole or parsed). Receipts carry the state, due date and ``days_left``.
+``GET /requests/{id}`` shows one request (state, ``days_left``, ``overdue``). Both need
 ``Authorization: Bearer <token>`` (scheme case-insensitive, RFC 7235); ``GET /health`` does not.
 The helpers :func:`bearer_ok`, :func:`read_body` and :func:`parse_json` are shared with the serving app.
 """
@@ -14,7 +16,6 @@ The helpers :func:`bearer_ok`, :func:`read_body` and :func:`parse_json` are shar
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import re
 import secrets
@@ -26,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from unlearnops.intake import MAX_JSON_DEPTH, receipt, strict_json, submit
-from unlearnops.requests import ID_PATTERN, RequestRejected, RequestStore
+from unlearnops.requests import ID_PATTERN, IdempotencyConflict, RequestRejected, RequestStore
 from unlearnops.workspace import Workspace
 
 MAX_BODY_BYTES = 1 << 20
@@ -119,6 +120,8 @@ def intake_router(ws: Workspace, token: str) -> APIRouter:
             stored, created = await run_in_threadpool(submit, ws, payload)
         except RequestRejected as exc:
             return JSONResponse({"error": f"request rejected: {exc}"}, status_code=422)
+        except IdempotencyConflict as exc:
+            return JSONResponse({"error": f"request rejected: {exc}"}, status_code=409)
         return JSONResponse(receipt(stored, created), status_code=201 if created else 200)
 
     @router.get("/requests/{request_id}")
@@ -126,7 +129,7 @@ def intake_router(ws: Workspace, token: str) -> APIRouter:
         if not re.fullmatch(ID_PATTERN, request_id):
             raise HTTPException(404, "no such request")
         try:
-            return RequestStore(ws.requests_db).get(request_id).model_dump(mode="json")
+            return RequestStore(ws.requests_db).get(request_id).view()
         except KeyError:
             raise HTTPException(404, "no such request") from None
 

@@ -163,6 +163,14 @@ class ExportSettings(_Strict):
         return exporters
 
 
+class RequestSettings(_Strict):
+    due_days: int = Field(
+        30, ge=1, le=3650,
+        description="Days from receipt until a deletion request is due (GDPR Art. 12(3): one month); "
+        "`unlearnops status --overdue` exits 1 when an open request is past its due date.",
+    )
+
+
 class Settings(_Strict):
     project: ProjectSettings = ProjectSettings()
     data: DataSettings = DataSettings()
@@ -171,6 +179,7 @@ class Settings(_Strict):
     gates: GateSettings = GateSettings()
     locate: LocateSettings = LocateSettings()
     export: ExportSettings = ExportSettings()
+    requests: RequestSettings = RequestSettings()
 
 
 class TrainParams(BaseModel):

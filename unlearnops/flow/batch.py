@@ -78,6 +78,10 @@ class Batch(BaseModel):
     #: request id -> the sample ids it located (one unlearning group per request).
     forget_groups: dict[str, list[str]] = Field(default_factory=dict)
     forget_hashes: list[str]
+    #: Samples of earlier, uncertified batches (already cut) that this batch forgets again: forget sets
+    #: accumulate until a certified version covers them. ``carried_runs``: where their copies are.
+    carried_ids: list[str] = Field(default_factory=list)
+    carried_runs: list[str] = Field(default_factory=list)
     subject_hashes: list[str]
     #: Which locator found which sample: request, sample_id, locator, score, via, locators (see locate.Located).
     located: list[dict[str, Any]] = Field(default_factory=list)

@@ -1,18 +1,35 @@
-"""Step ``finalize``: settle the batch's requests with the dataset revision and model version, and delete
-the run directory's copy of the forgotten samples."""
+"""Step ``finalize``: settle the batch's requests — ``certified`` (candidate) when every gate passed, else
+``uncertified`` with the gate reasons (the obligation stays open and the next batch carries the samples) —
+and delete copies of forgotten samples that no open obligation needs any more. Finalize never closes a
+request: only a promotion does (:func:`unlearnops.obligations.close_on_promotion`)."""
 
 from __future__ import annotations
 
-from unlearnops.flow.batch import FORGET_FILE, Batch
+import hashlib
+
+from unlearnops.flow.batch import Batch
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import Workspace
 
 
+def gate_reasons(batch: Batch) -> list[str]:
+    """Why the batch's version is not certified: every gate that did not pass, with its summary."""
+    reasons = [f"{g.name}: {g.status} ({g.summary})" for g in batch.gates if g.status != "pass"]
+    return reasons or [f"status {batch.status}"]
+
+
 def finalize(ws: Workspace, batch: Batch) -> Batch:
-    """Mark the batch's requests processed and delete the copy of the forgotten samples."""
-    RequestStore(ws.requests_db).mark_processed(
-        batch.request_ids, batch.dataset_after["git_rev"], batch.registered_version
-    )
-    (batch.run_dir(ws) / FORGET_FILE).unlink(missing_ok=True)
+    """Mark the batch's requests certified or uncertified and delete forget copies no longer needed."""
+    from unlearnops.obligations import delete_unneeded_forget_copies
+
+    store = RequestStore(ws.requests_db)
+    rev = batch.dataset_after["git_rev"]
+    if batch.certified:
+        certificate = batch.run_dir(ws) / "certificate.json"
+        digest = hashlib.sha256(certificate.read_bytes()).hexdigest() if certificate.is_file() else None
+        store.mark_certified(batch.request_ids, rev, batch.registered_version, digest)
+    else:
+        store.mark_uncertified(batch.request_ids, rev, batch.registered_version, gate_reasons(batch))
     batch.save(ws)
+    delete_unneeded_forget_copies(ws, finished=batch)
     return batch

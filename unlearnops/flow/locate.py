@@ -1,6 +1,9 @@
 """Step ``locate``: gather every pending request, find its samples in the current dataset with the
 configured locators, settle requests with nothing left to delete (no-op or rejected), and open a batch over
-the rest with the ladder for its request kind."""
+the rest with the ladder for its request kind. The batch also carries every request that an earlier batch
+cut but no certified version forgot (``cut``, ``uncertified``): forget sets accumulate, so the batch after an
+uncertified one forgets both. Carried requests alone open a batch only when a method is asked for
+(``unlearnops run --method retrain``), so scheduled runs do not retry the same failing ladder forever."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from unlearnops.flow.unlearn import validated_ladder
 from unlearnops.keys import keyed_hash, subject_key
 from unlearnops.locate import LocateContext, configured_locators, locate_requests, read_manifest
 from unlearnops.plugin_manager import PluginError
-from unlearnops.requests import RequestStore
+from unlearnops.requests import CARRIED_STATES, HASHED_PREFIX, RequestStore
 from unlearnops.workspace import Workspace
 
 
@@ -30,8 +33,11 @@ def locate(ws: Workspace, method: str | None = None, method_config: dict | None 
     started = time.perf_counter()
     store = RequestStore(ws.requests_db)
     pending = store.pending()
-    if not pending:
-        raise NothingToDo("no pending deletion requests")
+    carried = [r for r in store.list(CARRIED_STATES) if r.located_sample_ids]
+    if not pending and not (carried and method):
+        raise NothingToDo("no pending deletion requests" + (
+            f" ({len(carried)} cut but not certified: retry them with `unlearnops run --method METHOD`)"
+            if carried else ""))
     parent = model_registry.batch_parent(ws)  # None (no champion): settle what can be settled, then refuse
     table = read_manifest(ws.data_dir / data.MANIFEST_FILE)  # the dataset does not change before the cut
     try:
@@ -46,35 +52,42 @@ def locate(ws: Workspace, method: str | None = None, method_config: dict | None 
         # Ids found by an earlier, interrupted attempt stay in the batch even though the data is gone.
         earlier = set(stored.located_sample_ids) - found
         if not found | earlier:
-            close_unlocatable(store, stored, unmatched_targets(stored.request, table))
+            close_unlocatable(store, stored, unmatched_targets(stored.request, table), subject_key(ws))
             continue
         records += [{"request": stored.id, "sample_id": s, "locator": "earlier-attempt", "score": None,
                      "via": None, "locators": "earlier-attempt"} for s in sorted(earlier)]
         located[stored.id] = sorted(found | earlier)
     pending = [r for r in pending if r.id in located]
     records = [r for r in records if r["request"] in located]
-    if not pending:
+    if not pending and not (carried and method):
         raise NothingToDo("no pending deletion request has samples left in the dataset")
     if parent is None:
         raise RuntimeError("no champion model: run `unlearnops train` first")
-    kind = request_kind(table, pending, located)
+    kind = request_kind(table, pending + carried, located)
     ladder = check_ladder(ws, kind, method, method_config, fail=[r.id for r in pending])
-    store.mark_located(located)
-    forget_ids = sorted(set().union(*located.values()))
-    manifest = table.select(["sample_id", "content_sha256"]).to_pandas()
-    hashes = manifest.loc[manifest["sample_id"].isin(forget_ids), "content_sha256"].astype(str)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     key = subject_key(ws)
-    subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids})
+    store.mark_located(located, run_id, hash_subject=lambda s: keyed_hash(key, s))
+    new_ids = set().union(*located.values())
+    carried_ids = sorted(set().union(*(r.located_sample_ids for r in carried)) - new_ids)
+    manifest = table.select(["sample_id", "content_sha256"]).to_pandas()
+    hashes = manifest.loc[manifest["sample_id"].isin(new_ids), "content_sha256"].astype(str)
+    subjects = sorted({keyed_hash(key, s) for r in pending for s in r.request.subject_ids}
+                      | {s.removeprefix(HASHED_PREFIX) for r in carried for s in r.request.subject_ids})
+    records += [{"request": r.id, "sample_id": s, "locator": "carried", "score": None, "via": r.run_id,
+                 "locators": "carried"} for r in carried for s in r.located_sample_ids]
     batch = Batch(
-        run_id=datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
+        run_id=run_id,
         created_at=utc_now(),
-        request_ids=[r.id for r in pending],
-        forget_ids=forget_ids,
-        forget_groups=located,
+        request_ids=[r.id for r in pending + carried],
+        forget_ids=sorted(new_ids | set(carried_ids)),
+        forget_groups={**located, **{r.id: r.located_sample_ids for r in carried}},
+        carried_ids=carried_ids,
+        carried_runs=sorted({r.run_id for r in carried if r.run_id}),
         located=records,
         locate_info=LocateRecord(
             locators={loc.name: loc.version for loc in locators},
-            policies={r.id: r.request.policy for r in pending},
+            policies={r.id: r.request.policy for r in pending + carried},
             min_score=min_scores(settings, locators),
             max_per_seed=settings.max_per_seed,
             notes=located_all.notes,
@@ -109,26 +122,31 @@ def request_kind(table, pending, located: dict[str, list[str]]) -> str:
     """``class`` when the batch removes every sample of each class it touches (in the manifest ``table``),
     else ``subjects`` when a request names subjects, else ``samples``."""
     manifest = table.select(["sample_id", "label"]).to_pandas()
-    forgotten = manifest["sample_id"].isin(set().union(*located.values()))
+    forgotten = manifest["sample_id"].isin(set().union(set(), *located.values()))
     if forgotten.any() and not manifest.loc[~forgotten, "label"].isin(set(manifest.loc[forgotten, "label"])).any():
         return "class"
     return "subjects" if any(r.request.subject_ids for r in pending) else "samples"
 
 
-def close_unlocatable(store: RequestStore, stored, unmatched: dict[str, list[str]]) -> str:
-    """Settle a waiting request none of whose targets is in the dataset any more: when earlier processed
-    requests already deleted them all, it is an idempotent no-op (processed, ``resolved_by`` the earlier
-    request, with its dataset revision and model version); otherwise its targets vanished some other way
-    and it is rejected with the reason. Returns the new state."""
+def close_unlocatable(store: RequestStore, stored, unmatched: dict[str, list[str]], key: bytes | None = None) -> str:
+    """Settle a waiting request none of whose targets is in the dataset any more: when earlier requests
+    already cut them all, it follows the earliest of them (its state, dataset revision and versions,
+    ``resolved_by`` naming it: an idempotent no-op); otherwise its targets vanished some other way and it is
+    rejected with the reason. Its raw subject ids are replaced by keyed hashes either way. Returns the new
+    state."""
     from unlearnops.intake import already_deleted
     from unlearnops.locate import describe_unmatched
 
-    earlier = already_deleted(stored.request, store, states=("processed",), exclude=stored.id)
+    hash_subject = None if key is None else (lambda s: keyed_hash(key, s))
+    earlier = already_deleted(stored.request, store, states=("cut", "uncertified", "certified", "forgotten"),
+                              exclude=stored.id, key=key)
     if earlier is not None:
-        store.mark_already_deleted(stored.id, earlier)
-        return "processed"
+        store.mark_already_deleted(stored.id, earlier, hash_subject=hash_subject)
+        return store.get(stored.id).state
     store.mark_rejected(stored.id, "nothing to delete: no target is in the dataset any more and no earlier "
                                    f"request deleted them ({describe_unmatched(unmatched)})")
+    if hash_subject is not None:
+        store.redact([stored.id], hash_subject)
     return "rejected"
 
 
