@@ -106,8 +106,6 @@ def signing_key(ws: Workspace) -> Ed25519PrivateKey:
 
 def public_key(ws: Workspace) -> Ed25519PublicKey:
     """The public half of the workspace's signing key."""
-    from unlearnops.certificate import CertificateError
-
     return read_public_key(ws.keys_dir / PUBLIC_KEY_FILE)
 
 
