@@ -21,9 +21,10 @@ def _run_artifact(ws, version, name) -> Path:
 
 
 def _model_file(ws, version) -> Path:
+    """The ONNX file of the registered MLflow model (what ``mlflow.pyfunc`` loads)."""
     mv = model_registry.client(ws).get_model_version(ws.settings.project.model_name, version)
     model_id = mv.source.rsplit("/", 1)[-1]
-    (path,) = ws.mlflow_artifacts.glob(f"**/models/{model_id}/artifacts/data/model.pth")
+    (path,) = ws.mlflow_artifacts.glob(f"**/models/{model_id}/artifacts/model.onnx")
     return path
 
 
@@ -45,7 +46,7 @@ def test_certified_version_verifies(processed):
     ws, summary, *_ = processed
     result = verify_version(ws, "2")
     assert result.ok, result.problems
-    assert set(result.checked) == {"signature", "weights_sha256", "onnx_sha256", "tags"}
+    assert set(result.checked) == {"signature", "weights_sha256", "onnx_sha256", "mlflow_model_sha256", "tags"}
     cli = CliRunner().invoke(app, ["certificate", "verify", "2", "--workspace", str(ws.root), "--json"])
     assert cli.exit_code == 0 and json.loads(cli.stdout)["ok"] is True
     missing = CliRunner().invoke(app, ["certificate", "verify", "99", "--workspace", str(ws.root)])
@@ -75,13 +76,22 @@ def test_tampered_weights_fail(processed, tamper):
     ws, *_ = processed
 
     def nudge(path):
-        model = torch.load(path, weights_only=False)
-        with torch.no_grad():
-            next(model.parameters()).add_(1e-3)
-        torch.save(model, path)
+        from safetensors.torch import load, save
 
-    tamper(_model_file(ws, "2"), nudge)
+        state = load(path.read_bytes())
+        next(iter(state.values())).add_(1e-3)
+        path.write_bytes(save(state))
+
+    tamper(_run_artifact(ws, "2", "model.safetensors"), nudge)
     assert "registered weights differ from the certified weights" in verify_version(ws, "2").problems
+    with pytest.raises(model_registry.IntegrityError, match="differs from the signed sha256"):
+        model_registry.load_model(ws, "2")
+
+
+def test_tampered_mlflow_model_fails(processed, tamper):
+    ws, *_ = processed
+    tamper(_model_file(ws, "2"), lambda p: p.write_bytes(p.read_bytes() + b"\0"))
+    assert verify_version(ws, "2").problems == ["MLflow model's ONNX file differs from the certified one"]
 
 
 def test_no_raw_subject_id_anywhere_in_the_mlflow_store(processed):
