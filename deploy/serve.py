@@ -15,14 +15,11 @@ then the bytes counted as they arrive) is refused with 413 before anything is pa
 
 from __future__ import annotations
 
-import json
 from contextlib import asynccontextmanager
 import logging
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,19 +59,22 @@ class ModelServer:
         self._thread: threading.Thread | None = None
 
     def load(self, version: str) -> Loaded:
-        from unlearnops.export import inference_session
-        from unlearnops.verification import verify_version
+        """Verify ``version`` (refused when purged by a signed record, or not certified), then build the
+        session from ONNX bytes checked against the signed certificate after download, before parsing."""
+        import onnxruntime as ort
+
+        from unlearnops.export import available_providers
+        from unlearnops.verification import verified_onnx, verify_version
 
         verification = verify_version(self.ws, version)
-        if not verification.ok or verification.status != "certified":
-            reasons = verification.problems or [f"certificate status {verification.status!r}"]
+        if not verification.ok or verification.status != "certified" or verification.purged:
+            reasons = verification.problems or (["its weights were purged"] if verification.purged else
+                                                [f"certificate status {verification.status!r}"])
             raise RuntimeError(f"v{version} not served: " + "; ".join(reasons))
-        model_version = model_registry.client(self.ws).get_model_version(self.ws.settings.project.model_name, version)
-        with tempfile.TemporaryDirectory() as tmp:
-            onnx_path = model_registry.download_run_artifact(self.ws, model_version.run_id, "model.onnx", Path(tmp))
-            cert_path = model_registry.download_run_artifact(self.ws, model_version.run_id, "certificate.json", Path(tmp))
-            session = inference_session(onnx_path)
-            certificate = json.loads(cert_path.read_text())
+        data, certificate = verified_onnx(self.ws, version)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(data, sess_options=options, providers=available_providers())
         (spec,) = session.get_inputs()
         return Loaded(version, session, spec.name, tuple(int(d) for d in spec.shape[1:]), certificate,
                       session.get_providers(), time.time())

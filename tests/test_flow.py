@@ -107,7 +107,7 @@ def test_registered_model_matches_the_certified_weights(processed):
 
     batch = Batch.load(ws, summary["run_id"])
     registered = model_registry.load_model(ws, "2")
-    local = load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.pt")
+    local = load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.safetensors")
     for (n1, p1), (n2, p2) in zip(registered.state_dict().items(), local.state_dict().items()):
         assert n1 == n2 and torch.equal(p1, p2)
 

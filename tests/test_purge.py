@@ -140,7 +140,17 @@ def test_deleted_bytes_are_nowhere_after_purge(canary_ws):
     verified = runner.invoke(app, ["certificate", "verify", first.registered_version, "--workspace",
                                    str(ws.root), "--json"])
     result = json.loads(verified.stdout)
-    assert verified.exit_code == 0 and result["purged"] and {"signature", "tags"} <= set(result["checked"])
+    assert verified.exit_code == 0 and result["purged"] and {"signature", "tags", "purge_record"} <= set(
+        result["checked"])
+    # Purged by a signed record (not the tag): it names the version, its run and what was removed.
+    from unlearnops.deploy.serve import ModelServer
+    from unlearnops.verification import purge_record
+
+    record = purge_record(ws, client.get_model_version(name, first.registered_version))
+    assert record["version"] == first.registered_version and record["champion"] == second.registered_version
+    assert any(r.endswith("model.safetensors") for r in record["removed"]), record["removed"]
+    with pytest.raises(RuntimeError, match="purged"):
+        ModelServer(ws).load(first.registered_version)
     champion = json.loads(runner.invoke(app, ["certificate", "verify", second.registered_version,
                                               "--workspace", str(ws.root), "--json"]).stdout)
     assert champion["ok"] and not champion["purged"] and "weights_sha256" in champion["checked"]

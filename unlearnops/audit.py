@@ -270,17 +270,26 @@ def _version_context(ws: Workspace, version: str) -> tuple[Any, dict[str, Any]]:
         model_version = client.get_model_version(name, version)
     except MlflowException as exc:
         raise AuditRefused(f"no version {version} of {name}") from exc
-    tags = model_version.tags
-    if tags.get(model_registry.TAG_PREFIX + "kind") != "unlearned":
-        raise AuditRefused(f"version {version} is a base model: nothing was deleted for it, so there is no forget "
-                           "set to audit")
-    if tags.get(model_registry.TAG_PREFIX + "purged") == "true":
-        raise AuditRefused(f"version {version} was purged: its weights are gone")
     import tempfile
 
+    from unlearnops.certificate import CertificateError
+    from unlearnops.verification import certificate_of, purge_record
+
+    # Signed records only: the certificate (its signature checked) and the signed purge record, not tags.
     with tempfile.TemporaryDirectory() as tmp:
-        path = model_registry.download_run_artifact(ws, model_version.run_id, "certificate.json", Path(tmp))
-        certificate = json.loads(path.read_text())
+        try:
+            certificate = certificate_of(ws, model_version.run_id, Path(tmp))
+        except (MlflowException, OSError) as exc:
+            raise AuditRefused(f"version {version} has no certificate (a base model: nothing was deleted for it, "
+                               "so there is no forget set to audit)") from exc
+        except (CertificateError, ValueError) as exc:
+            raise AuditRefused(f"version {version}: its certificate does not verify ({exc})") from exc
+    try:
+        purged = purge_record(ws, model_version) is not None
+    except model_registry.IntegrityError as exc:
+        raise AuditRefused(f"version {version}: {exc}") from exc
+    if purged:
+        raise AuditRefused(f"version {version} was purged: its weights are gone")
     return model_version, certificate
 
 
@@ -311,6 +320,10 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
     forget = _forget_set(ws, certificate, version)
     if len(forget) == 0:
         raise AuditRefused(f"version {version}: no deleted sample was in the training split; nothing to audit")
+    try:  # weights checked against their signed hashes before they are read
+        parent_model, model = model_registry.load_model(ws, parent_version), model_registry.load_model(ws, version)
+    except model_registry.IntegrityError as exc:
+        raise AuditRefused(f"version {version}: {exc}") from exc
     record = {
         "schema_version": SCHEMA,
         "audited_at": utc_now(),
@@ -318,7 +331,7 @@ def audit_version(ws: Workspace, version: str, references: int = 4, device: str 
         "parent_version": parent_version,
         "dataset_before": certificate.get("dataset_before"),
         "dataset_after": certificate.get("dataset_after"),
-        **run_audit(ws, model_registry.load_model(ws, parent_version), model_registry.load_model(ws, version), forget,
+        **run_audit(ws, parent_model, model, forget,
                     references=references, device=device, wait=wait, rmia_a=rmia_a, rmia_gamma=rmia_gamma),
     }
     record = sign(finite_or_null(record), signing_key(ws))  # NaN statistics (no sample in a stratum) → null

@@ -821,7 +821,7 @@ def certificate_verify(
     if as_json:
         emit_json(result.to_dict())
     elif result.ok:
-        purged = "; weights purged (not checked)" if result.purged else ""
+        purged = "; weights purged (signed purge record; files not checked)" if result.purged else ""
         err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}"
                   f"{purged}")
     else:

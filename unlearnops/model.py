@@ -142,20 +142,49 @@ def evaluate(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> Eval
 # -- weights on disk ------------------------------------------------------------------------------
 
 
+def weights_bytes(model: nn.Module) -> bytes:
+    """The model's state dict as safetensors bytes: tensors and a JSON header, nothing that runs when read."""
+    from safetensors.torch import save
+
+    # Contiguous copies: safetensors refuses views and tensors that share memory (tied weights).
+    return save({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()})
+
+
 def save_weights(model: nn.Module, path: Path) -> str:
-    """Save the state dict; return the sha256 of the file (recorded in certificates)."""
+    """Save the state dict as a safetensors file; return the file's sha256 (recorded in certificates)."""
+    data = weights_bytes(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
-    path.write_bytes(buffer.getvalue())
-    return hashlib.sha256(buffer.getvalue()).hexdigest()
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors bytes, or from a ``torch.save`` file read with ``weights_only=True``
+    (tensors and containers only, never arbitrary objects). Anything else is a ValueError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if data[:2] == b"PK":  # a torch.save zip archive: only weights_only unpickling, never a full pickle
+        try:
+            return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ValueError(f"not a plain state dict (refused to unpickle anything else): {exc}") from exc
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as exc:
+        raise ValueError(f"not a safetensors file: {exc}") from exc
+
+
+def model_from_bytes(factory: Callable[[], nn.Module], data: bytes, device: torch.device | str = "cpu") -> nn.Module:
+    """A model from ``factory()`` with the weights in ``data`` (:func:`state_dict_from_bytes`), in eval mode."""
+    model = factory()
+    model.load_state_dict(state_dict_from_bytes(data))
+    return model.to(device).eval()
 
 
 def load_weights(factory: Callable[[], nn.Module], path: Path, device: torch.device | str = "cpu") -> nn.Module:
-    """A model from ``factory()`` with the state dict saved at ``path``, in eval mode on ``device``."""
-    model = factory()
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return model.to(device).eval()
+    """A model from ``factory()`` with the weights saved at ``path``, in eval mode on ``device``."""
+    return model_from_bytes(factory, Path(path).read_bytes(), device)
 
 
 def file_sha256(path: Path) -> str:

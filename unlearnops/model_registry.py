@@ -62,9 +62,22 @@ def _experiment_id(ws: Workspace) -> str:
     return mlflow.create_experiment(EXPERIMENT, artifact_location=ws.mlflow_artifacts.as_uri())
 
 
+#: Run artifacts of every version: the torch weights (safetensors), the ONNX file, and the signed record
+#: that binds both hashes to the MLflow run (so bytes copied from another version's run are refused).
+WEIGHTS_ARTIFACT = "model.safetensors"
+ONNX_ARTIFACT = "model.onnx"
+WEIGHTS_RECORD = "weights.json"
+WEIGHTS_RECORD_KIND = "unlearnops.weights/v1"
+
+
+class IntegrityError(ValueError):
+    """Registry content does not match what was signed: it is refused before it is deserialized."""
+
+
 def register_model(
     ws: Workspace,
-    model,
+    weights: Path,
+    onnx_file: Path,
     *,
     run_name: str,
     params: dict[str, Any],
@@ -73,21 +86,51 @@ def register_model(
     artifacts: list[Path] = (),
     aliases: tuple[str, ...] = (),
     nested_runs: list[dict[str, Any]] = (),
+    description: str | None = None,
 ) -> RegisteredVersion:
-    """Log ``model`` in a new run, register it as the next version of the workspace's model, tag the
-    version with ``tags`` (prefixed ``unlearnops.``) and point ``aliases`` at it. Each of ``nested_runs``
-    (``name``, ``params``, ``metrics``, ``tags``) becomes a child run, e.g. one per rung of the ladder."""
+    """Log a new run and register it as the next version of the workspace's model.
+
+    The registered MLflow model is the ONNX file (``mlflow.onnx`` flavor: loadable with
+    ``mlflow.pyfunc.load_model`` and onnxruntime alone, no pickle, no unlearnops); the torch weights are the
+    safetensors file ``weights`` logged as run artifact ``model.safetensors``; ``weights.json`` is a signed
+    record of both hashes and the run id. The version is tagged with ``tags`` (prefixed ``unlearnops.``,
+    informational) and ``aliases`` point at it. Each of ``nested_runs`` (``name``, ``params``, ``metrics``,
+    ``tags``) becomes a child run, e.g. one per rung of the ladder."""
+    import shutil
+    import tempfile
+
     import mlflow
-    import torch
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from mlflow.models import infer_signature
+
+    from unlearnops.certificate import sign
+    from unlearnops.export import inference_session
+    from unlearnops.keys import signing_key
+    from unlearnops.model import file_sha256
 
     mlflow_client = client(ws)
     name = ws.settings.project.model_name
-    with mlflow.start_run(experiment_id=_experiment_id(ws), run_name=run_name) as run:
+    key = signing_key(ws)
+    session = inference_session(onnx_file)
+    (spec,) = session.get_inputs()
+    # A zero example: the signature needs shape and dtype only, and no sample's values enter the registry.
+    example = np.zeros([1, *[int(d) for d in spec.shape[1:]]], dtype=np.float32)
+    (example_out, *_) = session.run(None, {spec.name: example})
+    onnx_model = onnx.load(str(onnx_file))  # protobuf: data, never code
+    with mlflow.start_run(experiment_id=_experiment_id(ws), run_name=run_name) as run, \
+            tempfile.TemporaryDirectory() as tmp:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.set_tags({TAG_PREFIX + k: v for k, v in tags.items()})
         for path in artifacts:
             mlflow.log_artifact(str(path))
+        for source, artifact in ((weights, WEIGHTS_ARTIFACT), (onnx_file, ONNX_ARTIFACT)):
+            if not any(Path(p).name == artifact for p in artifacts):
+                named = Path(tmp) / artifact
+                shutil.copyfile(source, named)
+                mlflow.log_artifact(str(named))
         for child in nested_runs:
             with mlflow.start_run(experiment_id=run.info.experiment_id, run_name=child["name"], nested=True):
                 mlflow.log_params({k: str(v)[:500] for k, v in child.get("params", {}).items()})
@@ -95,29 +138,111 @@ def register_model(
                 mlflow.set_tags({TAG_PREFIX + k: str(v)[:5000] for k, v in child.get("tags", {}).items()})
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            info = mlflow.pytorch.log_model(
-                model.to("cpu"),
+            info = mlflow.onnx.log_model(
+                onnx_model,
                 name="model",
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "unlearnops"],
+                signature=infer_signature(example, example_out),
+                input_example=example,
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"onnx=={onnx.__version__}",
+                                  f"onnxruntime=={onnxruntime.__version__}"],
+                save_as_external_data=False,  # one file, hashed like the run's model.onnx
                 registered_model_name=name,
             )
+        record = sign({"kind": WEIGHTS_RECORD_KIND, "model_name": name, "mlflow_run_id": run.info.run_id,
+                       "weights_sha256": file_sha256(weights), "onnx_sha256": file_sha256(onnx_file),
+                       "mlflow_model_onnx_sha256": _logged_onnx_sha256(
+                           mlflow_client.get_logged_model(info.model_id).artifact_location, Path(tmp))}, key)
+        mlflow.log_dict(record, WEIGHTS_RECORD)
     version = str(info.registered_model_version)
-    for key, value in tags.items():
-        mlflow_client.set_model_version_tag(name, version, TAG_PREFIX + key, value)
+    for tag, value in tags.items():
+        mlflow_client.set_model_version_tag(name, version, TAG_PREFIX + tag, value)
+    if description:
+        mlflow_client.update_model_version(name, version, description=description)
     for alias in aliases:
         mlflow_client.set_registered_model_alias(name, alias, version)
     return RegisteredVersion(name=name, version=version, run_id=run.info.run_id, model_uri=info.model_uri)
 
 
-def load_model(ws: Workspace, alias_or_version: str = "champion"):
-    """Load a registered model by alias (``champion``) or version number."""
+def _logged_onnx_sha256(model_location: str, tmp: Path) -> str:
+    """The sha256 of the ONNX file inside the logged MLflow model (what ``mlflow.pyfunc`` users load)."""
     import mlflow
 
-    client(ws)
+    from unlearnops.model import file_sha256
+
+    return file_sha256(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_location.rstrip('/')}/model.onnx",
+                                                                dst_path=str(tmp / "logged"))))
+
+
+def model_version(ws: Workspace, alias_or_version: str):
+    """The MLflow ``ModelVersion`` named by an alias (``champion``) or a version number."""
+    mlflow_client = client(ws)
     name = ws.settings.project.model_name
-    ref = f"{name}/{alias_or_version}" if alias_or_version.isdigit() else f"{name}@{alias_or_version}"
-    return mlflow.pytorch.load_model(f"models:/{ref}", map_location="cpu")
+    if alias_or_version.isdigit():
+        return mlflow_client.get_model_version(name, alias_or_version)
+    return mlflow_client.get_model_version_by_alias(name, alias_or_version)
+
+
+def signed_record(ws: Workspace, run_id: str, artifact: str, kind: str | None = None) -> dict | None:
+    """The run artifact ``artifact`` (JSON) when it is signed by this workspace's key and bound to ``run_id``
+    (and of schema ``kind`` when given); None when the run has no such artifact. A record that is present
+    but unsigned, re-signed with another key, edited, or copied from another run is an IntegrityError."""
+    import json
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    from unlearnops.certificate import CertificateError, verify
+    from unlearnops.keys import public_key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = download_run_artifact(ws, run_id, artifact, Path(tmp))
+        except (MlflowException, OSError):
+            return None
+        try:
+            record = json.loads(path.read_bytes())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            verify(record, public_key(ws))
+        except (ValueError, CertificateError) as exc:
+            raise IntegrityError(f"{artifact} of run {run_id} is not a valid signed record: {exc}") from exc
+    if record.get("mlflow_run_id") != run_id or (kind and record.get("kind") != kind):
+        raise IntegrityError(f"{artifact} of run {run_id} was signed for another run or purpose")
+    return record
+
+
+def verified_artifact(ws: Workspace, run_id: str, artifact: str, sha256: str | None) -> bytes:
+    """The bytes of run artifact ``artifact``, downloaded and checked against ``sha256`` (from a signed
+    record) before anyone deserializes them; IntegrityError when missing, unhashed or different."""
+    import hashlib
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    if not sha256:
+        raise IntegrityError(f"no signed sha256 for {artifact} of run {run_id}")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            data = download_run_artifact(ws, run_id, artifact, Path(tmp)).read_bytes()
+        except (MlflowException, OSError) as exc:
+            raise IntegrityError(f"{artifact} of run {run_id} is missing: {exc}") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{artifact} of run {run_id} differs from the signed sha256")
+    return data
+
+
+def load_model(ws: Workspace, alias_or_version: str = "champion"):
+    """The torch model of a version (alias ``champion`` or a number): its safetensors weights, checked
+    against the signed weights record before they are read, in a model built by the workspace's factory.
+    Nothing from the registry is unpickled."""
+    from unlearnops.model import model_from_bytes
+
+    mv = model_version(ws, alias_or_version)
+    record = signed_record(ws, mv.run_id, WEIGHTS_RECORD, WEIGHTS_RECORD_KIND)
+    if record is None:
+        raise IntegrityError(f"version {mv.version} has no signed {WEIGHTS_RECORD}: its weights are not trusted")
+    data = verified_artifact(ws, mv.run_id, WEIGHTS_ARTIFACT, record.get("weights_sha256"))
+    return model_from_bytes(ws.model_factory, data)
 
 
 def resolve_version(ws: Workspace, alias: str) -> str | None:
@@ -163,15 +288,28 @@ def lineage_problems(versions: dict[str, Any], version: str, champion: str) -> l
 def batch_parent(ws: Workspace) -> str | None:
     """The version a new deletion batch unlearns from: the newest certified version that descends from the
     champion through certified versions — its deletions are not promoted yet, and a version made from the
-    champion instead would bring them back once promoted — else the ``champion`` (None before training)."""
+    champion instead would bring them back once promoted — else the ``champion`` (None before training).
+    Decided on signed records only: a version counts when its certificate verifies, says "certified", every
+    lineage tag matches it and it has no signed purge record (tags alone decide nothing)."""
+    from unlearnops.verification import verify_version
+
     champion = resolve_version(ws, "champion")
     if champion is None:
         return None
     versions = versions_by_number(ws)
-    status_tag = TAG_PREFIX + "certificate_status"
-    chained = [v for v, mv in versions.items() if v != champion and mv.tags.get(status_tag) == "certified"
-               and mv.tags.get(TAG_PREFIX + "purged") != "true" and not lineage_problems(versions, v, champion)]
-    return max(chained, key=int, default=champion)
+    checked: dict[str, bool] = {}
+
+    def trusted(v: str) -> bool:
+        if v not in checked:
+            result = verify_version(ws, v, files=False)
+            checked[v] = result.ok and result.status == "certified" and not result.purged
+        return checked[v]
+
+    for v in sorted((v for v in versions if int(v) > int(champion)), key=int, reverse=True):
+        line = chain(versions, v)
+        if champion in line and all(trusted(a) for a in line[:line.index(champion)]):
+            return v
+    return champion
 
 
 def download_run_artifact(ws: Workspace, run_id: str, path: str, destination: Path) -> Path:

@@ -171,7 +171,7 @@ def train_base(ws: Workspace) -> model_registry.RegisteredVersion | str:
     model = load_weights(ws.model_factory, ws.root / "models" / "base.pt")
     metrics = json.loads((ws.root / "metrics.json").read_text())
     version = data.current_version(ws)
-    return model_registry.register_model(
+    return _register_base(
         ws,
         model,
         run_name="base-model",
@@ -197,11 +197,9 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
     architectures must match. The model is evaluated on every split of dataset version 1 before it is
     registered; nothing is registered when the weights do not fit.
     """
-    import torch
-
     from unlearnops.data import load_dataset
     from unlearnops.datasets import SPLITS
-    from unlearnops.model import evaluate, file_sha256
+    from unlearnops.model import evaluate, file_sha256, state_dict_from_bytes
 
     if (weights is None) == (model_uri is None):
         raise ConfigError("give exactly one of a weights file or an MLflow model URI to import")
@@ -212,20 +210,13 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
         if not Path(weights).is_file():
             raise ConfigError(f"weights file {weights} does not exist")
         try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as exc:
+            state = state_dict_from_bytes(Path(weights).read_bytes())
+        except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read weights {weights}: {exc}") from exc
         source, source_sha = str(Path(weights).resolve()), file_sha256(Path(weights))
     else:
-        import mlflow
-
-        mlflow.set_tracking_uri(source_tracking_uri or ws.tracking_uri)
-        mlflow.set_registry_uri(source_tracking_uri or ws.tracking_uri)
-        try:
-            state = mlflow.pytorch.load_model(model_uri, map_location="cpu").state_dict()
-        except Exception as exc:
-            raise ConfigError(f"cannot load {model_uri} from {source_tracking_uri or ws.tracking_uri}: {exc}") from exc
-        source, source_sha = model_uri, ""
+        state, source_sha = _state_from_mlflow(model_uri, source_tracking_uri or ws.tracking_uri)
+        source = model_uri
     model = ws.model_factory()
     try:
         model.load_state_dict(state)
@@ -238,7 +229,7 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
         part = dataset.split(split)
         metrics[f"{split}_accuracy"] = evaluate(model, part.features, part.labels).accuracy
     version = data.current_version(ws)
-    return model_registry.register_model(
+    return _register_base(
         ws,
         model,
         run_name="imported-base-model",
@@ -255,3 +246,58 @@ def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | Non
         aliases=("champion",),
     )
 
+
+
+def _state_from_mlflow(model_uri: str, tracking_uri: str) -> tuple[dict, str]:
+    """The state dict of the version or run ``model_uri`` names in another registry, read from its
+    ``model.safetensors`` run artifact (as unlearnops registers it), never by unpickling an MLflow model;
+    also the sha256 of those bytes."""
+    import hashlib
+    import tempfile
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from unlearnops.model import state_dict_from_bytes
+
+    foreign = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if model_uri.startswith("runs:/"):
+            run_id = model_uri.removeprefix("runs:/").split("/", 1)[0]
+        elif model_uri.startswith("models:/"):
+            name, _, ref = model_uri.removeprefix("models:/").partition("@")
+            if ref:
+                run_id = foreign.get_model_version_by_alias(name, ref).run_id
+            else:
+                name, _, number = name.rpartition("/")
+                run_id = foreign.get_model_version(name, number).run_id
+        else:
+            raise ValueError("expected models:/<name>/<version>, models:/<name>@<alias> or runs:/<run id>")
+        mlflow.set_tracking_uri(tracking_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=model_registry.WEIGHTS_ARTIFACT, dst_path=tmp)).read_bytes()
+        return state_dict_from_bytes(data), hashlib.sha256(data).hexdigest()
+    except Exception as exc:
+        raise ConfigError(f"cannot read {model_registry.WEIGHTS_ARTIFACT} of {model_uri} from {tracking_uri} "
+                          f"(only safetensors state dicts are imported, never a pickled model): {exc}") from exc
+
+
+def _register_base(ws: Workspace, model, *, run_name: str, params: dict, metrics: dict, tags: dict,
+                   aliases: tuple[str, ...]) -> model_registry.RegisteredVersion:
+    """Register a base or imported model: its safetensors weights and its ONNX export, in one version."""
+    import tempfile
+
+    from unlearnops.data import load_dataset
+    from unlearnops.export import export_onnx
+    from unlearnops.model import save_weights
+
+    sample = load_dataset(ws.data_dir).split("holdout").features[:64]
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / model_registry.WEIGHTS_ARTIFACT
+        save_weights(model, weights)
+        onnx_file = export_onnx(model, sample, Path(tmp) / model_registry.ONNX_ARTIFACT).path
+        return model_registry.register_model(
+            ws, weights, onnx_file, run_name=run_name, params=params, metrics=metrics, tags=tags, aliases=aliases,
+            description=f"{tags['kind']} model of dataset revision {tags['dataset_rev'][:10]}: nothing forgotten "
+                        "yet; not certified (a base model has no deletion certificate)")

@@ -1,22 +1,22 @@
 """Promotion: move alias ``champion`` to a candidate only when everything it claims checks out.
 
-A version is promotable when its certificate verifies (signature, weights, ONNX file, tags), says
-"certified", its ONNX file still matches torch, it descends from the current champion (otherwise it would
-bring back data the champion's lineage deleted), it is newer than the champion, it is not tainted, and it owes no deletion request: every request already cut
-from the dataset was forgotten by a certified version in its lineage (:func:`unlearnops.obligations.
-obligation_problems`). After a promotion every older version trained on data that has since been deleted is
-tagged tainted, and the requests its lineage forgot become ``forgotten``.
+A version is promotable when its certificate verifies (signature, weights, ONNX files, every lineage tag),
+says "certified", it has no signed purge record, its ONNX file still matches torch, it descends from the
+current champion (otherwise it would bring back data the champion's lineage deleted), it is newer than the
+champion, it is not tainted, and it owes no deletion request: every request already cut from the dataset was
+forgotten by a certified version in its lineage (:func:`unlearnops.obligations.obligation_problems`). After a
+promotion every older version trained on data that has since been deleted is tagged tainted, and the requests
+its lineage forgot become ``forgotten``.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from unlearnops import model_registry
+from unlearnops.certificate import CertificateError
 from unlearnops.durable import workspace_lock
 from unlearnops.verification import verify_version
 from unlearnops.workspace import Workspace
@@ -47,19 +47,35 @@ class PromotionDecision:
 
 
 def onnx_parity(ws: Workspace, version: str, run_id: str, samples: int = 16) -> float:
-    """Max |ONNX Runtime − torch| of the registered version on random inputs of the exported shape."""
-    from unlearnops.export import inference_session
-    from unlearnops.model import predict_logits
+    """Max |ONNX Runtime − torch| of the registered version on random inputs of the exported shape; both
+    files are checked against their signed hashes before they are read."""
+    import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = model_registry.download_run_artifact(ws, run_id, "model.onnx", Path(tmp))
-        session = inference_session(path)
-        (spec,) = session.get_inputs()
-        shape = [samples] + [int(d) for d in spec.shape[1:]]
-        x = np.random.default_rng(0).random(shape, dtype=np.float32)
-        (got,) = session.run(None, {spec.name: x})
+    from unlearnops.export import available_providers
+    from unlearnops.model import predict_logits
+    from unlearnops.verification import verified_onnx
+
+    data, _ = verified_onnx(ws, version)
+    session = ort.InferenceSession(data, providers=available_providers())
+    (spec,) = session.get_inputs()
+    shape = [samples] + [int(d) for d in spec.shape[1:]]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    (got,) = session.run(None, {spec.name: x})
     expected = predict_logits(model_registry.load_model(ws, version), x).numpy()
     return float(np.abs(got - expected).max())
+
+
+def ancestor_problems(ws: Workspace, version: str, champion: str) -> list[str]:
+    """The lineage tags walked from ``version`` to ``champion`` are decisions: each version in between must
+    verify (signature, signed purge record, every lineage tag equal to its certificate)."""
+    from unlearnops.verification import verify_version
+
+    line = model_registry.chain(model_registry.versions_by_number(ws), version)
+    problems = []
+    for ancestor in line[1:line.index(champion)] if champion in line else []:
+        checked = verify_version(ws, ancestor, files=False)
+        problems += [f"ancestor v{ancestor}: {p}" for p in checked.problems]
+    return problems
 
 
 def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
@@ -87,7 +103,7 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         decision.reasons.append(f"certificate status is {verification.status!r}, not 'certified'")
     else:
         decision.checked.append("certified")
-    if tags.get(model_registry.TAG_PREFIX + "purged") == "true":
+    if verification.purged:  # the signed purge record; the purged tag alone decides nothing
         decision.reasons.append("its weights were purged (`unlearnops purge`)")
     if tags.get(model_registry.TAINTED_TAG) == "true":
         decision.reasons.append(f"tainted: {tags.get(model_registry.TAG_PREFIX + 'tainted_reason', 'trained on deleted data')}")
@@ -95,6 +111,7 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
         if int(version) <= int(champion):
             decision.reasons.append(f"not newer than the champion (v{champion})")
         problems = model_registry.lineage_problems(model_registry.versions_by_number(ws), version, champion)
+        problems += ancestor_problems(ws, version, champion)
         decision.reasons += problems
         if not problems:
             decision.checked.append("lineage")
@@ -105,9 +122,15 @@ def check(ws: Workspace, version: str | None = None) -> PromotionDecision:
     decision.reasons += owed
     if not owed:
         decision.checked.append("obligations")
-    if not decision.reasons or "onnx_sha256" in decision.checked:
-        diff = onnx_parity(ws, version, model_version.run_id)
-        if diff > PARITY_TOLERANCE:
+    if "onnx_sha256" in decision.checked and "weights_sha256" in decision.checked:
+        try:
+            diff = onnx_parity(ws, version, model_version.run_id)
+        except (model_registry.IntegrityError, CertificateError) as exc:  # changed since it was verified
+            diff = float("inf")
+            decision.reasons.append(str(exc))
+        if diff == float("inf"):
+            pass
+        elif diff > PARITY_TOLERANCE:
             decision.reasons.append(f"ONNX parity {diff:.2e} exceeds {PARITY_TOLERANCE:.0e}")
         else:
             decision.checked.append("onnx_parity")

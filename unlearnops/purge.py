@@ -14,7 +14,9 @@ What holds the bytes of a deleted sample after its deletion batch, and what purg
   the promotion) and versions unlearned from one of them that were never promoted (they still carry what
   the champion's lineage deleted). The weight files of the MLflow logged model, the ONNX run artifact, and
   the copies in ``.unlearnops/runs/<run>/`` are removed; the certificate, report, metrics, params and tags
-  stay for audit, and the version is tagged ``unlearnops.purged=true`` (and tainted, if it was not).
+  stay for audit, a signed purge record (``purge.json``, Ed25519 like certificates) is logged to the
+  version's run, and the version is tagged ``unlearnops.purged=true`` (informational; verification,
+  promotion and serving read the signed record) and tainted, if it was not.
 * **Audit reference models** (``.unlearnops/audit/refs/``, :mod:`unlearnops.audit`) trained on a sample the
   current dataset no longer holds. Removed (weights and their id list).
 * **Git**: DVC keeps data out of git (``data.dvc`` and ``dvc.lock`` hold hashes only). Purge checks every
@@ -70,7 +72,7 @@ LOCK_FILE = "dvc.lock"
 #: Files of an MLflow logged model that describe it (kept); everything else in it is weights (removed).
 MODEL_METADATA = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "registered_model_meta"}
 #: Run artifacts and run-directory files that hold weights (plus every registered exporter's suffix).
-WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".pt", ".pth")
+WEIGHT_SUFFIXES = (".onnx", ".onnx.data", ".safetensors", ".pt", ".pth")
 
 
 def weight_suffixes() -> tuple[str, ...]:
@@ -441,7 +443,9 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
                 client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "tainted_reason",
                                              f"not descended from the champion v{report.champion}: carries "
                                              "data its lineage deleted")
-            if version.tags.get(PURGED_TAG) != "true":
+            _sign_purge(ws, client, version, [f"{uri.rstrip('/')}/{path}" for _, uri, path, _ in found],
+                        report.champion, stamp)
+            if version.tags.get(PURGED_TAG) != "true":  # informational: decisions read the signed record
                 client.set_model_version_tag(name, version.version, PURGED_TAG, "true")
                 client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "purged_at", stamp)
         if report.items:
@@ -469,6 +473,24 @@ def clean_request_store(ws: Workspace, report: PurgeReport) -> None:
                 merged[name] = merged.get(name, 0) + count
             store.mark_purged([r.id], merged)
     store.compact()
+
+
+def _sign_purge(ws: Workspace, client, version, removed: list[str], champion: str, stamp: str) -> None:
+    """Log the signed purge record (``purge.json``) to the version's run unless a valid one is there: what
+    verification, promotion and serving rely on (the ``unlearnops.purged`` tag is informational)."""
+    from unlearnops.certificate import sign
+    from unlearnops.keys import signing_key
+    from unlearnops.verification import PURGE_RECORD, PURGE_RECORD_KIND, purge_record
+
+    try:
+        if purge_record(ws, version) is not None:
+            return
+    except model_registry.IntegrityError:
+        pass  # a forged or damaged record is replaced by a signed one
+    record = sign({"kind": PURGE_RECORD_KIND, "model_name": version.name, "version": str(version.version),
+                   "mlflow_run_id": version.run_id, "purged_at": stamp, "champion": champion,
+                   "removed": removed}, signing_key(ws))
+    client.log_dict(version.run_id, record, PURGE_RECORD)
 
 
 def _clear_remote_index(ws: Workspace) -> None:

@@ -16,7 +16,7 @@ from unlearnops.method_runner import Samples, call_training
 from unlearnops.workspace import Workspace
 
 PREPARED = Path("prepared")
-BASE_WEIGHTS = Path("models/base.pt")
+BASE_WEIGHTS = Path("models/base.pt")  # safetensors bytes (model.save_weights); the name is the DVC output
 METRICS = Path("metrics.json")
 
 

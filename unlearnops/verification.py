@@ -10,7 +10,7 @@ from pathlib import Path
 from unlearnops import model_registry
 from unlearnops.certificate import CertificateError, verify
 from unlearnops.keys import public_key
-from unlearnops.model import file_sha256, save_weights
+from unlearnops.model import file_sha256
 from unlearnops.workspace import Workspace
 
 
@@ -32,9 +32,68 @@ class Verification:
                 "checked": self.checked, "problems": self.problems, "purged": self.purged}
 
 
-def verify_version(ws: Workspace, version: str) -> Verification:
+#: The signed purge record ``unlearnops purge`` logs to a purged version's run (the tag is informational).
+PURGE_RECORD = "purge.json"
+PURGE_RECORD_KIND = "unlearnops.purge/v1"
+
+
+def expected_tags(certificate: dict) -> dict[str, str | None]:
+    """Every lineage tag a version carries (``flow.register.version_tags``), as its certificate states it.
+    Other ``unlearnops.`` tags (tainted, purged, audit results) are informational: no decision reads them."""
+    method = certificate.get("method") or {}
+    after = certificate.get("dataset_after") or {}
+    return {
+        "unlearnops.kind": "unlearned",
+        "unlearnops.parent_version": certificate.get("parent_model_version"),
+        "unlearnops.dataset_rev": after.get("git_rev"),
+        "unlearnops.dataset_md5": after.get("dvc_md5"),
+        "unlearnops.requests": ",".join(certificate.get("requests") or [])[:5000],
+        "unlearnops.method": method.get("name"),
+        "unlearnops.certificate_status": certificate.get("status"),
+        "unlearnops.weights_sha256": certificate.get("weights_sha256") or "",
+        "unlearnops.onnx_sha256": (certificate.get("onnx") or {}).get("sha256", ""),
+        "unlearnops.run_id": certificate.get("run_id"),
+    }
+
+
+def purge_record(ws: Workspace, model_version) -> dict | None:
+    """The signed purge record of ``model_version`` (None when it was never purged); a forged, edited or
+    misplaced one is an IntegrityError."""
+    record = model_registry.signed_record(ws, model_version.run_id, PURGE_RECORD, PURGE_RECORD_KIND)
+    if record is not None and (record.get("model_name"), record.get("version")) != (
+            model_version.name, str(model_version.version)):
+        raise model_registry.IntegrityError(f"{PURGE_RECORD} was signed for another version")
+    return record
+
+
+def certificate_of(ws: Workspace, run_id: str, tmp_path: Path) -> dict:
+    """The certificate of a run, its signature checked with this workspace's public key (CertificateError)."""
+    cert_path = model_registry.download_run_artifact(ws, run_id, "certificate.json", tmp_path)
+    certificate = json.loads(cert_path.read_text())
+    if not isinstance(certificate, dict):
+        raise CertificateError("certificate.json is not a JSON object")
+    verify(certificate, public_key(ws))
+    return certificate
+
+
+def verified_onnx(ws: Workspace, version: str) -> tuple[bytes, dict]:
+    """The ONNX file of ``version`` and its certificate: the signature is checked, then the downloaded
+    bytes against the certified sha256, before anything parses them (IntegrityError, CertificateError)."""
+    mv = model_registry.model_version(ws, version)
+    with tempfile.TemporaryDirectory() as tmp:
+        certificate = certificate_of(ws, mv.run_id, Path(tmp))
+    if purge_record(ws, mv) is not None:
+        raise model_registry.IntegrityError(f"v{mv.version} was purged (signed purge record): nothing to load")
+    data = model_registry.verified_artifact(ws, mv.run_id, model_registry.ONNX_ARTIFACT,
+                                            (certificate.get("onnx") or {}).get("sha256"))
+    return data, certificate
+
+
+def verify_version(ws: Workspace, version: str, files: bool = True) -> Verification:
     """Check that ``version``'s certificate is signed by this workspace's key and that the weights, the ONNX
-    file and the lineage tags the registry holds are the ones it certifies."""
+    files (the run's and the MLflow model's) and every lineage tag the registry holds are the ones it
+    certifies. Only signed records decide: a version counts as purged only with a signed purge record.
+    ``files=False`` checks signature, purge record and tags only (no weight download)."""
     from mlflow.exceptions import MlflowException
 
     result = Verification(version=version)
@@ -50,6 +109,8 @@ def verify_version(ws: Workspace, version: str) -> Verification:
         try:
             cert_path = model_registry.download_run_artifact(ws, model_version.run_id, "certificate.json", tmp_path)
             certificate = json.loads(cert_path.read_text())
+            if not isinstance(certificate, dict):
+                raise ValueError("not a JSON object")
         except (MlflowException, OSError, ValueError) as exc:
             result.problems.append(f"certificate missing or unreadable: {exc}")
             return result
@@ -60,33 +121,59 @@ def verify_version(ws: Workspace, version: str) -> Verification:
         except CertificateError as exc:
             result.problems.append(str(exc))
 
-        # A purged version's weights and ONNX file were removed on purpose: nothing left to compare.
-        result.purged = model_version.tags.get(model_registry.TAG_PREFIX + "purged") == "true"
-        if not result.purged:
-            _check_weights(ws, version, model_version, certificate, tmp_path, result)
+        # A purged version's weights and ONNX files were removed on purpose; only a signed record says so.
+        try:
+            result.purged = purge_record(ws, model_version) is not None
+        except model_registry.IntegrityError as exc:
+            result.problems.append(str(exc))
+        if result.purged:
+            result.checked.append("purge_record")
+        elif files:
+            _check_weights(ws, model_version, certificate, tmp_path, result)
     _check_tags(model_version, certificate, result)
     return result
 
 
-def _check_weights(ws: Workspace, version: str, model_version, certificate: dict, tmp_path: Path,
+def _check_weights(ws: Workspace, model_version, certificate: dict, tmp_path: Path,
                    result: Verification) -> None:
     from mlflow.exceptions import MlflowException
 
-    weights_sha = save_weights(model_registry.load_model(ws, version), tmp_path / "weights.pt")
-    if weights_sha == certificate.get("weights_sha256"):
+    run_id = model_version.run_id
+    try:
+        record = model_registry.signed_record(ws, run_id, model_registry.WEIGHTS_RECORD,
+                                              model_registry.WEIGHTS_RECORD_KIND)
+        if record is None:
+            result.problems.append(f"no signed {model_registry.WEIGHTS_RECORD}: the weights are not bound to this run")
+    except model_registry.IntegrityError as exc:
+        result.problems.append(str(exc))
+        record = None
+    record = record or {}
+    certified_onnx = (certificate.get("onnx") or {}).get("sha256")
+    if record and (record.get("weights_sha256"), record.get("onnx_sha256")) != (
+            certificate.get("weights_sha256"), certified_onnx):
+        result.problems.append(f"the signed {model_registry.WEIGHTS_RECORD} names other files than the certificate")
+    # Hashes only: the bytes are never deserialized here.
+    try:
+        model_registry.verified_artifact(ws, run_id, model_registry.WEIGHTS_ARTIFACT,
+                                         certificate.get("weights_sha256"))
         result.checked.append("weights_sha256")
-    else:
+    except model_registry.IntegrityError:
         result.problems.append("registered weights differ from the certified weights")
 
-    # The ONNX file and every other exporter's file: (check name, what it is, run artifact, certified sha256).
-    files = [("onnx_sha256", "ONNX file", "model.onnx", (certificate.get("onnx") or {}).get("sha256"))]
-    files += [(f"{name}_sha256", f"{name} export {record.get('file')}", record.get("file"), record.get("sha256"))
+    # The ONNX files and every other exporter's file: (check name, what it is, where, certified sha256).
+    files = [("onnx_sha256", "ONNX file", f"runs:/{run_id}/model.onnx", certified_onnx),
+             ("mlflow_model_sha256", "MLflow model's ONNX file", f"{ws_model_location(ws, model_version)}/model.onnx",
+              certified_onnx)]
+    files += [(f"{name}_sha256", f"{name} export {record.get('file')}",
+               f"runs:/{run_id}/{record.get('file')}" if record.get("file") else None, record.get("sha256"))
               for name, record in sorted((certificate.get("exports") or {}).items())]
-    for check, label, artifact, certified_sha in files:
+    for index, (check, label, uri, certified_sha) in enumerate(files):
         try:
-            if not artifact:
+            if not uri:
                 raise OSError("the certificate names no file")
-            path = model_registry.download_run_artifact(ws, model_version.run_id, artifact, tmp_path)
+            import mlflow
+
+            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / str(index))))
         except (MlflowException, OSError) as exc:
             result.problems.append(f"{label} missing: {exc}")
             continue
@@ -96,15 +183,15 @@ def _check_weights(ws: Workspace, version: str, model_version, certificate: dict
             result.problems.append(f"{label} differs from the certified one")
 
 
+def ws_model_location(ws: Workspace, model_version) -> str:
+    """The artifact location of the MLflow model a version registers."""
+    return model_registry.client(ws).get_model_version_download_uri(
+        model_version.name, model_version.version).rstrip("/")
+
+
 def _check_tags(model_version, certificate: dict, result: Verification) -> None:
     tags = model_version.tags
-    expected_tags = {
-        "unlearnops.certificate_status": certificate.get("status"),
-        "unlearnops.dataset_rev": (certificate.get("dataset_after") or {}).get("git_rev"),
-        "unlearnops.parent_version": certificate.get("parent_model_version"),
-        "unlearnops.weights_sha256": certificate.get("weights_sha256"),
-    }
-    mismatched = [k for k, v in expected_tags.items() if tags.get(k) != v]
+    mismatched = [k for k, v in expected_tags(certificate).items() if tags.get(k) != v]
     if mismatched:
         result.problems.append("registry tags disagree with the certificate: " + ", ".join(mismatched))
     else:

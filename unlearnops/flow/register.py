@@ -13,7 +13,6 @@ from unlearnops import faults, model_registry
 from unlearnops.clock import utc_now
 from unlearnops.flow.batch import Batch, certificate_status
 from unlearnops.flow.locate import located_summary
-from unlearnops.flow.samples import unlearned_model
 from unlearnops.report import SCORES_FILE, write_report
 from unlearnops.workspace import Workspace
 
@@ -114,6 +113,15 @@ def version_tags(batch: Batch) -> dict[str, str]:
     }
 
 
+def version_description(batch: Batch) -> str:
+    """The model version's description: what was forgotten, from which parent, and the verdict."""
+    failed = [g.name for g in batch.gates if g.status != "pass"]
+    return (f"Unlearned from v{batch.parent_version} with {batch.method}: {len(batch.forget_ids)} samples of "
+            f"{len(batch.request_ids)} deletion request(s) forgotten (run {batch.run_id}). Verdict: "
+            f"{certificate_status(batch.status)}" + (f" (gates not passed: {', '.join(failed)})" if failed else "")
+            + ". The signed certificate.json of this version's run is authoritative; tags are informational.")
+
+
 def register(ws: Workspace, batch: Batch) -> Batch:
     """Sign the certificate and register the unlearned model as a new version. Alias ``candidate`` moves
     to it only when every gate passed. A version that an interrupted attempt already registered is
@@ -139,7 +147,8 @@ def register(ws: Workspace, batch: Batch) -> Batch:
             write_report(run_dir / "report.html", signed, scores, explained)
             version = model_registry.register_model(
                 ws,
-                unlearned_model(ws, batch),
+                run_dir / "unlearned.safetensors",
+                run_dir / batch.exports["onnx"]["path"],
                 run_name=f"unlearn-{batch.run_id}",
                 params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
                 metrics=batch.metrics,
@@ -147,6 +156,7 @@ def register(ws: Workspace, batch: Batch) -> Batch:
                 artifacts=[run_dir / n for n in ("certificate.json", "gx_validation.json", "unlearn.json",
                                                  "report.html", *(e["path"] for e in batch.exports.values()))],
                 nested_runs=[rung_run(index, rung) for index, rung in enumerate(batch.rungs)],
+                description=version_description(batch),
             ).version
             faults.point("register.version_created")
         else:  # the version exists; its tags may not (the attempt died inside the registration)

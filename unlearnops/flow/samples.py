@@ -48,7 +48,7 @@ def holdout_split(ws: Workspace, part: str):
 
 
 def unlearned_model(ws: Workspace, batch: Batch):
-    """The model the last rung wrote (``unlearned.pt`` in the run directory)."""
+    """The model the last rung wrote (``unlearned.safetensors`` in the run directory)."""
     from unlearnops.model import load_weights
 
-    return load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.pt")
+    return load_weights(ws.model_factory, batch.run_dir(ws) / "unlearned.safetensors")

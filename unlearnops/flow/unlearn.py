@@ -89,7 +89,7 @@ def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
 
 
 def unlearn_rung(ws: Workspace, batch: Batch) -> Batch:
-    """Run the batch's current method on the parent model; saves ``unlearned.pt`` in the run directory."""
+    """Run the batch's current method on the parent model; saves ``unlearned.safetensors`` in the run directory."""
     from unlearnops.model import pick_device, save_weights, seed_everything
     from unlearnops.method_runner import run_method
 
@@ -125,7 +125,7 @@ def unlearn_rung(ws: Workspace, batch: Batch) -> Batch:
         else:
             result = run_method(method, model, inputs, config, torch_device)
             model, changed, details, seconds = result.model, result.changed_parameters, result.details, result.seconds
-        batch.weights_sha256 = save_weights(model, batch.run_dir(ws) / "unlearned.pt")
+        batch.weights_sha256 = save_weights(model, batch.run_dir(ws) / "unlearned.safetensors")
         batch.device = str(torch_device)
         batch.unlearn = UnlearnRecord(
             method=method.name,
