@@ -140,7 +140,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
     only) — and it is what a reference model drawn from today's data could have been. A model that fails the
     rule because samples were deleted since is removed from the cache (:func:`prune_references`), not kept.
     Returns the references and the paths pruned."""
-    from unlearnops.model import save_weights
+    from unlearnops.model import save_weights, seed_everything
 
     ids = pool.manifest["sample_id"].astype(str).to_numpy()
     id_set = set(ids)
@@ -159,6 +159,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
         mask[rng.choice(len(ids), size=max(1, int(len(ids) * REFERENCE_FRACTION)), replace=False)] = True
         started = time.perf_counter()
         params = {**ws.params.train.model_dump(), "seed": seed % 2**31}
+        seed_everything(params["seed"])  # before the factory draws the initial weights
         model = call_training(ws.train_function, ws.model_factory(),
                               Samples(np.asarray(pool.features[mask]), pool.labels[mask], ids[mask].tolist()),
                               device=device, **params)

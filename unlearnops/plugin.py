@@ -44,6 +44,7 @@ from unlearnops.method_runner import (
     accepts_sample_ids,
     call_training,
     changed_parameters,
+    fresh_model,
     parameter_snapshot,
     parse_config,
     reinitialized,
@@ -76,6 +77,7 @@ __all__ = [
     "accepts_sample_ids",
     "training_params",
     "reinitialized",
+    "fresh_model",
     "penultimate_features",
     # methods built on other methods
     "PluginSet",
