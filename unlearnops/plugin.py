@@ -22,6 +22,8 @@ from unlearnops.gates import (
     forget_accuracy_gate,
     mia_gate,
     not_applicable,
+    retrain_equivalence_gate,
+    too_few,
     utility_gate,
 )
 from unlearnops.hookspecs import hookimpl
@@ -91,6 +93,8 @@ __all__ = [
     "Status",
     "Evaluation",
     "not_applicable",
+    "retrain_equivalence_gate",
+    "too_few",
     "classes_removed_in_full",
     "data_gate",
     "mia_gate",
