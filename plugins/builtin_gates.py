@@ -7,6 +7,7 @@ import numpy as np
 
 from unlearnops.plugin import (
     __version__,
+    Evaluation,
     GateEvidence,
     GateResult,
     GateSettings,
@@ -17,6 +18,7 @@ from unlearnops.plugin import (
     hookimpl,
     mia_gate,
     not_applicable,
+    retrain_equivalence_gate,
     utility_gate,
 )
 
@@ -89,6 +91,35 @@ class ClassForgettingGate:
                                            evidence.before["forget"].correct[removed], n_classes, settings)
 
 
+class RetrainEquivalenceGate:
+    name = "retrain_equivalence"
+    version = __version__
+    description = ("Per forgotten sample, the candidate against reference models that never trained on it: label "
+                   "agreement and offline-LiRA score, with power shown on the parent (needed to certify an "
+                   "approximate method).")
+
+    def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
+        if evidence.exact:
+            return not_applicable(self.name, "exact method: retrained without the data")
+        keep = _sample_level(evidence)
+        if len(keep) and not keep.any():
+            return not_applicable(self.name, "every forgotten sample's class was removed in full")
+        if not evidence.references:
+            why = evidence.references_note.get("why", "no valid reference model")
+            return GateResult(name=self.name, status="inconclusive", summary=f"no reference models: {why}",
+                              metrics={"n": int(keep.sum()), "references": 0, "power": False},
+                              thresholds={})
+        refs = [Evaluation(r.correct[keep], r.loss[keep], r.phi[keep], r.predicted[keep])
+                for r in evidence.references]
+        after, before = evidence.after["forget"], evidence.before["forget"]
+        result = retrain_equivalence_gate(
+            Evaluation(after.correct[keep], after.loss[keep], after.phi[keep], after.predicted[keep]),
+            Evaluation(before.correct[keep], before.loss[keep], before.phi[keep], before.predicted[keep]),
+            refs, settings, seed=evidence.seed)
+        result.metrics["reference_models"] = evidence.references_note
+        return result
+
+
 class UtilityGate:
     name = "utility"
     version = __version__
@@ -100,5 +131,6 @@ class UtilityGate:
 
 @hookimpl
 def register_gates(register):
-    for gate in (DataGate(), MembershipInferenceGate(), ForgetAccuracyGate(), ClassForgettingGate(), UtilityGate()):
+    for gate in (DataGate(), MembershipInferenceGate(), ForgetAccuracyGate(), ClassForgettingGate(),
+                 RetrainEquivalenceGate(), UtilityGate()):
         register(gate)

@@ -14,8 +14,8 @@ from unlearnops.plugin import (
     UnlearnInputs,
     UnlearnResult,
     call_training,
+    fresh_model,
     hookimpl,
-    reinitialized,
     training_params,
 )
 
@@ -38,7 +38,7 @@ class Retrain(Method):
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
         fresh = call_training(
             inputs.train_function,
-            inputs.model_factory() if inputs.model_factory else reinitialized(model),
+            fresh_model(inputs, model, params["seed"]),  # seeded before it is built: same seed, same weights
             retain,
             device=device,
             **params,

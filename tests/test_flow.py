@@ -86,7 +86,8 @@ def test_registry_versions_aliases_and_certificate(processed, tmp_path):
     assert certificate["requests"] == [stored.id]
     assert certificate["dataset_after"]["git_rev"] == summary["dataset_rev_after"]
     assert {g["name"] for g in certificate["gates"]} == {"data", "membership_inference", "forget_accuracy", "class_forgetting",
-                                                         "utility"}
+                                                         "retrain_equivalence", "utility"}
+    assert certificate["grounds"].startswith(("certified — ", "not certified — "))
     assert all("thresholds" in g for g in certificate["gates"])
     raw = json.dumps(certificate) + json.dumps(tags)
     assert not any(s in raw for s in subjects), "raw subject ids must never reach certificates or tags"

@@ -126,8 +126,8 @@ def prune_references(ws: Workspace, train_ids: set[str]) -> list[str]:
     return removed
 
 
-def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
-                     device) -> tuple[list[Reference], list[str]]:
+def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int, device, train_missing: bool = True,
+                     progress=None) -> tuple[list[Reference], list[str]]:
     """K reference models for the training pool ``pool`` (the current training split), reused from the cache
     where sound, trained and cached otherwise (``refs/<dataset md5>/<i>.pt`` with ``<i>.json`` holding the
     training-set ids, seed and recipe).
@@ -139,8 +139,9 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
     set of any version being audited, nor the held-out/test samples (references train on the training split
     only) — and it is what a reference model drawn from today's data could have been. A model that fails the
     rule because samples were deleted since is removed from the cache (:func:`prune_references`), not kept.
-    Returns the references and the paths pruned."""
-    from unlearnops.model import save_weights
+    With ``train_missing`` false only valid cached models are returned (possibly fewer than K);
+    ``progress(message)`` hears of each model trained. Returns the references and the paths pruned."""
+    from unlearnops.model import save_weights, seed_everything
 
     ids = pool.manifest["sample_id"].astype(str).to_numpy()
     id_set = set(ids)
@@ -150,7 +151,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
     target_dir = references_dir(ws) / dataset_md5
     target_dir.mkdir(parents=True, exist_ok=True)
     index = 0
-    while len(chosen) < k:
+    while train_missing and len(chosen) < k:
         while (target_dir / f"{index}.json").exists():
             index += 1
         seed = int(hashlib.sha256(f"{dataset_md5}:{index}".encode()).hexdigest()[:8], 16)
@@ -159,6 +160,7 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
         mask[rng.choice(len(ids), size=max(1, int(len(ids) * REFERENCE_FRACTION)), replace=False)] = True
         started = time.perf_counter()
         params = {**ws.params.train.model_dump(), "seed": seed % 2**31}
+        seed_everything(params["seed"])  # before the factory draws the initial weights
         model = call_training(ws.train_function, ws.model_factory(),
                               Samples(np.asarray(pool.features[mask]), pool.labels[mask], ids[mask].tolist()),
                               device=device, **params)
@@ -169,7 +171,46 @@ def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int,
         meta["sha256"] = save_weights(model, path)
         atomic_write_text(target_dir / f"{index}.json", json.dumps(meta))  # written last: marks it complete
         chosen.append(Reference(path, meta, reused=False))
+        if progress:
+            progress(f"reference model {len(chosen)}/{k} trained on {meta['n_train']} samples in {meta['seconds']} s")
     return chosen, pruned
+
+
+def gate_references(ws: Workspace, forget_ids: list[str], forget_features: np.ndarray, forget_labels: np.ndarray,
+                    k: int, train_missing: bool = True, device=None, progress=None):
+    """Evaluations of the forget set by up to ``k`` reference models that never trained on it (the pool
+    :func:`reference_models` keeps for audits too: random halves of the current training split, which the
+    forget set has left), and a note saying where they came from and what they cost. Returns ``(None,
+    note)`` when there is none (``note["why"]``)."""
+    from unlearnops.model import evaluate, load_weights, pick_device
+
+    started = time.perf_counter()
+    current = load_dataset(ws.data_dir, mmap=False)
+    if set(map(str, forget_ids)) & set(current.manifest["sample_id"].astype(str)):
+        return None, {"why": "the forgotten samples are still in the current dataset"}
+    if k < 1:
+        return None, {"why": "the workspace asks for none (gates.references = 0)"}
+    torch_device = pick_device(device)
+    refs, pruned = reference_models(ws, current.split("train"), data_md5(ws), k, torch_device,
+                                    train_missing=train_missing, progress=progress)
+    note = {"k": len(refs), "reused": sum(r.reused for r in refs), "trained": sum(not r.reused for r in refs),
+            "pruned_stale": len(pruned), "training_seconds": round(sum(r.meta.get("seconds", 0) for r in refs
+                                                                        if not r.reused), 2),
+            "source": f"random halves ({REFERENCE_FRACTION:.0%}) of the current training split, cached in "
+                      f"{references_dir(ws).relative_to(ws.root)}"}
+    if not refs:
+        return None, {**note, "why": "none cached and gates.train_references is off"}
+    evaluations = [evaluate(load_weights(ws.model_factory, r.path, torch_device), forget_features, forget_labels)
+                   for r in refs]
+    note["seconds"] = round(time.perf_counter() - started, 2)
+    return evaluations, note
+
+
+def data_md5(ws: Workspace) -> str:
+    """The DVC md5 of the current dataset version (what reference models are filed under)."""
+    from unlearnops import data
+
+    return data.current_version(ws).dvc_md5
 
 
 # -- attacks -------------------------------------------------------------------------------------------

@@ -4,7 +4,10 @@
 * membership inference: forget set vs class-matched held-out non-members, AUC with a bootstrap CI,
   failing on both sides (still member-like, or less member-like than unseen data);
 * forget efficacy: forget accuracy at the held-out level (Fisher's exact test);
-* utility: test-accuracy drop within a bound of the parent model.
+* utility: test-accuracy drop within a bound of the parent model;
+* retrain equivalence: per forgotten sample, the candidate against reference models that never trained on
+  it (label agreement and an offline-LiRA score, with power shown on the parent) — the evidence an
+  approximate method needs to be certified (:func:`overall_status`).
 
 A gate judges a :class:`GateEvidence` and answers a :class:`GateResult` (see ``register_gates``).
 """
@@ -43,6 +46,12 @@ class GateEvidence:
     #: The same for the unlearned model.
     after: dict[str, Evaluation]
     seed: int = 0
+    #: Out-reference models' evaluations of the forget set (trained without it), or None when none is
+    #: available; ``references_note`` says why or where they came from.
+    references: list[Evaluation] | None = None
+    references_note: dict[str, Any] = field(default_factory=dict)
+    #: True when the candidate came from an exact method (retraining without the data).
+    exact: bool = False
     #: Gates may leave named JSON-serializable records here; they are stored with the version.
     artifacts: dict[str, Any] = field(default_factory=dict)
 
@@ -57,7 +66,10 @@ class GateResult(BaseModel):
     thresholds: dict[str, Any]
 
 
-FORGETTING_GATES = ("membership_inference", "forget_accuracy", "class_forgetting")
+FORGETTING_GATES = ("membership_inference", "forget_accuracy", "class_forgetting", "retrain_equivalence")
+#: Gates whose pass is evidence that an approximate method's model behaves like one that never saw the data:
+#: compared with reference models that did not train on it, or, for a class removed in full, with chance.
+EVIDENCE_GATES = ("retrain_equivalence", "class_forgetting")
 
 
 OVER_FORGETTING = "over-forgetting"
@@ -74,6 +86,17 @@ def not_applicable(name: str, why: str) -> GateResult:
                       metrics={"applicable": False}, thresholds={})
 
 
+def too_few(name: str, n: int, settings: GateSettings, **metrics: Any) -> GateResult | None:
+    """The verdict of a forgetting gate with fewer than ``settings.min_samples`` samples: inconclusive (no
+    power), since its statistic cannot tell a no-op from forgetting at that size; None when enough."""
+    if n >= settings.min_samples:
+        return None
+    return GateResult(name=name, status="inconclusive",
+                      summary=f"no power: {n} sample{'s' if n != 1 else ''}, fewer than the {settings.min_samples} "
+                      "its statistic needs", metrics={"n": n, "power": False, **metrics},
+                      thresholds={"min_samples": settings.min_samples})
+
+
 def classes_removed_in_full(forget_labels: np.ndarray, manifest_after: pd.DataFrame) -> set[int]:
     """Labels of forgotten samples that no sample of the new dataset version carries (class forgetting)."""
     remaining = {int(v) for v in pd.unique(manifest_after["label"])}
@@ -84,12 +107,16 @@ def overall_status(results: list[GateResult], settings: GateSettings, exact: boo
     """The certification verdict and its caveats. Every applicable gate must pass, with these exceptions,
     each recorded as a caveat:
 
-    * a membership-inference gate without power (it could not see the parent's membership either) does not
-      block when ``certify_without_mia_power`` is set and the forget-accuracy gate passed with power;
+    * an approximate method (``exact`` false) is certified only with evidence that its model behaves like
+      models that never saw the data: an applicable gate of :data:`EVIDENCE_GATES` passed (retrain
+      equivalence; class forgetting for classes removed in full) and none of them is open. Without it the
+      verdict is at most inconclusive (the ladder escalates) — unless the workspace opts into
+      ``heldout_proxy``, when the held-out gates decide as before and a caveat says so in plain words;
+    * with ``heldout_proxy``, a membership-inference gate without power does not block when
+      ``certify_without_mia_power`` is set and the forget-accuracy gate passed with power;
     * for an exact method (retraining without the data) an inconclusive forgetting gate does not block, since
       forgetting holds by construction; nor does an over-forgetting failure, since a retrained model *is* the
-      level unlearning aims at (held-out data is only a proxy for it, a poor one for atypical or mislabeled
-      samples). A forgetting gate that finds the samples still member-like blocks even then.
+      level unlearning aims at. A forgetting gate that finds the samples still member-like blocks even then.
     """
     results = [r for r in results if applicable(r)]
     if not results:  # nothing was judged: never a pass
@@ -103,16 +130,131 @@ def overall_status(results: list[GateResult], settings: GateSettings, exact: boo
     if any(r.status == "fail" for r in results):
         return "fail", []
     pending = [r for r in results if r.status == "inconclusive"]
+    if exact:
+        if all(r.name in FORGETTING_GATES for r in pending):
+            return "pass", caveats + [f"{r.name}: {r.summary} (exact method: forgetting holds by construction)"
+                                      for r in pending]
+        return "inconclusive", []
+    evidence = [r for r in results if r.name in EVIDENCE_GATES]
+    if evidence and all(r.status == "pass" for r in evidence):
+        # Behaves like models that never saw the data: the held-out proxies may stay open (recorded).
+        if all(r.name in FORGETTING_GATES for r in pending):
+            return "pass", caveats + [f"{r.name}: {r.summary} (held-out proxy; retrain equivalence passed)"
+                                      for r in pending]
+        return "inconclusive", []
+    if not settings.heldout_proxy:
+        return "inconclusive", []
+    proxy = ("held-out proxy (opt-in heldout_proxy): this model was not compared with models that never saw the "
+             "deleted data; held-out data stood in for them, which misjudges atypical or mislabeled samples")
     if not pending:
-        return "pass", caveats
-    if exact and all(r.name in FORGETTING_GATES for r in pending):
-        return "pass", caveats + [f"{r.name}: {r.summary} (exact method: forgetting holds by construction)"
-                                  for r in pending]
+        return "pass", caveats + [proxy]
     forget_accuracy_passed = any(r.name == "forget_accuracy" and r.status == "pass" for r in results)
-    only_powerless_mia = all(r.name.startswith("membership") and r.metrics.get("power") is False for r in pending)
-    if settings.certify_without_mia_power and forget_accuracy_passed and only_powerless_mia:
-        return "pass", caveats + [f"{r.name}: {r.summary}" for r in pending]
+    only_powerless = all((r.name.startswith("membership") or r.name == "retrain_equivalence")
+                         and r.metrics.get("power") is False for r in pending)
+    if settings.certify_without_mia_power and forget_accuracy_passed and only_powerless:
+        return "pass", caveats + [proxy] + [f"{r.name}: {r.summary}" for r in pending]
     return "inconclusive", []
+
+
+def certification_grounds(results: list[GateResult], status: Status, exact: bool) -> str:
+    """One line saying on what grounds a verdict certifies (or why not), for headlines and certificates."""
+    if status != "pass":
+        open_gates = [r for r in results if applicable(r) and r.status != "pass"]
+        if open_gates and all(r.name in FORGETTING_GATES and r.metrics.get("power") is False for r in open_gates
+                              if r.status == "inconclusive") and not any(r.status == "fail" for r in open_gates):
+            return "not certified — every open forgetting gate lacked power (too few or too typical samples)"
+        return "not certified — " + "; ".join(f"{r.name}: {r.status}" for r in open_gates)
+    if exact:
+        return "certified — retrained without the data (exact)"
+    by_name = {r.name: r for r in results if applicable(r)}
+    equivalence = by_name.get("retrain_equivalence")
+    if equivalence is not None and equivalence.status == "pass":
+        return "certified — behaves like models that never saw the data (evidence: " + equivalence.summary + ")"
+    forgetting = by_name.get("class_forgetting")
+    if forgetting is not None and forgetting.status == "pass":
+        return "certified — behaves like models that never saw the class (evidence: accuracy at chance)"
+    return "certified — on the held-out proxy only (opt-in heldout_proxy; not compared with retrained models)"
+
+
+# -- retrain equivalence ------------------------------------------------------------------------------
+
+
+def _bootstrap_mean(values: np.ndarray, settings: GateSettings, rng: np.random.Generator) -> list[float]:
+    n = len(values)
+    means = values[rng.integers(0, n, (settings.bootstrap, n))].mean(axis=1)
+    alpha = 1 - settings.confidence
+    return [float(v) for v in np.quantile(means, [alpha / 2, 1 - alpha / 2])]
+
+
+def retrain_equivalence_gate(candidate: Evaluation, parent: Evaluation, references: list[Evaluation],
+                             settings: GateSettings, seed: int = 0) -> GateResult:
+    """Does the candidate behave on the forgotten samples like models that never trained on them?
+
+    ``references`` are K >= 2 "out" models' evaluations of the forget set. Per sample x: the offline-LiRA
+    score z(x) = (phi(x) - mu_out(x)) / sigma_out (phi the logit-scaled confidence of the true label, mu_out
+    its mean over the references, sigma_out their pooled spread; Carlini et al. 2022), the label agreement
+    with the references against their agreement among themselves, and a likelihood ratio of phi(x) under
+    "in" (a Gaussian at the parent's phi(x), a model that trained on x) vs "out" (at mu_out(x)), both with
+    sigma_out. The verdict reads the forget set's mean z (bootstrap CI) against ``±equivalence_margin`` and
+    the agreement shortfall against ``agreement_margin``: fail when the candidate is still like the parent
+    (CI above the band), less confident than retrained models (below: over-forgetting) or predicts other
+    labels than they do; pass when neither, the CI inside the band, *and* the same statistics tell the
+    parent from the references (power); otherwise inconclusive.
+    """
+    name, n, k = "retrain_equivalence", int(len(candidate.phi)), len(references)
+    small = too_few(name, n, settings, references=k)
+    if small is not None:
+        return small
+    if k < 2:
+        return GateResult(name=name, status="inconclusive", summary=f"no power: {k} reference model(s), needs 2",
+                          metrics={"n": n, "references": k, "power": False}, thresholds={})
+    rng = np.random.default_rng(seed)
+    ref_phi = np.vstack([r.phi for r in references])
+    ref_pred = np.vstack([r.predicted for r in references])
+    mu = ref_phi.mean(axis=0)
+    sigma = max(float(np.sqrt(np.mean(ref_phi.var(axis=0, ddof=1)))), 1e-3)
+    z_c, z_p = (candidate.phi - mu) / sigma, (parent.phi - mu) / sigma
+    # The reference models' own level: each judged against the others (leave one out).
+    z_ref = [float(np.mean((ref_phi[i] - np.delete(ref_phi, i, 0).mean(0)) / sigma)) for i in range(k)]
+    pairs = [(i, j) for i in range(k) for j in range(k) if i < j]
+    agree_rr = np.mean([ref_pred[i] == ref_pred[j] for i, j in pairs], axis=0)
+    agree_c = (ref_pred == candidate.predicted).mean(axis=0)
+    agree_p = (ref_pred == parent.predicted).mean(axis=0)
+    d_c, d_p = agree_c - agree_rr, agree_p - agree_rr
+    lr_in = ((candidate.phi - mu) ** 2 - (candidate.phi - parent.phi) ** 2) / (2 * sigma**2)
+    ci, parent_ci = _bootstrap_mean(z_c, settings, rng), _bootstrap_mean(z_p, settings, rng)
+    agree_ci, parent_agree_ci = _bootstrap_mean(d_c, settings, rng), _bootstrap_mean(d_p, settings, rng)
+    m, am = settings.equivalence_margin, settings.agreement_margin
+    power = bool(parent_ci[0] > m or parent_agree_ci[1] < -am)
+    if ci[0] > m:
+        status, summary = "fail", "still behaves like the parent on the forgotten samples (confidence above models that never saw them)"
+    elif ci[1] < -m:
+        status, summary = "fail", OVER_FORGETTING + ": less confident on the forgotten samples than models that never saw them"
+    elif agree_ci[1] < -am:
+        status, summary = "fail", "predicts other labels on the forgotten samples than models that never saw them"
+    elif ci[0] >= -m and ci[1] <= m and power:
+        status, summary = "pass", (f"on the {n} forgotten samples it agrees with models that never saw them on "
+                                   f"{np.mean(agree_c):.0%} of predictions (the parent on {np.mean(agree_p):.0%}; "
+                                   f"they among themselves on {np.mean(agree_rr):.0%}), mean LiRA score {np.mean(z_c):+.2f} "
+                                   f"CI [{ci[0]:+.2f}, {ci[1]:+.2f}] within ±{m}")
+    elif ci[0] >= -m and ci[1] <= m:
+        status, summary = "inconclusive", ("no power: the parent already behaves like models that never saw these "
+                                           "samples, so a no-op cannot be told from forgetting")
+    else:
+        status, summary = "inconclusive", "confidence interval too wide to decide at this sample size"
+    return GateResult(
+        name=name, status=status, summary=summary,
+        metrics={"n": n, "references": k, "power": power, "score": float(np.mean(z_c)), "ci": ci,
+                 "parent_score": float(np.mean(z_p)), "parent_ci": parent_ci,
+                 "reference_scores": z_ref, "sigma_out": sigma,
+                 "agreement": float(np.mean(agree_c)), "parent_agreement": float(np.mean(agree_p)),
+                 "reference_agreement": float(np.mean(agree_rr)), "agreement_gap_ci": agree_ci,
+                 "parent_agreement_gap_ci": parent_agree_ci,
+                 "closer_to_parent": float(np.mean(lr_in > 0)),
+                 "parent_label_kept": float(np.mean(candidate.predicted == parent.predicted))},
+        thresholds={"equivalence_margin": m, "agreement_margin": am, "confidence": settings.confidence,
+                    "bootstrap": settings.bootstrap},
+    )
 
 
 # -- data gate --------------------------------------------------------------------------------------
@@ -269,6 +411,9 @@ def mia_gate(
     detected the parent model's membership (CI wholly above the band) — otherwise the attack has no power
     here and cannot tell a no-op from forgetting, so the verdict is inconclusive with ``power: false``.
     """
+    small = too_few(name, int(len(forget_phi)), settings, n_forget=int(len(forget_phi)))
+    if small is not None:
+        return small
     rng = np.random.default_rng(seed)
     auc, ci, tpr, tpr_ci = _auc_with_ci(forget_phi, forget_labels, holdout_phi, holdout_labels, settings, rng)
     parent_auc, parent_ci, parent_tpr, _ = _auc_with_ci(
@@ -331,6 +476,9 @@ def forget_accuracy_gate(
         return GateResult(name="forget_accuracy", status="inconclusive",
                           summary="no forgotten sample was in the training split", metrics={"n": 0},
                           thresholds={"margin": margin, "alpha": alpha})
+    small = too_few("forget_accuracy", n, settings)
+    if small is not None:
+        return small
     accuracy = float(np.mean(forget_correct))
     parent_accuracy = float(np.mean(parent_forget_correct))
     p_above = _fisher(forget_correct, holdout_correct, "greater")
@@ -386,6 +534,9 @@ def class_forgetting_gate(
     from scipy.stats import binomtest
 
     n, alpha = int(len(forget_correct)), 1 - settings.confidence
+    small = too_few("class_forgetting", n, settings)
+    if small is not None:
+        return small
     chance = 1.0 / max(n_classes, 1)
     level = min(1.0, chance + settings.forget_accuracy_margin)
     k, parent_k = int(np.sum(forget_correct)), int(np.sum(parent_forget_correct))

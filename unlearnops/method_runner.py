@@ -136,6 +136,15 @@ def reinitialized(model: nn.Module) -> nn.Module:
     return fresh
 
 
+def fresh_model(inputs: "UnlearnInputs", model: nn.Module, seed: int) -> nn.Module:
+    """An untrained model for exact methods, built under ``seed`` (every RNG seeded first, so the same seed
+    gives the same initial weights): the workspace's model factory, else :func:`reinitialized` ``model``."""
+    from unlearnops.model import seed_everything
+
+    seed_everything(seed)
+    return inputs.model_factory() if inputs.model_factory else reinitialized(model)
+
+
 def training_params(inputs: "UnlearnInputs", config: RetrainingConfig) -> dict[str, Any]:
     """The keyword arguments for the training function: :data:`DEFAULT_TRAINING`, then the workspace's
     parameters, then the config's overrides, with the config's seed."""
@@ -206,6 +215,9 @@ def run_method(method, model: nn.Module, inputs: UnlearnInputs, config: BaseMode
         raise PluginError(f"method {name!r} needs retain samples and got none")
     original = parameter_snapshot(model)
     working = copy.deepcopy(model).to(device)
+    from unlearnops.model import seed_everything
+
+    seed_everything(int(getattr(config, "seed", 0) or 0))  # one seed, one result, whatever ran before
     started = time.perf_counter()
     try:
         result = method.unlearn(working, inputs, config, device)

@@ -114,6 +114,7 @@ class Evaluation:
     correct: np.ndarray  # bool
     loss: np.ndarray  # cross-entropy per sample
     phi: np.ndarray  # logit-scaled confidence of the true label, log(p / (1 - p))
+    predicted: np.ndarray | None = None  # predicted label per sample (argmax)
 
     @property
     def accuracy(self) -> float:
@@ -125,7 +126,7 @@ def evaluate(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> Eval
     y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(y) == 0:
         empty = np.zeros(0)
-        return Evaluation(empty.astype(bool), empty, empty)
+        return Evaluation(empty.astype(bool), empty, empty, empty.astype(np.int64))
     log_probs = F.log_softmax(logits.double(), dim=1)
     log_p = log_probs.gather(1, y[:, None]).squeeze(1)
     # log(1 - p) from the other classes' probabilities, stable even when p is close to 1.
@@ -136,6 +137,7 @@ def evaluate(model: nn.Module, features: np.ndarray, labels: np.ndarray) -> Eval
         correct=(logits.argmax(1) == y).numpy(),
         loss=(-log_p).numpy(),
         phi=(log_p - log_not_p).numpy(),
+        predicted=logits.argmax(1).numpy(),
     )
 
 

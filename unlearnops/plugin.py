@@ -22,6 +22,8 @@ from unlearnops.gates import (
     forget_accuracy_gate,
     mia_gate,
     not_applicable,
+    retrain_equivalence_gate,
+    too_few,
     utility_gate,
 )
 from unlearnops.hookspecs import hookimpl
@@ -44,6 +46,7 @@ from unlearnops.method_runner import (
     accepts_sample_ids,
     call_training,
     changed_parameters,
+    fresh_model,
     parameter_snapshot,
     parse_config,
     reinitialized,
@@ -76,6 +79,7 @@ __all__ = [
     "accepts_sample_ids",
     "training_params",
     "reinitialized",
+    "fresh_model",
     "penultimate_features",
     # methods built on other methods
     "PluginSet",
@@ -89,6 +93,8 @@ __all__ = [
     "Status",
     "Evaluation",
     "not_applicable",
+    "retrain_equivalence_gate",
+    "too_few",
     "classes_removed_in_full",
     "data_gate",
     "mia_gate",

@@ -37,7 +37,7 @@ def _load_split(ws: Workspace, split: str) -> Samples:
 
 def train(ws: Workspace) -> None:
     """Train a fresh model from the configured factory with the configured training function."""
-    from unlearnops.model import pick_device, save_weights
+    from unlearnops.model import pick_device, save_weights, seed_everything
 
     params = ws.params.train
     samples = _load_split(ws, "train")
@@ -46,6 +46,7 @@ def train(ws: Workspace) -> None:
     def progress(epoch: int, loss: float) -> None:
         print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
 
+    seed_everything(params.seed)  # before the factory draws the initial weights
     model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(), progress=progress,
                           **params.model_dump())
     save_weights(model, ws.root / BASE_WEIGHTS)

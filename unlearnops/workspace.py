@@ -123,6 +123,31 @@ class GateSettings(_Strict):
     label_kl_max: float = Field(
         0.01, ge=0, description="Allowed KL divergence of the label distribution from the previous version."
     )
+    min_samples: int = Field(
+        10, ge=1, description="Fewest forgotten samples a forgetting gate's statistic judges; below it the gate "
+        "is inconclusive (no power), never pass or fail.",
+    )
+    references: int = Field(
+        4, ge=0, le=8, description="Reference models (never trained on the forgotten samples) the "
+        "retrain-equivalence gate compares an approximate method's model with; 0: none (approximate methods "
+        "are then at most inconclusive, unless heldout_proxy).",
+    )
+    train_references: bool = Field(
+        True, description="Train missing reference models in the gates step (on random halves of the new "
+        "dataset version's training split); false: use only the valid ones cached in the workspace.",
+    )
+    equivalence_margin: float = Field(
+        0.5, gt=0, description="Allowed mean gap, in reference-model standard deviations, between the "
+        "candidate's and the reference models' confidence on the forgotten samples.",
+    )
+    agreement_margin: float = Field(
+        0.05, ge=0, le=1, description="Allowed shortfall of the candidate's label agreement with the reference "
+        "models below the reference models' agreement among themselves.",
+    )
+    heldout_proxy: bool = Field(
+        False, description="Opt-in: certify an approximate method without retrain-equivalence evidence on the "
+        "held-out proxy gates alone (the certificate states it as a caveat).",
+    )
 
 
 class LocateSettings(_Strict):

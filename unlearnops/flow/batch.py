@@ -108,6 +108,8 @@ class Batch(BaseModel):
     gates: list[GateResult] = Field(default_factory=list)
     status: str | None = None
     caveats: list[str] = Field(default_factory=list)
+    #: On what grounds the verdict certifies or not (:func:`unlearnops.gates.certification_grounds`).
+    grounds: str | None = None
     #: exporter name -> its record (``sha256``, ``path`` in the run directory, whatever else it reports).
     exports: dict[str, dict[str, Any]] = Field(default_factory=dict)
     weights_sha256: str | None = None

@@ -5,6 +5,7 @@ step runs it after every rung of its ladder."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -57,10 +58,22 @@ def gates(ws: Workspace, batch: Batch) -> Batch:
         np.savez(batch.run_dir(ws) / SCORES_FILE,
                  **{f"{split}_phi_{tag}": evaluations[tag][split].phi
                     for tag in ("before", "after") for split in ("forget", "holdout")})
+        references, note = None, {"why": "exact method: not needed"}
+        if not batch.exact and len(forget):
+            from unlearnops.audit import gate_references
+
+            def progress(message: str) -> None:
+                print(f"gates: {message}", file=sys.stderr, flush=True)
+
+            references, note = gate_references(ws, forget.sample_ids, forget.features, forget.labels,
+                                               settings.references, train_missing=settings.train_references,
+                                               progress=progress)
+        batch.samples_used["gates"]["reference_models"] = note
         evidence = GateEvidence(
             manifest_before=manifest_before, manifest_after=manifest_after, forget_ids=batch.forget_ids,
             forget_hashes=batch.forget_hashes, forget_labels=forget.labels, holdout_labels=holdout.labels,
             before=evaluations["before"], after=evaluations["after"], seed=ws.settings.unlearn.seed,
+            references=references, references_note=note, exact=batch.exact,
         )
         results = []
         for name, entry in load_plugins().entries["gate"].items():
@@ -77,4 +90,5 @@ def gates(ws: Workspace, batch: Batch) -> Batch:
         batch.metrics = metrics
         batch.gates = results
         batch.status, batch.caveats = gate_statistics.overall_status(results, settings, exact=batch.exact)
+        batch.grounds = gate_statistics.certification_grounds(results, batch.status, batch.exact)
     return batch

@@ -42,6 +42,7 @@ def build_certificate(ws: Workspace, batch: Batch) -> dict[str, Any]:
         "issued_at": utc_now(),
         "run_id": batch.run_id,
         "status": certificate_status(batch.status),
+        "grounds": batch.grounds,
         "requests": batch.request_ids,
         "subjects_hmac_sha256": batch.subject_hashes,
         "samples_removed": len(batch.forget_ids),
