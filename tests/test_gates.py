@@ -264,7 +264,7 @@ def test_one_sample_batch_is_inconclusive_on_every_forgetting_gate():
     after = {"forget": _ev(np.array([-6.0]), np.array([1]), forget_labels), "holdout": holdout, "test": holdout}
     for removed_class in (False, True):
         after_manifest = manifest[manifest["label"] != 0] if removed_class else manifest
-        refs, parent_refs = _equivalence_case(0.0, n=1)[2], None
+        refs = _equivalence_case(0.0, n=1)[2]
         evidence = GateEvidence(manifest, after_manifest, ["s"], ["h"], forget_labels, holdout_labels, before,
                                 after, references=refs)
         judged = 0
