@@ -66,3 +66,30 @@ def test_plugins_list_json():
                                                                   "phash", "embedding"}
     assert rows["locator", "phash"]["locator_kind"] == "near-duplicate"
     assert rows["exporter", "onnx"]["source"] == "built-in"
+
+
+def test_prefect_server_that_cannot_start_is_one_line_and_exit_2(fresh_workspace, tmp_path):
+    """A start-up budget too small for Prefect's temporary server: exit 2 with one clear line (or one JSON
+    document), no traceback, and the pending request untouched."""
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    ws = str(fresh_workspace.root)
+    subject = pd.read_parquet(fresh_workspace.data_dir / "manifest.parquet").subject_id.iloc[0]
+    stored = json.loads(runner.invoke(app, ["request", "submit", "--subject", subject, "-w", ws, "--json"]).stdout)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0")
+    command = [sys.executable, "-m", "unlearnops.cli", "run", "-w", ws]
+    done = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error.startswith("Prefect's temporary server did not start within 0 s; nothing was changed")
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert "error: Prefect's temporary server did not start" in done.stderr and "Traceback" not in done.stderr
+    request = RequestStore(fresh_workspace.requests_db).get(stored["id"])
+    assert request.state == "received" and request.attempts == 0 and request.error is None

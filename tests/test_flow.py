@@ -149,3 +149,64 @@ def test_a_no_op_method_is_not_certified(processed):
     assert summary["gates"]["forget_accuracy"] in {"fail", "inconclusive"}
     assert summary["certificate_status"] != "certified"
     assert model_registry.resolve_version(ws, "candidate") != summary["registered_version"]
+
+
+def test_prefect_shows_steps_rungs_tags_decisions_and_artifacts(processed):
+    """Read the deletion run back through Prefect's own client and CLI, as a Prefect user would."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL
+
+    from unlearnops.flow.batch import Batch
+
+    ws, summary, stored, _ = processed
+    batch = Batch.load(ws, summary["run_id"])
+    APILogHandler.flush()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{summary['run_id']}"])), limit=50)
+        assert len(runs) == 1
+        flow_run = runs[0]
+        assert {f"workspace:{ws.root.name}", "kind:subjects", "method:slug", "method:retrain",
+                f"request:{stored.id}", "requests:1"} <= set(flow_run.tags)
+        assert summary["run_id"] in flow_run.name and "subjects" in flow_run.name
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        names = [t.name for t in tasks]
+        for step in ("locate", "dataset_version", "unlearn", "export", "register", "finalize"):
+            assert any(n.startswith(f"{step}-") for n in names), (step, names)
+        for rung in batch.rungs:  # every rung and its gate group is a task of its own
+            assert f"rung-{rung['method']} ({rung['method']})" in names
+            assert f"gates ({rung['method']})" in names
+        assert all(t.state.is_completed() for t in tasks)
+        logs = [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
+        decisions = {line.split(":")[0] for line in logs}
+        assert {"locate", "dataset_version", "unlearn", "export", "register", "finalize"} <= decisions
+        assert any(line.startswith(f"locate: 1 request(s) of kind subjects → {summary['samples_removed']} samples")
+                   for line in logs)
+        assert any(line.startswith(f"register: model version {summary['registered_version']} ") for line in logs)
+        assert any(line.startswith(f"rung {batch.rungs[0]['method']}: {batch.rungs[0]['status']} (") for line in logs)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        by_type = {a.type: a for a in artifacts}
+        assert {"markdown", "table"} <= set(by_type)
+        markdown = by_type["markdown"].data
+        assert f"Verdict: {summary['certificate_status']}" in markdown
+        assert f"models:/{ws.settings.project.model_name}/{summary['registered_version']}" in markdown
+        assert "report.html" in markdown and "| membership_inference |" in markdown
+        assert stored.id in str(by_type["table"].data)
+    # Prefect's own CLI lists the runs and deployments against the same server (422 with fastapi >= 0.151).
+    prefect_cli = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "250"}
+    for command in (["flow-run", "ls"], ["deployment", "ls"]):
+        done = subprocess.run([prefect_cli, *command], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "deletion-requests" in subprocess.run([prefect_cli, "flow-run", "ls"], env=env, capture_output=True,
+                                                 text=True, timeout=120).stdout

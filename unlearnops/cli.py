@@ -82,6 +82,29 @@ def fail(message: str, code: int = ExitCode.ERROR, as_json: bool = False) -> Non
     raise typer.Exit(code)
 
 
+#: The start of the error Prefect raises when its temporary (ephemeral) server did not answer in time.
+PREFECT_START_FAILED = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+@contextmanager
+def orchestration_errors(as_json: bool):
+    """Prefect's temporary server that did not start, or a workspace lock held too long: one line (or one
+    JSON document) and exit 2 instead of a traceback. Put it outside :func:`stdout_to_stderr`."""
+    from unlearnops.durable import WorkspaceBusy
+    from unlearnops.workspace import PREFECT_STARTUP_ENV
+
+    try:
+        yield
+    except WorkspaceBusy as exc:
+        fail(f"workspace busy: {exc}", ExitCode.ERROR, as_json)
+    except RuntimeError as exc:
+        if PREFECT_START_FAILED not in str(exc):
+            raise
+        fail(f"Prefect's temporary server did not start within {os.environ.get(PREFECT_STARTUP_ENV, '20')} s; "
+             f"nothing was changed. Raise [locations] prefect_startup_seconds (or {PREFECT_STARTUP_ENV}), set "
+             "PREFECT_API_URL to a running server, or use --no-prefect", ExitCode.ERROR, as_json)
+
+
 def _workspace(path: Optional[Path], must_exist: bool = True) -> Workspace:
     from unlearnops.workspace import ConfigError
 
@@ -385,7 +408,13 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
     if os.environ.get("PREFECT_API_URL"):
         scheduling.serve(ws, cron=cron, interval=interval)
         return
-    with servers.running(servers.prefect_server(ws.prefect_home, port)) as (api_url,):
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        try:
+            api_url, = stack.enter_context(servers.running(servers.prefect_server(ws.prefect_home, port)))
+        except RuntimeError as exc:  # the local Prefect server did not start: one line, exit 2
+            fail(f"cannot start the local Prefect server: {exc}", ExitCode.ERROR, as_json)
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported by serve()
         err.print(f"Prefect server {api_url}; serving deletion runs ({cron or f'every {interval:g} s'})")
         scheduling.serve(ws, cron=cron, interval=interval)
@@ -423,7 +452,7 @@ def run(
     overrides = _parse_overrides(config)
     try:  # a bad method or config is refused before anything is touched; a failing batch's requests are
         # marked failed (retryable) with the reason
-        with stdout_to_stderr(as_json):
+        with orchestration_errors(as_json), stdout_to_stderr(as_json):
             result = api.run(ws, method=method, config=overrides, device=device, prefect=prefect, wait=wait)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
@@ -624,7 +653,7 @@ def promote_command(
 
     ws = _workspace(workspace)
     try:
-        with stdout_to_stderr(as_json):
+        with orchestration_errors(as_json), stdout_to_stderr(as_json):
             decision = promote_flow(str(ws.root), version, check)
     except PromotionError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
@@ -862,7 +891,7 @@ def demo(
     from unlearnops.demo import run_demo
 
     ws = Workspace(workspace)
-    with stdout_to_stderr(as_json):
+    with orchestration_errors(as_json), stdout_to_stderr(as_json):
         summary = run_demo(ws, subjects=subjects, limit=limit, epochs=epochs, progress=not as_json,
                            planted_copies=planted_copies)
     if as_json:

@@ -71,12 +71,20 @@ class DataSettings(_Strict):
     )
 
 
+#: Prefect's setting for how long its temporary (ephemeral) server may take to start, in seconds.
+PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
 class LocationSettings(_Strict):
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking/registry URI; empty: sqlite in .unlearnops/ [env UNLEARNOPS_TRACKING_URI wins]."
     )
     prefect_api_url: str = Field(
         "", description="Prefect API URL; empty: a temporary local server per run [env PREFECT_API_URL wins]."
+    )
+    prefect_startup_seconds: int = Field(
+        180, ge=1, description="Seconds the temporary local Prefect server may take to start (Prefect's own default, "
+        "20, is too short on a loaded machine) [env PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS wins]."
     )
     signing_key_dir: str = Field(
         "", description="Directory of the Ed25519 signing key and the subject HMAC key; empty: .unlearnops/keys."
@@ -309,6 +317,7 @@ class Workspace:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DVC_NO_ANALYTICS": "1",
             "GX_ANALYTICS_ENABLED": "false",
+            PREFECT_STARTUP_ENV: str(self.settings.locations.prefect_startup_seconds),
         }
         if self.settings.locations.prefect_api_url:
             defaults["PREFECT_API_URL"] = self.settings.locations.prefect_api_url
