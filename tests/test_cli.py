@@ -93,3 +93,54 @@ def test_prefect_server_that_cannot_start_is_one_line_and_exit_2(fresh_workspace
     assert "error: Prefect's temporary server did not start" in done.stderr and "Traceback" not in done.stderr
     request = RequestStore(fresh_workspace.requests_db).get(stored["id"])
     assert request.state == "received" and request.attempts == 0 and request.error is None
+
+
+def test_written_toml_has_each_comment_on_its_own_key():
+    """Parse the TOML `init` writes: every key's description sits right above it (or, for a table, right
+    under its header), and the text reads back as the same settings."""
+    import textwrap
+
+    import tomlkit
+
+    from unlearnops.workspace import Settings, documented_toml
+
+    settings = Settings()
+    text = documented_toml(settings)
+    assert Settings.model_validate(tomlkit.parse(text).unwrap()) == settings
+    lines = text.splitlines()
+    for section in Settings.model_fields:
+        model = getattr(settings, section)
+        for key, field in type(model).model_fields.items():
+            expected = [f"# {line}" for line in textwrap.wrap(field.description or "", 100)]
+            if isinstance(getattr(model, key), dict):
+                at = lines.index(f"[{section}.{key}]")
+                assert lines[at + 1:at + 1 + len(expected)] == expected, (section, key)
+                continue
+            start = lines.index(f"[{section}]")
+            at = next(i for i in range(start, len(lines)) if lines[i].startswith(f"{key} = ")
+                      or lines[i] == f"# {key} = (not set)")
+            block = []
+            for line in reversed(lines[start + 1:at]):
+                if not line.startswith("# ") or any(line.startswith(f"{k} = ") for k in type(model).model_fields):
+                    break
+                block.insert(0, line)
+            assert block == expected, (section, key, block)
+
+
+def test_json_failures_full_ids_and_workspace_found_upward(fresh_workspace, tmp_path, monkeypatch):
+    """`--json` prints a JSON document on failure too; tables off a terminal keep whole ids; commands
+    run inside a workspace (or below it) find it without --workspace, as git finds its repository."""
+    result = runner.invoke(app, ["status", "-w", str(tmp_path / "missing"), "--json"])
+    assert result.exit_code == 2 and "no workspace" in json.loads(result.stdout)["error"]
+    import pandas as pd
+
+    subject = pd.read_parquet(fresh_workspace.data_dir / "manifest.parquet").subject_id.iloc[0]
+    stored = json.loads(runner.invoke(app, ["request", "submit", "--subject", subject, "-w",
+                                            str(fresh_workspace.root), "--json"]).stdout)
+    below = fresh_workspace.root / "data" / "deeper"
+    below.mkdir(parents=True)
+    monkeypatch.chdir(below)
+    monkeypatch.delenv("UNLEARNOPS_WORKSPACE", raising=False)
+    result = runner.invoke(app, ["request", "list"])  # CliRunner's stdout is not a terminal
+    assert result.exit_code == 0, result.output
+    assert stored["id"] in result.stdout  # the whole id, not cut at 80 columns

@@ -168,7 +168,7 @@ def test_prefect_shows_steps_rungs_tags_decisions_and_artifacts(processed):
 
     ws, summary, stored, _ = processed
     batch = Batch.load(ws, summary["run_id"])
-    APILogHandler.flush()
+    APILogHandler().flush()
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{summary['run_id']}"])), limit=50)
@@ -210,3 +210,31 @@ def test_prefect_shows_steps_rungs_tags_decisions_and_artifacts(processed):
         assert done.returncode == 0, done.stdout + done.stderr
     assert "deletion-requests" in subprocess.run([prefect_cli, "flow-run", "ls"], env=env, capture_output=True,
                                                  text=True, timeout=120).stdout
+
+
+def test_dvc_status_after_a_deletion_is_the_documented_state(processed):
+    """`dvc status` reports exactly the one documented change, `unlearnops status` says the same, the train
+    stage depends on the settings it reads, and the training curve is a DVC plot and an MLflow metric."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from unlearnops import api
+
+    ws, summary, _, _ = processed
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json"], cwd=ws.root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"prepare": [{"changed deps": {"data": "modified"}}]}
+    state = api.status(ws)["dvc_pipeline"]
+    assert not state["clean"] and state["changes"] == ["prepare: changed deps: modified: data"]
+    assert summary["dataset_rev_after"] and "expected after deletions" in state["explanation"]
+    train = yaml.safe_load((ws.root / "dvc.yaml").read_text())["stages"]["train"]
+    assert {"unlearnops.toml": ["project.model_factory", "project.train_function", "project.python_path"]} \
+        in train["params"]
+    curve = (ws.root / "plots/train.csv").read_text().splitlines()
+    assert curve[0] == "epoch,loss,seconds" and len(curve) == 1 + ws.params.train.epochs
+    client = model_registry.client(ws)
+    base_run = client.get_model_version(ws.settings.project.model_name, "1").run_id
+    history = client.get_metric_history(base_run, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, ws.params.train.epochs + 1))

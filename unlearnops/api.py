@@ -253,6 +253,7 @@ def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
 def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
     """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state."""
     from unlearnops import data, model_registry
+    from unlearnops.dvc_state import pipeline_state
     from unlearnops.requests import RequestStore
 
     ws = workspace(ws)
@@ -289,4 +290,5 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
         "dataset": dataset.to_dict(),
         "versions": versions,
         "requests": requests,
+        "dvc_pipeline": pipeline_state(ws.root),
     }

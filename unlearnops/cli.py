@@ -105,17 +105,24 @@ def orchestration_errors(as_json: bool):
              "PREFECT_API_URL to a running server, or use --no-prefect", ExitCode.ERROR, as_json)
 
 
-def _workspace(path: Optional[Path], must_exist: bool = True) -> Workspace:
+def _workspace(path: Optional[Path], must_exist: bool = True, as_json: bool = False) -> Workspace:
+    """The workspace at ``path``, else from ``UNLEARNOPS_WORKSPACE``, else the nearest one from the current
+    directory upward, else ``./workspace``; a missing or misconfigured one is exit 2 (JSON with ``as_json``)."""
     from unlearnops.workspace import ConfigError
 
     ws = Workspace(path)
     if must_exist and not ws.exists():
-        fail(f"no workspace at {ws.root}: create one with `unlearnops init {ws.root}`")
+        fail(f"no workspace at {ws.root}: create one with `unlearnops init {ws.root}`", as_json=as_json)
     try:
         ws.activate()
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), as_json=as_json)
     return ws
+
+
+def out_console() -> Console:
+    """The stdout console; off a terminal (scripts, logs) wide enough that tables never cut ids."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -180,13 +187,13 @@ def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOpti
     """Model versions with aliases, certificate status and lineage; the dataset version; requests by state."""
     from unlearnops import api
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
         report = api.status(ws)
     if as_json:
         emit_json(report)
         return
-    console = Console()
+    console = out_console()
     console.print(f"workspace {report['workspace']} — model {report['model_name']} ({report['tracking_uri']})")
     dataset = report["dataset"]
     console.print(f"dataset: {dataset['n_samples']} samples at {dataset['git_rev'][:10]} (dvc {dataset['dvc_md5']})")
@@ -197,6 +204,9 @@ def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOpti
     console.print(table)
     counts = ", ".join(f"{n} {state}" for state, n in sorted(report["requests"].items())) or "none"
     console.print(f"requests: {counts}")
+    pipeline = report["dvc_pipeline"]
+    console.print(f"dvc status: {'clean' if pipeline['clean'] else '; '.join(pipeline['changes'])} — "
+                  f"{pipeline['explanation']}")
 
 
 @app.command()
@@ -214,7 +224,7 @@ def train(
     from unlearnops import api
     from unlearnops.workspace import ConfigError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     started = time.perf_counter()
     try:
         with stdout_to_stderr(as_json):
@@ -250,7 +260,7 @@ def request_submit(
     from unlearnops.intake import receipt, submit
     from unlearnops.requests import RequestRejected
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored, created = submit(
             ws,
@@ -276,7 +286,7 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
     """List deletion requests and their states."""
     from unlearnops.requests import RequestStore
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     stored = RequestStore(ws.requests_db).list()
     if as_json:
         emit_json([s.model_dump(mode="json") for s in stored])
@@ -288,7 +298,7 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
         table.add_row(s.id, s.state, s.created_at, targets, (s.dataset_rev or "")[:10], s.model_version or "",
                       (s.error or s.rejection_reason or (f"already deleted by {s.resolved_by}"
                                                          if s.resolved_by else ""))[:60])
-    Console().print(table)
+    out_console().print(table)
 
 
 # -- intake channels and request inspection (issue 8) ---------------------------------------------------
@@ -299,7 +309,7 @@ def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, a
     """Show one deletion request: its targets, state, dataset revision, model version, error."""
     from unlearnops.requests import RequestStore
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored = RequestStore(ws.requests_db).get(request_id)
     except KeyError:
@@ -321,7 +331,7 @@ def request_reject(request_id: str,
     from unlearnops.requests import TransitionRefused
     from unlearnops import api
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored = api.reject(ws, request_id, reason, wait=wait)
     except KeyError:
@@ -343,7 +353,7 @@ def request_import(directory: Path = typer.Argument(..., help="Drop directory of
     to rejected/ with a reason file. Exit 1 if any file was rejected."""
     from unlearnops.intake import import_directory
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     if not directory.is_dir():
         fail(f"no directory {directory}")
     results = import_directory(ws, directory)
@@ -391,7 +401,7 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
 
     if cron is not None and interval is not None or (cron is None and interval is None and not work_pool):
         fail("give exactly one of --cron and --interval (or neither, with --work-pool)", as_json=as_json)
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     if work_pool:
         if not os.environ.get("PREFECT_API_URL"):
             fail("--work-pool needs PREFECT_API_URL: the Prefect server the pool's workers poll", as_json=as_json)
@@ -448,7 +458,7 @@ def run(
     from unlearnops import api
     from unlearnops.plugin_manager import PluginError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     overrides = _parse_overrides(config)
     try:  # a bad method or config is refused before anything is touched; a failing batch's requests are
         # marked failed (retryable) with the reason
@@ -512,7 +522,7 @@ def plugins_list(as_json: bool = JsonOption) -> None:
         if isinstance(details, dict):
             details = ", ".join(f"{k}={v}" for k, v in details.items())
         table.add_row(r["kind"], r["name"], r["version"], r["source"], str(details))
-    Console().print(table)
+    out_console().print(table)
     for e in plugins.errors:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
@@ -579,7 +589,7 @@ def locate_command(
 
     if not dry_run:
         fail("locate only reviews candidates: pass --dry-run (`unlearnops run` deletes)", ExitCode.ERROR, as_json)
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     ad_hoc = bool(subject or samples or content_hash)
     if bool(request_id) == ad_hoc:
         fail("name a stored request id or --subject/--samples/--hash, not both or neither", ExitCode.REFUSED, as_json)
@@ -608,7 +618,7 @@ def locate_command(
     table = Table("sample_id", "locator", "score", "resembles", "found by", title=f"candidates ({request.policy})")
     for r in records:
         table.add_row(r["sample_id"], r["locator"], f"{r['score']:.4f}", r["via"] or "", r["locators"])
-    Console().print(table)
+    out_console().print(table)
     err.print(f"{result['n_candidates']} candidates ({', '.join(f'{k} {v}' for k, v in by_locator.items())}); "
               "dry run: nothing deleted")
     for name, missing in unmatched.items():
@@ -651,7 +661,7 @@ def promote_command(
     from unlearnops.pipelines.promote import promote_flow
     from unlearnops.promote import PromotionError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with orchestration_errors(as_json), stdout_to_stderr(as_json):
             decision = promote_flow(str(ws.root), version, check)
@@ -700,7 +710,7 @@ def explain(
     from unlearnops.explain import ExplainError
     from unlearnops.explain import explain as explain_version
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             story = explain_version(ws, version, out)
@@ -709,7 +719,7 @@ def explain(
     if as_json:
         emit_json(story)
         return
-    console = Console()
+    console = out_console()
     console.print(f"version {story['version']}: {story['status']} — parent v{story['parent_version']}, "
                   f"{story['samples_removed']} samples removed, method {story['method']}")
     for rung in story["rungs"]:
@@ -740,7 +750,7 @@ def certificate_verify(
     Exit 0 verified, 1 refused (problems listed), 2 error."""
     from unlearnops.verification import verify_version
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
         result = verify_version(ws, version)
     if as_json:
@@ -772,7 +782,7 @@ def audit(
     from unlearnops.audit import AuditRefused, audit_version
     from unlearnops.durable import WorkspaceBusy
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             record = audit_version(ws, version, references=references, device=device, wait=wait)
@@ -814,7 +824,7 @@ def purge(
     from unlearnops.purge import PurgeRefused
     from unlearnops.purge import purge as run_purge
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             report = run_purge(ws, dry_run=dry_run, wait=wait)
@@ -859,7 +869,7 @@ def print_summary(summary: dict) -> None:
                        ("test accuracy", "test_accuracy"), ("MIA AUC (forget vs held-out)", "mia_auc")):
         before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
         table.add_row(label, "-" if before is None else f"{before:.4f}", "-" if after is None else f"{after:.4f}")
-    console = Console()
+    console = out_console()
     console.print(table)
     console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
                   f"({summary['forget_samples_trained']} were training samples); located by "
