@@ -295,3 +295,16 @@ def test_kustomize_renders_the_manifests():
     assert rendered.returncode == 0, rendered.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d]
     assert kinds.count("Deployment") == 5 and "PersistentVolumeClaim" in kinds and "Job" in kinds
+
+
+def test_ci_workflow_installs_cpu_torch_first_and_the_project_from_the_checkout():
+    workflow = yaml.safe_load((DEPLOY / "ci" / "promote.yml").read_text())
+    steps = workflow["jobs"]["promote"]["steps"]
+    install = next(s["run"] for s in steps if "pip install" in s.get("run", "")).splitlines()
+    torch_line = next(i for i, line in enumerate(install) if "torch==" in line)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install[torch_line]
+    project_line = next(i for i, line in enumerate(install) if line.strip().endswith("pip install ."))
+    assert torch_line < project_line
+    assert not any(line.strip().endswith("pip install unlearnops") for line in install)
+    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"torch=={pinned}" in install[torch_line]

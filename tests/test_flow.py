@@ -137,12 +137,20 @@ def test_a_no_op_method_is_not_certified(processed):
 
     ws, *_ = processed
 
+    from unlearnops.flow.run import step_decision, step_listener
+
     register_plugin(NoOpPlugin(), "noop-plugin")
+    lines = []
     try:
         submit(ws, {"subject_ids": demo_subjects(ws, 30), "reason": "no-op check"})
-        summary = deletion_flow(str(ws.root), method="noop")
+        with step_listener(lambda batch, step: lines.append(step_decision(batch, step))):
+            summary = deletion_flow(str(ws.root), method="noop")
     finally:
         unregister_plugin("noop-plugin")
+    # `unlearnops run` prints one line per step from this listener (the Prefect path here)
+    assert [line.split(":")[0] for line in lines] == ["locate", "dataset_version", "unlearn", "export", "register",
+                                                       "finalize"]
+    assert lines[2].startswith("unlearn: 1 rung(s) tried (noop ")
     assert summary["forget_accuracy_after"] == summary["forget_accuracy_before"]
     # "fail" when the forget set is large enough to refute a no-op, "inconclusive" otherwise — never "pass"
     # (tests/test_certify.py pins "fail" on the default demo data).

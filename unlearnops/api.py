@@ -20,11 +20,12 @@ settings, ``RequestRejected`` for bad requests, ``PromotionError`` for promotion
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import ValidationError
 
-from unlearnops.datasets import SourceData
+if TYPE_CHECKING:  # pandas-heavy: imported only where a dataset is built (fast `status`)
+    from unlearnops.datasets import SourceData
 from unlearnops.workspace import CONFIG_FILE, ConfigError, Settings, Workspace, load_settings, validation_message
 
 WorkspaceLike = Workspace | str | Path

@@ -29,7 +29,8 @@ app.add_typer(certificate_app, name="certificate")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
-                               f"default ./{DEFAULT_WORKSPACE}).")
+                               f"default: the nearest workspace from the current directory upward, else "
+                               f"./{DEFAULT_WORKSPACE}).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
@@ -162,8 +163,9 @@ def init(
     from unlearnops.workspace import ConfigError
 
     if directory is not None and workspace is not None and directory.resolve() != workspace.resolve():
-        fail("give the workspace either as DIRECTORY or as --workspace, not both")
-    ws = Workspace(directory or workspace)
+        fail("give the workspace either as DIRECTORY or as --workspace, not both", as_json=as_json)
+    # init never looks upward: it creates ./workspace, not a nested copy of an enclosing one
+    ws = Workspace(directory or workspace or os.environ.get("UNLEARNOPS_WORKSPACE") or DEFAULT_WORKSPACE)
     payload: dict[str, Any] = {"workspace": str(ws.root)}
     try:
         with stdout_to_stderr(as_json):
@@ -462,7 +464,7 @@ def run(
     overrides = _parse_overrides(config)
     try:  # a bad method or config is refused before anything is touched; a failing batch's requests are
         # marked failed (retryable) with the reason
-        with orchestration_errors(as_json), stdout_to_stderr(as_json):
+        with orchestration_errors(as_json), stdout_to_stderr(as_json), _step_lines():
             result = api.run(ws, method=method, config=overrides, device=device, prefect=prefect, wait=wait)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
@@ -474,6 +476,17 @@ def run(
         err.print(f"skipped: {result['skipped']}")
     else:
         print_summary(result)
+
+
+@contextmanager
+def _step_lines():
+    """One status line per finished step on stderr (stdout, and so ``--json``, is untouched)."""
+    from rich.markup import escape
+
+    from unlearnops.flow.run import step_decision, step_listener
+
+    with step_listener(lambda batch, step: err.print(f"[green]✓[/green] {escape(step_decision(batch, step))}")):
+        yield
 
 
 def _plugin_row(entry) -> dict[str, Any]:

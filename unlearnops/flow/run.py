@@ -5,7 +5,8 @@ step wrapped in a task of the same name."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from unlearnops.durable import workspace_lock
 from unlearnops.flow.batch import Batch, NothingToDo, certificate_status, open_batches
@@ -26,6 +27,26 @@ STEP_FUNCTIONS: dict[str, Callable[[Workspace, Batch], Batch]] = {
     "register": register,
     "finalize": finalize,
 }
+
+#: Called with ``(batch, step)`` after each step of :func:`process_pending` (``unlearnops run`` prints a line).
+StepListener = Callable[[Batch, str], None]
+_listeners: list[StepListener] = []
+
+
+@contextmanager
+def step_listener(listener: StepListener) -> Iterator[None]:
+    """While active, ``listener(batch, step)`` is called after every step a run completes (both paths)."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+def _notify(batch: Batch, step: str) -> None:
+    for listener in list(_listeners):
+        listener(batch, step)
+
 
 OpenBatch = Callable[[Workspace, "str | None", "dict | None", "str | None"], Batch]
 RunStep = Callable[[Workspace, Batch, str], Batch]
@@ -82,9 +103,11 @@ def process_pending(
             batch = open_batch(ws, method, method_config, device)
         except NothingToDo:
             return None
+        _notify(batch, "locate")
         try:
             for step in batch.remaining():
                 batch = step_runner(ws, batch, step)
+                _notify(batch, step)
         except BaseException as exc:
             mark_failed(ws, batch, exc)
             raise
