@@ -246,3 +246,24 @@ def test_dvc_status_after_a_deletion_is_the_documented_state(processed):
     base_run = client.get_model_version(ws.settings.project.model_name, "1").run_id
     history = client.get_metric_history(base_run, "train_loss")
     assert sorted(m.step for m in history) == list(range(1, ws.params.train.epochs + 1))
+
+
+def test_status_reads_the_registry_without_importing_mlflow(processed):
+    """`unlearnops status` reads the workspace's own sqlite registry directly (fast start-up); what it reads
+    equals what MLflow's client answers, and the process never imports mlflow."""
+    import subprocess
+    import sys
+
+    from unlearnops import api
+    from unlearnops.registry_snapshot import read_registry
+
+    ws, summary, _, _ = processed
+    name = ws.settings.project.model_name
+    direct = read_registry(ws.mlflow_db, name)
+    via_mlflow = api._registry_from_mlflow(ws, name)
+    assert direct == via_mlflow and len(direct[1]) >= 2 and direct[0]["champion"] == "1"
+    code = ("import sys, json; from unlearnops import api; s = api.status(sys.argv[1]); "
+            "print(json.dumps([v['version'] for v in s['versions']])); assert 'mlflow' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(ws.root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [v["version"] for v in direct[1]]
