@@ -485,7 +485,8 @@ def _step_lines():
 
     from unlearnops.flow.run import step_decision, step_listener
 
-    with step_listener(lambda batch, step: err.print(f"[green]✓[/green] {escape(step_decision(batch, step))}")):
+    with step_listener(lambda batch, step: err.print(f"[green]✓[/green] {escape(step_decision(batch, step))}",
+                                                     soft_wrap=True)):
         yield
 
 
