@@ -86,7 +86,8 @@ def test_prefect_server_that_cannot_start_is_one_line_and_exit_2(fresh_workspace
     done = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stdout + done.stderr
     error = json.loads(done.stdout)["error"]
-    assert error.startswith("Prefect's temporary server did not start within 0 s; nothing was changed")
+    assert error.startswith("Prefect's temporary server did not start within 0 s; the flow did not start and no request "
+                             "was touched")
     assert "Traceback" not in done.stderr
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stdout == ""

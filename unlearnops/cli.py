@@ -102,8 +102,9 @@ def orchestration_errors(as_json: bool):
         if PREFECT_START_FAILED not in str(exc):
             raise
         fail(f"Prefect's temporary server did not start within {os.environ.get(PREFECT_STARTUP_ENV, '20')} s; "
-             f"nothing was changed. Raise [locations] prefect_startup_seconds (or {PREFECT_STARTUP_ENV}), set "
-             "PREFECT_API_URL to a running server, or use --no-prefect", ExitCode.ERROR, as_json)
+             "the flow did not start and no request was touched. Raise [locations] prefect_startup_seconds "
+             f"(or {PREFECT_STARTUP_ENV}), set PREFECT_API_URL to a running server, or use --no-prefect",
+             ExitCode.ERROR, as_json)
 
 
 def _workspace(path: Optional[Path], must_exist: bool = True, as_json: bool = False) -> Workspace:
