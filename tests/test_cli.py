@@ -1,4 +1,5 @@
 import json
+import os
 
 from typer.testing import CliRunner
 
@@ -145,3 +146,37 @@ def test_json_failures_full_ids_and_workspace_found_upward(fresh_workspace, tmp_
     result = runner.invoke(app, ["request", "list"])  # CliRunner's stdout is not a terminal
     assert result.exit_code == 0, result.output
     assert stored["id"] in result.stdout  # the whole id, not cut at 80 columns
+
+
+def test_prefect_startup_budget_comes_from_the_settings_and_the_environment_wins(fresh_workspace, monkeypatch):
+    from unlearnops.workspace import PREFECT_STARTUP_ENV, Workspace
+
+    settings = fresh_workspace.settings
+    settings.locations.prefect_startup_seconds = 7
+    fresh_workspace.write_settings(settings, fresh_workspace.params)
+    monkeypatch.delenv(PREFECT_STARTUP_ENV, raising=False)
+    Workspace(fresh_workspace.root).activate()
+    assert os.environ[PREFECT_STARTUP_ENV] == "7"
+    monkeypatch.setenv(PREFECT_STARTUP_ENV, "300")
+    Workspace(fresh_workspace.root).activate()
+    assert os.environ[PREFECT_STARTUP_ENV] == "300"
+    assert Workspace(fresh_workspace.root).settings.locations.prefect_startup_seconds == 7
+
+
+def test_epoch_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
+    import io
+
+    from rich.console import Console
+
+    from unlearnops.progress import epoch_progress
+
+    with epoch_progress(3, "train") as report:  # pytest's stderr is not a terminal: plain lines
+        for epoch in (1, 2, 3):
+            report(epoch, 1.0 / epoch)
+    assert capsys.readouterr().err.splitlines() == ["train: epoch 1/3 loss 1.0000", "train: epoch 2/3 loss 0.5000",
+                                                    "train: epoch 3/3 loss 0.3333"]
+    screen = io.StringIO()
+    with epoch_progress(3, "train", console=Console(file=screen, force_terminal=True, width=120)) as report:
+        for epoch in (1, 2, 3):
+            report(epoch, 1.0 / epoch)
+    assert "3/3 epochs" in screen.getvalue() and "loss 0.3333" in screen.getvalue()

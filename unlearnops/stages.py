@@ -13,6 +13,7 @@ import numpy as np
 from unlearnops.data import load_dataset
 from unlearnops.datasets import SPLITS
 from unlearnops.method_runner import Samples, call_training
+from unlearnops.progress import epoch_progress
 from unlearnops.workspace import Workspace
 
 PREPARED = Path("prepared")
@@ -46,12 +47,13 @@ def train(ws: Workspace) -> None:
     started = time.perf_counter()
     curve: list[str] = ["epoch,loss,seconds"]
 
-    def progress(epoch: int, loss: float) -> None:
-        curve.append(f"{epoch},{loss:.6f},{time.perf_counter() - started:.2f}")
-        print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
+    with epoch_progress(params.epochs, "train") as report:
+        def progress(epoch: int, loss: float) -> None:
+            curve.append(f"{epoch},{loss:.6f},{time.perf_counter() - started:.2f}")
+            report(epoch, loss)
 
-    model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(), progress=progress,
-                          **params.model_dump())
+        model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(),
+                              progress=progress, **params.model_dump())
     save_weights(model, ws.root / BASE_WEIGHTS)
     (ws.root / TRAIN_CURVE).parent.mkdir(parents=True, exist_ok=True)
     (ws.root / TRAIN_CURVE).write_text("\n".join(curve) + "\n")
