@@ -180,3 +180,18 @@ def test_epoch_progress_is_a_bar_on_a_terminal_and_lines_elsewhere(capsys):
         for epoch in (1, 2, 3):
             report(epoch, 1.0 / epoch)
     assert "3/3 epochs" in screen.getvalue() and "loss 0.3333" in screen.getvalue()
+
+
+def test_a_failing_run_still_prints_one_json_document(fresh_workspace):
+    """No champion yet: the run fails before a batch opens; `run --json` still prints the error as one JSON
+    document (exit 2) and the request waits untouched."""
+    import pandas as pd
+
+    ws = str(fresh_workspace.root)
+    subject = pd.read_parquet(fresh_workspace.data_dir / "manifest.parquet").subject_id.iloc[0]
+    stored = json.loads(runner.invoke(app, ["request", "submit", "--subject", subject, "-w", ws, "--json"]).stdout)
+    result = runner.invoke(app, ["run", "--no-prefect", "-w", ws, "--json"])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout) == {"error": "RuntimeError: no champion model: run `unlearnops train` first"}
+    request = RequestStore(fresh_workspace.requests_db).get(stored["id"])
+    assert request.state == "received" and request.error is None

@@ -107,6 +107,17 @@ def orchestration_errors(as_json: bool):
              ExitCode.ERROR, as_json)
 
 
+def _json_failure(exc: Exception, as_json: bool) -> None:
+    """Under ``--json`` an unexpected error is still one JSON document on stdout (exit 2; the traceback goes
+    to stderr); without it the exception propagates as before."""
+    if not as_json:
+        raise exc
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    fail(f"{type(exc).__name__}: {exc}", ExitCode.ERROR, as_json=True)
+
+
 def _workspace(path: Optional[Path], must_exist: bool = True, as_json: bool = False) -> Workspace:
     """The workspace at ``path``, else from ``UNLEARNOPS_WORKSPACE``, else the nearest one from the current
     directory upward, else ``./workspace``; a missing or misconfigured one is exit 2 (JSON with ``as_json``)."""
@@ -469,6 +480,10 @@ def run(
             result = api.run(ws, method=method, config=overrides, device=device, prefect=prefect, wait=wait)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a failing batch (its requests are marked failed, retryable)
+        _json_failure(exc, as_json)
     if as_json:
         emit_json(result or {"result": "no pending deletion requests"})
     elif result is None:
@@ -682,6 +697,10 @@ def promote_command(
             decision = promote_flow(str(ws.root), version, check)
     except PromotionError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _json_failure(exc, as_json)
     if as_json:
         emit_json(decision)
     elif decision["promotable"]:
