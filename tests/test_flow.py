@@ -193,6 +193,8 @@ def test_prefect_shows_steps_rungs_tags_decisions_and_artifacts(processed):
             assert f"rung-{rung['method']} ({rung['method']})" in names
             assert f"gates ({rung['method']})" in names
         assert all(t.state.is_completed() for t in tasks)
+        policy = {n.rsplit("-", 1)[0]: t.empirical_policy.retries for n, t in zip(names, tasks)}
+        assert policy["export"] == policy["finalize"] == 1 and policy["register"] == policy["dataset_version"] == 0
         logs = [log.message for log in client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
         decisions = {line.split(":")[0] for line in logs}
