@@ -26,7 +26,6 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
@@ -267,6 +266,8 @@ class _Judge:
         else:
             # The held-out scores are taken again: the edit moves non-members as well.
             member = np.r_[np.ones(len(forget_phi)), np.zeros(len(utility_phi))]
+            from sklearn.metrics import roc_auc_score  # lazy: sklearn costs seconds of `plugins list`
+
             auc = float(roc_auc_score(member, np.r_[forget_phi, utility_phi]))
             result["auc"] = auc
             result["reached"] = (auc <= 0.5 + self.config.auc_tolerance

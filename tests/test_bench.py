@@ -114,3 +114,15 @@ def test_cli_writes_json_table_and_plot(tmp_path):
     bad = CliRunner().invoke(app, ["bench", "--methods", "nope", "--out", str(out)])
     assert bad.exit_code == 2 and "unknown unlearning method" in bad.output
     assert set(SCENARIOS) >= {"subjects_10"}
+
+
+def test_startup_bench_times_fresh_processes(fresh_workspace):
+    from unlearnops.bench.startup import markdown, measure
+
+    rows = measure(fresh_workspace.root, repeats=1,
+                   commands={"--help": ["--help"], "request list": ["request", "list"]})
+    assert [r["command"] for r in rows] == ["unlearnops --help", "unlearnops request list"]
+    for row in rows:
+        assert row["exit_codes"] == [0] and 0 < row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["cpus"] >= 1 and row["load_before"] >= 0
+    assert "| `unlearnops request list` |" in markdown(rows)

@@ -99,6 +99,8 @@ def test_image_folder_project_with_own_training_loop(tmp_path, prefect_harness):
                      "--train-function", "digits_project:train", "--adapter", "image_folder",
                      "--option", "manifest=manifest.csv", "--python-path", ".", "--model-name", "digits-cnn")
     assert created["dataset"]["n_samples"] == 1797
+    # the user's model code is a dep of the train stage: changing the model invalidates training
+    assert "digits_project.py" in yaml.safe_load((directory / "dvc.yaml").read_text())["stages"]["train"]["deps"]
     trained = invoke("train", "--workspace", str(directory))
     assert trained["champion_version"] == "1"
     metrics = json.loads((directory / "metrics.json").read_text())

@@ -364,3 +364,16 @@ def test_serve_refuses_malformed_and_oversized_bodies_with_4xx(serving_app):
     assert limit == 8 * 784 * 32 + 4096
     declared = http.post("/predict", content=b" " * (limit + 1), headers=auth)
     assert declared.status_code == 413 and "Content-Length" in declared.json()["detail"]
+
+
+def test_ci_workflow_installs_cpu_torch_first_and_the_project_from_the_checkout():
+    workflow = yaml.safe_load((DEPLOY / "ci" / "promote.yml").read_text())
+    steps = workflow["jobs"]["promote"]["steps"]
+    install = next(s["run"] for s in steps if "pip install" in s.get("run", "")).splitlines()
+    torch_line = next(i for i, line in enumerate(install) if "torch==" in line)
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install[torch_line]
+    project_line = next(i for i, line in enumerate(install) if line.strip().endswith("pip install ."))
+    assert torch_line < project_line
+    assert not any(line.strip().endswith("pip install unlearnops") for line in install)
+    pinned = re.search(r'"torch==([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    assert f"torch=={pinned}" in install[torch_line]

@@ -23,3 +23,18 @@ def test_onnx_export_dynamic_batch_and_parity(tmp_path):
     moved.mkdir()
     (tmp_path / "m.onnx").rename(moved / "m.onnx")
     inference_session(moved / "m.onnx").run(None, {"input": sample[:2]})
+
+
+def test_onnx_opset_is_pinned_and_metadata_written(tmp_path):
+    import unlearnops
+    from unlearnops.export import ONNX_OPSET, onnx_metadata
+
+    sample = np.random.default_rng(1).random((16, 1, 28, 28), dtype=np.float32)
+    with onnx_metadata({"model_name": "digits", "unlearnops_run": "run-1"}):
+        export_onnx(SmallCNN(), sample, tmp_path / "m.onnx", metadata={"method": "slug"})
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert {o.domain: o.version for o in proto.opset_import}[""] == ONNX_OPSET
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["unlearnops_version"] == unlearnops.__version__
+    assert (props["model_name"], props["unlearnops_run"], props["method"]) == ("digits", "run-1", "slug")
+    inference_session(tmp_path / "m.onnx").run(None, {"input": sample[:3]})

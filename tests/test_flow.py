@@ -138,15 +138,135 @@ def test_a_no_op_method_is_not_certified(processed):
 
     ws, *_ = processed
 
+    from unlearnops.flow.run import step_decision, step_listener
+
     register_plugin(NoOpPlugin(), "noop-plugin")
+    lines = []
     try:
         submit(ws, {"subject_ids": demo_subjects(ws, 30), "reason": "no-op check"})
-        summary = deletion_flow(str(ws.root), method="noop")
+        with step_listener(lambda batch, step: lines.append(step_decision(batch, step))):
+            summary = deletion_flow(str(ws.root), method="noop")
     finally:
         unregister_plugin("noop-plugin")
+    # `unlearnops run` prints one line per step from this listener (the Prefect path here)
+    assert [line.split(":")[0] for line in lines] == ["locate", "dataset_version", "unlearn", "export", "register",
+                                                       "finalize"]
+    assert lines[2].startswith("unlearn: 1 rung(s) tried (noop ")
     assert summary["forget_accuracy_after"] == summary["forget_accuracy_before"]
     # "fail" when the forget set is large enough to refute a no-op, "inconclusive" otherwise — never "pass"
     # (tests/test_certify.py pins "fail" on the default demo data).
     assert summary["gates"]["forget_accuracy"] in {"fail", "inconclusive"}
     assert summary["certificate_status"] != "certified"
     assert model_registry.resolve_version(ws, "candidate") != summary["registered_version"]
+
+
+def test_prefect_shows_steps_rungs_tags_decisions_and_artifacts(processed):
+    """Read the deletion run back through Prefect's own client and CLI, as a Prefect user would."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter,
+                                                FlowRunFilterId, FlowRunFilterTags, LogFilter, LogFilterFlowRunId)
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL
+
+    from unlearnops.flow.batch import Batch
+
+    ws, summary, stored, _ = processed
+    batch = Batch.load(ws, summary["run_id"])
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"run:{summary['run_id']}"])), limit=50)
+        assert len(runs) == 1
+        flow_run = runs[0]
+        assert {f"workspace:{ws.root.name}", "kind:subjects", "method:slug", "method:retrain",
+                f"request:{stored.id}", "requests:1"} <= set(flow_run.tags)
+        assert summary["run_id"] in flow_run.name and "subjects" in flow_run.name
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        names = [t.name for t in tasks]
+        for step in ("locate", "dataset_version", "unlearn", "export", "register", "finalize"):
+            assert any(n.startswith(f"{step}-") for n in names), (step, names)
+        for rung in batch.rungs:  # every rung and its gate group is a task of its own
+            assert f"rung-{rung['method']} ({rung['method']})" in names
+            assert f"gates ({rung['method']})" in names
+        assert all(t.state.is_completed() for t in tasks)
+        policy = {n.rsplit("-", 1)[0]: t.empirical_policy.retries for n, t in zip(names, tasks)}
+        assert policy["export"] == policy["finalize"] == 1 and policy["register"] == policy["dataset_version"] == 0
+        logs = [log.message for log in client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])))]
+        decisions = {line.split(":")[0] for line in logs}
+        assert {"locate", "dataset_version", "unlearn", "export", "register", "finalize"} <= decisions
+        assert any(line.startswith(f"locate: 1 request(s) of kind subjects → {summary['samples_removed']} samples")
+                   for line in logs)
+        assert any(line.startswith(f"register: model version {summary['registered_version']} ") for line in logs)
+        assert any(line.startswith(f"rung {batch.rungs[0]['method']}: {batch.rungs[0]['status']} (") for line in logs)
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+        by_type = {a.type: a for a in artifacts}
+        assert {"markdown", "table"} <= set(by_type)
+        markdown = by_type["markdown"].data
+        assert f"Verdict: {summary['certificate_status']}" in markdown
+        assert f"models:/{ws.settings.project.model_name}/{summary['registered_version']}" in markdown
+        assert "report.html" in markdown and "| membership_inference |" in markdown
+        assert stored.id in str(by_type["table"].data)
+    # Prefect's own CLI lists the runs and deployments against the same server (422 with fastapi >= 0.151).
+    prefect_cli = str(Path(sys.executable).parent / "prefect")
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "250"}
+    for command in (["flow-run", "ls"], ["deployment", "ls"]):
+        done = subprocess.run([prefect_cli, *command], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert "deletion-requests" in subprocess.run([prefect_cli, "flow-run", "ls"], env=env, capture_output=True,
+                                                 text=True, timeout=120).stdout
+
+
+def test_dvc_status_after_a_deletion_is_the_documented_state(processed):
+    """`dvc status` reports exactly the one documented change, `unlearnops status` says the same, the train
+    stage depends on the settings it reads, and the training curve is a DVC plot and an MLflow metric."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from unlearnops import api
+
+    ws, summary, _, _ = processed
+    done = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status", "--json"], cwd=ws.root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"prepare": [{"changed deps": {"data": "modified"}}]}
+    state = api.status(ws)["dvc_pipeline"]
+    assert not state["clean"] and state["changes"] == ["prepare: changed deps: modified: data"]
+    assert summary["dataset_rev_after"] and "expected after deletions" in state["explanation"]
+    train = yaml.safe_load((ws.root / "dvc.yaml").read_text())["stages"]["train"]
+    assert {"unlearnops.toml": ["project.model_factory", "project.train_function", "project.python_path"]} \
+        in train["params"]
+    curve = (ws.root / "plots/train.csv").read_text().splitlines()
+    assert curve[0] == "epoch,loss,seconds" and len(curve) == 1 + ws.params.train.epochs
+    client = model_registry.client(ws)
+    base_run = client.get_model_version(ws.settings.project.model_name, "1").run_id
+    history = client.get_metric_history(base_run, "train_loss")
+    assert sorted(m.step for m in history) == list(range(1, ws.params.train.epochs + 1))
+
+
+def test_status_reads_the_registry_without_importing_mlflow(processed):
+    """`unlearnops status` reads the workspace's own sqlite registry directly (fast start-up); what it reads
+    equals what MLflow's client answers, and the process never imports mlflow."""
+    import subprocess
+    import sys
+
+    from unlearnops import api
+    from unlearnops.registry_snapshot import read_registry
+
+    ws, summary, _, _ = processed
+    name = ws.settings.project.model_name
+    direct = read_registry(ws.mlflow_db, name)
+    via_mlflow = api._registry_from_mlflow(ws, name)
+    assert direct == via_mlflow and len(direct[1]) >= 2 and direct[0]["champion"] == "1"
+    code = ("import sys, json; from unlearnops import api; s = api.status(sys.argv[1]); "
+            "print(json.dumps([v['version'] for v in s['versions']])); assert 'mlflow' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code, str(ws.root)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [v["version"] for v in direct[1]]

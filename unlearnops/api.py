@@ -20,11 +20,12 @@ settings, ``RequestRejected`` for bad requests, ``PromotionError`` for promotion
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from pydantic import ValidationError
 
-from unlearnops.datasets import SourceData
+if TYPE_CHECKING:  # pandas-heavy: imported only where a dataset is built (fast `status`)
+    from unlearnops.datasets import SourceData
 from unlearnops.workspace import CONFIG_FILE, ConfigError, Settings, Workspace, load_settings, validation_message
 
 WorkspaceLike = Workspace | str | Path
@@ -284,34 +285,53 @@ def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
     return audit_version(workspace(ws), version, references=references, device=device)
 
 
-def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
-    """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state,
-    open requests with their days left, and the overdue ones."""
-    from unlearnops import data, model_registry
-    from unlearnops.requests import RequestStore
-
-    ws = workspace(ws)
-    name = ws.settings.project.model_name
-    client = model_registry.client(ws)
-    versions = []
+def _registry_from_mlflow(ws: Workspace, name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """``(aliases, versions)`` of ``name`` through MLflow's client (any tracking backend)."""
     from mlflow.exceptions import MlflowException
 
+    from unlearnops import model_registry
+
+    client = model_registry.client(ws)
     try:
         aliases = client.get_registered_model(name).aliases  # search results may omit aliases
         found = client.search_model_versions(f"name='{name}'")
     except MlflowException:  # nothing registered yet
-        aliases, found = {}, []
-    for mv in sorted(found, key=lambda v: int(v.version)):
-        tags = {k.removeprefix(model_registry.TAG_PREFIX): v for k, v in mv.tags.items() if k.startswith(model_registry.TAG_PREFIX)}
+        return {}, []
+    return ({a: str(v) for a, v in aliases.items()},
+            [{"version": str(mv.version), "tags": dict(mv.tags), "created": mv.creation_timestamp}
+             for mv in sorted(found, key=lambda v: int(v.version))])
+
+
+def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
+    """The workspace at a glance: dataset version, model versions with aliases and lineage, requests by state,
+    open requests with their days left, the overdue ones, and what ``dvc status`` reports."""
+    from unlearnops import data, model_registry
+    from unlearnops.dvc_state import pipeline_state
+    from unlearnops.requests import RequestStore
+
+    ws = workspace(ws)
+    name = ws.settings.project.model_name
+    snapshot = None
+    if ws.tracking_uri == f"sqlite:///{ws.mlflow_db}":  # the workspace's own registry: read without mlflow
+        from unlearnops.registry_snapshot import read_registry
+
+        snapshot = read_registry(ws.mlflow_db, name)
+    if snapshot is None:
+        snapshot = _registry_from_mlflow(ws, name)
+    aliases, found = snapshot
+    versions = []
+    for mv in found:
+        tags = {k.removeprefix(model_registry.TAG_PREFIX): v for k, v in mv["tags"].items()
+                if k.startswith(model_registry.TAG_PREFIX)}
         versions.append({
-            "version": str(mv.version),
-            "aliases": sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
+            "version": mv["version"],
+            "aliases": sorted(a for a, v in aliases.items() if v == mv["version"]),
             "certificate_status": tags.get("certificate_status", ""),
             "parent_version": tags.get("parent_version", ""),
             "method": tags.get("method", tags.get("kind", "")),
             "dataset_rev": tags.get("dataset_rev", ""),
             "tainted": tags.get("tainted") == "true",
-            "created": mv.creation_timestamp,
+            "created": mv["created"],
         })
     from unlearnops.obligations import settle_legacy
 
@@ -333,6 +353,7 @@ def status(ws: WorkspaceLike | None = None) -> dict[str, Any]:
         "requests": requests,
         "open_requests": still_open,
         "overdue": [r["id"] for r in still_open if r["overdue"]],
+        "dvc_pipeline": pipeline_state(ws.root),
     }
 
 

@@ -32,7 +32,8 @@ app.add_typer(keys_app, name="keys")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
-                               f"default ./{DEFAULT_WORKSPACE}).")
+                               f"default: the nearest workspace from the current directory upward, else "
+                               f"./{DEFAULT_WORKSPACE}).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
@@ -87,17 +88,59 @@ def fail(message: str, code: int = ExitCode.ERROR, as_json: bool = False) -> Non
     raise typer.Exit(code)
 
 
-def _workspace(path: Optional[Path], must_exist: bool = True) -> Workspace:
+#: The start of the error Prefect raises when its temporary (ephemeral) server did not answer in time.
+PREFECT_START_FAILED = "Timed out while attempting to connect to ephemeral Prefect API server"
+
+
+@contextmanager
+def orchestration_errors(as_json: bool):
+    """Prefect's temporary server that did not start, or a workspace lock held too long: one line (or one
+    JSON document) and exit 2 instead of a traceback. Put it outside :func:`stdout_to_stderr`."""
+    from unlearnops.durable import WorkspaceBusy
+    from unlearnops.workspace import PREFECT_STARTUP_ENV
+
+    try:
+        yield
+    except WorkspaceBusy as exc:
+        fail(f"workspace busy: {exc}", ExitCode.ERROR, as_json)
+    except RuntimeError as exc:
+        if PREFECT_START_FAILED not in str(exc):
+            raise
+        fail(f"Prefect's temporary server did not start within {os.environ.get(PREFECT_STARTUP_ENV, '20')} s; "
+             "the flow did not start and no request was touched. Raise [locations] prefect_startup_seconds "
+             f"(or {PREFECT_STARTUP_ENV}), set PREFECT_API_URL to a running server, or use --no-prefect",
+             ExitCode.ERROR, as_json)
+
+
+def _json_failure(exc: Exception, as_json: bool) -> None:
+    """Under ``--json`` an unexpected error is still one JSON document on stdout (exit 2; the traceback goes
+    to stderr); without it the exception propagates as before."""
+    if not as_json:
+        raise exc
+    import traceback
+
+    traceback.print_exception(exc, file=sys.stderr)
+    fail(f"{type(exc).__name__}: {exc}", ExitCode.ERROR, as_json=True)
+
+
+def _workspace(path: Optional[Path], must_exist: bool = True, as_json: bool = False) -> Workspace:
+    """The workspace at ``path``, else from ``UNLEARNOPS_WORKSPACE``, else the nearest one from the current
+    directory upward, else ``./workspace``; a missing or misconfigured one is exit 2 (JSON with ``as_json``)."""
     from unlearnops.workspace import ConfigError
 
     ws = Workspace(path)
     if must_exist and not ws.exists():
-        fail(f"no workspace at {ws.root}: create one with `unlearnops init {ws.root}`")
+        fail(f"no workspace at {ws.root}: create one with `unlearnops init {ws.root}`", as_json=as_json)
     try:
         ws.activate()
     except ConfigError as exc:
-        fail(str(exc))
+        fail(str(exc), as_json=as_json)
     return ws
+
+
+def out_console() -> Console:
+    """The stdout console; off a terminal (scripts, logs) wide enough that tables never cut ids."""
+    return Console() if sys.stdout.isatty() else Console(width=100_000)
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -137,8 +180,9 @@ def init(
     from unlearnops.workspace import ConfigError
 
     if directory is not None and workspace is not None and directory.resolve() != workspace.resolve():
-        fail("give the workspace either as DIRECTORY or as --workspace, not both")
-    ws = Workspace(directory or workspace)
+        fail("give the workspace either as DIRECTORY or as --workspace, not both", as_json=as_json)
+    # init never looks upward: it creates ./workspace, not a nested copy of an enclosing one
+    ws = Workspace(directory or workspace or os.environ.get("UNLEARNOPS_WORKSPACE") or DEFAULT_WORKSPACE)
     payload: dict[str, Any] = {"workspace": str(ws.root)}
     try:
         with stdout_to_stderr(as_json):
@@ -165,7 +209,7 @@ def status(workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOpti
     and the days left on open ones. With --overdue, exit 1 when any open request is past due."""
     from unlearnops import api
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
         report = api.status(ws)
     if as_json:
@@ -182,7 +226,7 @@ def _days_left(days: Optional[int]) -> str:
 
 
 def _print_status(report: dict) -> None:
-    console = Console()
+    console = out_console()
     console.print(f"workspace {report['workspace']} — model {report['model_name']} ({report['tracking_uri']})")
     dataset = report["dataset"]
     console.print(f"dataset: {dataset['n_samples']} samples at {dataset['git_rev'][:10]} (dvc {dataset['dvc_md5']})")
@@ -197,6 +241,9 @@ def _print_status(report: dict) -> None:
         console.print(f"  open {r['id']}: {r['state']}, {_days_left(r['days_left'])}")
     if report["overdue"]:
         console.print(f"[red]overdue: {', '.join(report['overdue'])}[/red]")
+    pipeline = report["dvc_pipeline"]
+    console.print(f"dvc status: {'clean' if pipeline['clean'] else '; '.join(pipeline['changes'])} — "
+                  f"{pipeline['explanation']}")
 
 
 @app.command()
@@ -214,7 +261,7 @@ def train(
     from unlearnops import api
     from unlearnops.workspace import ConfigError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     started = time.perf_counter()
     try:
         with stdout_to_stderr(as_json):
@@ -250,7 +297,7 @@ def request_submit(
     from unlearnops.intake import receipt, submit
     from unlearnops.requests import IdempotencyConflict, RequestRejected
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored, created = submit(
             ws,
@@ -276,7 +323,7 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
     """List deletion requests: state, due date and days left, dataset revision, model version, why."""
     from unlearnops import api
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
         stored = api.list_requests(ws)
     if as_json:
@@ -291,7 +338,7 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
             f"already deleted by {s['resolved_by']}" if s["resolved_by"] else "")
         table.add_row(s["id"], s["state"], s["created_at"], _days_left(s["days_left"]) or (s["due_at"] or ""),
                       targets, (s["dataset_rev"] or "")[:10], s["model_version"] or "", why[:60])
-    Console().print(table)
+    out_console().print(table)
 
 
 # -- intake channels and request inspection (issue 8) ---------------------------------------------------
@@ -302,7 +349,7 @@ def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, a
     """Show one deletion request: its targets, state, dataset revision, model version, error."""
     from unlearnops.requests import RequestStore
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored = RequestStore(ws.requests_db).get(request_id)
     except KeyError:
@@ -320,7 +367,7 @@ def request_receipt(request_id: str, workspace: Optional[Path] = WorkspaceOption
     from unlearnops import api
     from unlearnops.obligations import ReceiptRefused
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         receipt = api.request_receipt(ws, request_id)
     except ReceiptRefused as exc:
@@ -328,7 +375,7 @@ def request_receipt(request_id: str, workspace: Optional[Path] = WorkspaceOption
     if as_json:
         emit_json(receipt)
         return
-    console = Console()
+    console = out_console()
     for line in receipt["statement"]:
         console.print(line)
     console.print(f"subjects (HMAC-SHA256): {', '.join(receipt['subjects_hmac_sha256']) or 'none'}")
@@ -346,7 +393,7 @@ def request_reject(request_id: str,
     from unlearnops.requests import TransitionRefused
     from unlearnops import api
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         stored = api.reject(ws, request_id, reason, wait=wait)
     except KeyError:
@@ -369,7 +416,7 @@ def request_import(directory: Path = typer.Argument(..., help="Drop directory of
     from unlearnops.intake import import_directory
     from unlearnops.requests import RequestRejected
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     if not directory.is_dir():
         fail(f"no directory {directory}")
     try:
@@ -420,7 +467,7 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
 
     if cron is not None and interval is not None or (cron is None and interval is None and not work_pool):
         fail("give exactly one of --cron and --interval (or neither, with --work-pool)", as_json=as_json)
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     if work_pool:
         if not os.environ.get("PREFECT_API_URL"):
             fail("--work-pool needs PREFECT_API_URL: the Prefect server the pool's workers poll", as_json=as_json)
@@ -437,7 +484,13 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
     if os.environ.get("PREFECT_API_URL"):
         scheduling.serve(ws, cron=cron, interval=interval)
         return
-    with servers.running(servers.prefect_server(ws.prefect_home, port)) as (api_url,):
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        try:
+            api_url, = stack.enter_context(servers.running(servers.prefect_server(ws.prefect_home, port)))
+        except RuntimeError as exc:  # the local Prefect server did not start: one line, exit 2
+            fail(f"cannot start the local Prefect server: {exc}", ExitCode.ERROR, as_json)
         os.environ["PREFECT_API_URL"] = api_url  # before Prefect is imported by serve()
         err.print(f"Prefect server {api_url}; serving deletion runs ({cron or f'every {interval:g} s'})")
         scheduling.serve(ws, cron=cron, interval=interval)
@@ -473,14 +526,18 @@ def run(
     from unlearnops import api
     from unlearnops.plugin_manager import PluginError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     overrides = _parse_overrides(config)
     try:  # a bad method or config is refused before anything is touched; a failing batch's requests are
         # marked failed (retryable) with the reason
-        with stdout_to_stderr(as_json):
+        with orchestration_errors(as_json), stdout_to_stderr(as_json), _step_lines():
             result = api.run(ws, method=method, config=overrides, device=device, prefect=prefect, wait=wait)
     except PluginError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
+    except typer.Exit:
+        raise
+    except Exception as exc:  # a failing batch (its requests are marked failed, retryable)
+        _json_failure(exc, as_json)
     if as_json:
         emit_json(result or {"result": "no pending deletion requests"})
     elif result is None:
@@ -493,6 +550,18 @@ def run(
             err.print(f"open {r['id']}: {r['state']}" + (f" ({'; '.join(r['reasons'])[:200]})" if r["reasons"] else ""))
     if result and result.get("certificate_status", "certified") != "certified":
         raise typer.Exit(ExitCode.UNCERTIFIED)
+
+
+@contextmanager
+def _step_lines():
+    """One status line per finished step on stderr (stdout, and so ``--json``, is untouched)."""
+    from rich.markup import escape
+
+    from unlearnops.flow.run import step_decision, step_listener
+
+    with step_listener(lambda batch, step: err.print(f"[green]✓[/green] {escape(step_decision(batch, step))}",
+                                                     soft_wrap=True)):
+        yield
 
 
 def _plugin_row(entry) -> dict[str, Any]:
@@ -541,7 +610,7 @@ def plugins_list(as_json: bool = JsonOption) -> None:
         if isinstance(details, dict):
             details = ", ".join(f"{k}={v}" for k, v in details.items())
         table.add_row(r["kind"], r["name"], r["version"], r["source"], str(details))
-    Console().print(table)
+    out_console().print(table)
     for e in plugins.errors:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
@@ -608,7 +677,7 @@ def locate_command(
 
     if not dry_run:
         fail("locate only reviews candidates: pass --dry-run (`unlearnops run` deletes)", ExitCode.ERROR, as_json)
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     ad_hoc = bool(subject or samples or content_hash)
     if bool(request_id) == ad_hoc:
         fail("name a stored request id or --subject/--samples/--hash, not both or neither", ExitCode.REFUSED, as_json)
@@ -637,7 +706,7 @@ def locate_command(
     table = Table("sample_id", "locator", "score", "resembles", "found by", title=f"candidates ({request.policy})")
     for r in records:
         table.add_row(r["sample_id"], r["locator"], f"{r['score']:.4f}", r["via"] or "", r["locators"])
-    Console().print(table)
+    out_console().print(table)
     err.print(f"{result['n_candidates']} candidates ({', '.join(f'{k} {v}' for k, v in by_locator.items())}); "
               "dry run: nothing deleted")
     for name, missing in unmatched.items():
@@ -680,12 +749,16 @@ def promote_command(
     from unlearnops.pipelines.promote import promote_flow
     from unlearnops.promote import PromotionError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
-        with stdout_to_stderr(as_json):
+        with orchestration_errors(as_json), stdout_to_stderr(as_json):
             decision = promote_flow(str(ws.root), version, check)
     except PromotionError as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        _json_failure(exc, as_json)
     if as_json:
         emit_json(decision)
     elif decision["promotable"]:
@@ -740,7 +813,7 @@ def explain(
     from unlearnops.explain import ExplainError
     from unlearnops.explain import explain as explain_version
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             story = explain_version(ws, version, out)
@@ -749,7 +822,7 @@ def explain(
     if as_json:
         emit_json(story)
         return
-    console = Console()
+    console = out_console()
     console.print(f"version {story['version']}: {story['status']} — parent v{story['parent_version']}, "
                   f"{story['samples_removed']} samples removed, method {story['method']}")
     for rung in story["rungs"]:
@@ -777,7 +850,7 @@ def keys_public(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Jso
     from unlearnops import api
     from unlearnops.certificate import CertificateError
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         exported = api.public_key(ws)
     except CertificateError as exc:
@@ -815,7 +888,7 @@ def certificate_verify(
         raise typer.Exit(ExitCode.OK if checked["ok"] else ExitCode.REFUSED)
     from unlearnops.verification import verify_version
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
         result = verify_version(ws, version)
     if as_json:
@@ -847,7 +920,7 @@ def audit(
     from unlearnops.audit import AuditRefused, audit_version
     from unlearnops.durable import WorkspaceBusy
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             record = audit_version(ws, version, references=references, device=device, wait=wait)
@@ -889,7 +962,7 @@ def purge(
     from unlearnops.purge import PurgeRefused
     from unlearnops.purge import purge as run_purge
 
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
             report = run_purge(ws, dry_run=dry_run, wait=wait)
@@ -934,7 +1007,7 @@ def print_summary(summary: dict) -> None:
                        ("test accuracy", "test_accuracy"), ("MIA AUC (forget vs held-out)", "mia_auc")):
         before, after = summary.get(f"{key}_before"), summary.get(f"{key}_after")
         table.add_row(label, "-" if before is None else f"{before:.4f}", "-" if after is None else f"{after:.4f}")
-    console = Console()
+    console = out_console()
     console.print(table)
     console.print(f"requests: {', '.join(summary['requests'])}; samples removed: {summary['samples_removed']} "
                   f"({summary['forget_samples_trained']} were training samples); located by "
@@ -966,7 +1039,7 @@ def demo(
     from unlearnops.demo import run_demo
 
     ws = Workspace(workspace)
-    with stdout_to_stderr(as_json):
+    with orchestration_errors(as_json), stdout_to_stderr(as_json):
         summary = run_demo(ws, subjects=subjects, limit=limit, epochs=epochs, progress=not as_json,
                            planted_copies=planted_copies)
     if as_json:

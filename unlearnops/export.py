@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,6 +17,20 @@ from torch import nn
 from unlearnops.model import file_sha256, predict_logits
 
 PARITY_BATCH_SIZES = (1, 7, 64)
+#: The ONNX opset every export targets (pinned, not torch's moving default): ONNX Runtime 1.31 runs it.
+ONNX_OPSET = 18
+_metadata: ContextVar[dict[str, str]] = ContextVar("unlearnops_onnx_metadata", default={})
+
+
+@contextmanager
+def onnx_metadata(values: dict[str, object]) -> Iterator[None]:
+    """While active, every :func:`export_onnx` also writes ``values`` into the file's ``metadata_props``
+    (the deletion flow sets the model name, run, parent version, method and dataset revision)."""
+    token = _metadata.set({k: "" if v is None else str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        _metadata.reset(token)
 
 
 @dataclass
@@ -52,9 +69,14 @@ def inference_session(path: Path):
     return ort.InferenceSession(str(path), sess_options=options, providers=available_providers())
 
 
-def export_onnx(model: nn.Module, sample: np.ndarray, path: Path) -> OnnxExport:
-    """Export ``model`` (input shaped like ``sample`` without its batch dimension) and check parity."""
+def export_onnx(model: nn.Module, sample: np.ndarray, path: Path,
+                metadata: dict[str, object] | None = None) -> OnnxExport:
+    """Export ``model`` (input shaped like ``sample`` without its batch dimension) at opset
+    :data:`ONNX_OPSET`, with ``unlearnops_version`` and ``metadata`` (plus any :func:`onnx_metadata`) in the
+    file's metadata, and check parity."""
     import onnx
+
+    from unlearnops import __version__
 
     model = model.to("cpu").eval()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +95,14 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: Path) -> OnnxExport:
             dynamo=True,
             external_data=False,  # one self-contained file: the artifact that is hashed, logged and served
             verbose=False,
+            opset_version=ONNX_OPSET,
         )
+    proto = onnx.load(str(path))
+    props = {"unlearnops_version": __version__, "opset": str(ONNX_OPSET), **_metadata.get(),
+             **{k: "" if v is None else str(v) for k, v in (metadata or {}).items()}}
+    onnx.helper.set_model_props(proto, props)
+    proto.producer_name = proto.producer_name or "unlearnops"
+    onnx.save(proto, str(path))
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
     session = inference_session(path)
     rng = np.random.default_rng(0)

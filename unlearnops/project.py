@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import chdir
 from importlib import resources
 from pathlib import Path
@@ -61,7 +62,7 @@ def init_workspace(
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.write_settings(settings, params)
     ws.activate()
-    (ws.root / "dvc.yaml").write_text(resources.files("unlearnops.templates").joinpath("dvc.yaml").read_text())
+    (ws.root / "dvc.yaml").write_text(pipeline_yaml(ws.root, settings))
     (ws.root / ".gitignore").write_text(WORKSPACE_GITIGNORE)
     save_dataset(ws.data_dir, Dataset(features, manifest))
     data.init_repository(ws)
@@ -157,8 +158,9 @@ def reproduce(ws: Workspace) -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     with chdir(ws.root), Repo(str(ws.root)) as repo:
         repo.reproduce()
-    data.git(ws.root, "add", "dvc.lock", "metrics.json", ".gitignore")
-    if data.git(ws.root, "status", "--porcelain", "--", "dvc.lock", "metrics.json"):
+    tracked = [p for p in ("dvc.lock", "metrics.json", ".gitignore", "plots") if (ws.root / p).exists()]
+    data.git(ws.root, "add", *tracked)
+    if data.git(ws.root, "status", "--porcelain", "--", *tracked):
         data.git(ws.root, "commit", "-q", "-m", "dvc repro: base model")
 
 
@@ -171,7 +173,7 @@ def train_base(ws: Workspace) -> model_registry.RegisteredVersion | str:
     model = load_weights(ws.model_factory, ws.root / "models" / "base.pt")
     metrics = json.loads((ws.root / "metrics.json").read_text())
     version = data.current_version(ws)
-    return _register_base(
+    registered = _register_base(
         ws,
         model,
         run_name="base-model",
@@ -185,6 +187,55 @@ def train_base(ws: Workspace) -> model_registry.RegisteredVersion | str:
         },
         aliases=("champion",),
     )
+    log_train_curve(ws, registered.run_id)
+    return registered
+
+
+def log_train_curve(ws: Workspace, run_id: str) -> None:
+    """The train stage's per-epoch loss as MLflow metric ``train_loss`` (step = epoch) on the base run."""
+    from mlflow.entities import Metric
+
+    from unlearnops.stages import read_curve
+
+    now = int(time.time() * 1000)
+    rows = [Metric("train_loss", loss, now, epoch) for epoch, loss in read_curve(ws.root)]
+    if rows:
+        model_registry.client(ws).log_batch(run_id, metrics=rows)
+
+
+def model_code_files(root: Path, settings: Settings) -> list[str]:
+    """The files (relative to ``root``) of the modules that define the model factory and the training
+    function, when they live inside the workspace: the train stage depends on them."""
+    import importlib.util
+
+    from unlearnops.workspace import add_python_path
+
+    add_python_path(root, settings.project.python_path)
+    files = []
+    for import_path in (settings.project.model_factory, settings.project.train_function):
+        module = (import_path or "").partition(":")[0]
+        try:
+            spec = importlib.util.find_spec(module) if module else None
+        except (ImportError, ValueError):
+            spec = None
+        origin = Path(spec.origin).resolve() if spec and spec.origin else None
+        if origin and origin.is_relative_to(Path(root).resolve()):
+            relative = origin.relative_to(Path(root).resolve()).as_posix()
+            if relative not in files:
+                files.append(relative)
+    return files
+
+
+def pipeline_yaml(root: Path, settings: Settings) -> str:
+    """The workspace's ``dvc.yaml``: the template, with the model's own code files as train deps."""
+    template = resources.files("unlearnops.templates").joinpath("dvc.yaml").read_text()
+    extra = model_code_files(root, settings)
+    if not extra:
+        return template
+    header = "".join(line + "\n" for line in template.splitlines() if line.startswith("#"))
+    pipeline = yaml.safe_load(template)
+    pipeline["stages"]["train"]["deps"] += extra
+    return header + yaml.safe_dump(pipeline, sort_keys=False)
 
 
 def import_base(ws: Workspace, weights: Path | None = None, model_uri: str | None = None,

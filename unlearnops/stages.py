@@ -13,11 +13,14 @@ import numpy as np
 from unlearnops.data import load_dataset
 from unlearnops.datasets import SPLITS
 from unlearnops.method_runner import Samples, call_training
+from unlearnops.progress import epoch_progress
 from unlearnops.workspace import Workspace
 
 PREPARED = Path("prepared")
 BASE_WEIGHTS = Path("models/base.pt")  # safetensors bytes (model.save_weights); the name is the DVC output
 METRICS = Path("metrics.json")
+#: Per-epoch training loss of the base model (a DVC plot of the train stage; also MLflow metric ``train_loss``).
+TRAIN_CURVE = Path("plots/train.csv")
 
 
 def prepare(ws: Workspace) -> None:
@@ -42,14 +45,19 @@ def train(ws: Workspace) -> None:
     params = ws.params.train
     samples = _load_split(ws, "train")
     started = time.perf_counter()
+    curve: list[str] = ["epoch,loss,seconds"]
 
-    def progress(epoch: int, loss: float) -> None:
-        print(f"train: epoch {epoch}/{params.epochs} loss {loss:.4f}", file=sys.stderr, flush=True)
+    with epoch_progress(params.epochs, "train") as report:
+        def progress(epoch: int, loss: float) -> None:
+            curve.append(f"{epoch},{loss:.6f},{time.perf_counter() - started:.2f}")
+            report(epoch, loss)
 
-    seed_everything(params.seed)  # before the factory draws the initial weights
-    model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(), progress=progress,
-                          **params.model_dump())
+        seed_everything(params.seed)  # before the factory draws the initial weights
+        model = call_training(ws.train_function, ws.model_factory(), samples, device=pick_device(),
+                              progress=progress, **params.model_dump())
     save_weights(model, ws.root / BASE_WEIGHTS)
+    (ws.root / TRAIN_CURVE).parent.mkdir(parents=True, exist_ok=True)
+    (ws.root / TRAIN_CURVE).write_text("\n".join(curve) + "\n")
     print(f"train: {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
 
@@ -63,6 +71,15 @@ def evaluate(ws: Workspace) -> None:
         samples = _load_split(ws, split)
         metrics[f"{split}_accuracy"] = evaluate_model(model, samples.features, samples.labels).accuracy
     (ws.root / METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
+
+
+def read_curve(root: Path) -> list[tuple[int, float]]:
+    """The ``(epoch, loss)`` rows of the train stage's curve (empty when the stage has not run)."""
+    path = Path(root) / TRAIN_CURVE
+    if not path.is_file():
+        return []
+    rows = [line.split(",") for line in path.read_text().splitlines()[1:] if line]
+    return [(int(epoch), float(loss)) for epoch, loss, *_ in rows]
 
 
 STAGES = {"prepare": prepare, "train": train, "evaluate": evaluate}

@@ -71,12 +71,20 @@ class DataSettings(_Strict):
     )
 
 
+#: Prefect's setting for how long its temporary (ephemeral) server may take to start, in seconds.
+PREFECT_STARTUP_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+
+
 class LocationSettings(_Strict):
     mlflow_tracking_uri: str = Field(
         "", description="MLflow tracking/registry URI; empty: sqlite in .unlearnops/ [env UNLEARNOPS_TRACKING_URI wins]."
     )
     prefect_api_url: str = Field(
         "", description="Prefect API URL; empty: a temporary local server per run [env PREFECT_API_URL wins]."
+    )
+    prefect_startup_seconds: int = Field(
+        180, ge=1, description="Seconds the temporary local Prefect server may take to start (Prefect's own default, "
+        "20, is too short on a loaded machine) [env PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS wins]."
     )
     signing_key_dir: str = Field(
         "", description="Directory of the Ed25519 signing key, the subject HMAC key and the bearer tokens; relative "
@@ -225,11 +233,20 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
 
 
+def find_workspace(start: Path) -> Path | None:
+    """The nearest directory from ``start`` upward that is a workspace (an ``unlearnops.toml`` in a git
+    repository's root), as git finds its repository; None when there is none."""
+    for directory in (start, *start.parents):
+        if (directory / CONFIG_FILE).is_file() and (directory / ".git").is_dir():
+            return directory
+    return None
+
+
 class Workspace:
     """Paths and settings of one workspace; cheap to construct, creates nothing by itself."""
 
     def __init__(self, root: str | Path | None = None):
-        root = root or os.environ.get("UNLEARNOPS_WORKSPACE") or DEFAULT_WORKSPACE
+        root = root or os.environ.get("UNLEARNOPS_WORKSPACE") or find_workspace(Path.cwd()) or DEFAULT_WORKSPACE
         self.root = Path(root).expanduser().resolve()
 
     # -- locations -------------------------------------------------------------------------------
@@ -347,6 +364,7 @@ class Workspace:
             "MLFLOW_DISABLE_TELEMETRY": "true",
             "DVC_NO_ANALYTICS": "1",
             "GX_ANALYTICS_ENABLED": "false",
+            PREFECT_STARTUP_ENV: str(self.settings.locations.prefect_startup_seconds),
         }
         if self.settings.locations.prefect_api_url:
             defaults["PREFECT_API_URL"] = self.settings.locations.prefect_api_url
@@ -406,11 +424,26 @@ def documented_toml(settings: Settings) -> str:
     for section, section_field in Settings.model_fields.items():
         table = tomlkit.table()
         values = getattr(settings, section)
-        for key, field in type(values).model_fields.items():
-            for line in textwrap.wrap(field.description or "", 100):
-                table.add(tomlkit.comment(line))
+        fields = type(values).model_fields.items()
+        # Plain keys first, then tables: a key written after a [sub.table] header would belong to that
+        # table, and its comment with it. A table's comment goes under its own header.
+        for key, field in sorted(fields, key=lambda item: isinstance(getattr(values, item[0]), dict)):
             value = getattr(values, key)
-            if value is not None:
+            comments = [tomlkit.comment(line) for line in textwrap.wrap(field.description or "", 100)]
+            if isinstance(value, dict):
+                sub = tomlkit.table()
+                for comment in comments:
+                    sub.add(comment)
+                for name, item in value.items():
+                    sub.add(name, item)
+                table.add(key, sub)
+                continue
+            for comment in comments:
+                table.add(comment)
+            if value is None:  # TOML has no null: say so, and keep the comment off the next key
+                table.add(tomlkit.comment(f"{key} = (not set)"))
+                table.add(tomlkit.nl())
+            else:
                 table.add(key, value)
         doc.add(section, table)
     return tomlkit.dumps(doc)

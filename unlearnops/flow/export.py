@@ -26,10 +26,16 @@ def configured_exporters(names: list[str], plugins=None) -> dict[str, Any]:
 
 def export(ws: Workspace, batch: Batch) -> Batch:
     """Export the unlearned model with every configured exporter; a reported sha256 that is not the file's
-    is a PluginError."""
+    is a PluginError. The ONNX file carries the model name, run, parent version, method and dataset
+    revision in its metadata."""
+    from unlearnops.export import onnx_metadata
     from unlearnops.model import file_sha256
 
-    with batch.timed(ws, "export"):
+    with batch.timed(ws, "export"), onnx_metadata({
+        "model_name": ws.settings.project.model_name, "unlearnops_run": batch.run_id,
+        "parent_version": batch.parent_version, "method": batch.method,
+        "dataset_rev": (batch.dataset_after or {}).get("git_rev"), "requests": ",".join(batch.request_ids),
+    }):
         holdout = split_samples(ws, "holdout", limit=256)
         model = unlearned_model(ws, batch).cpu().eval()
         exports = {}

@@ -5,7 +5,8 @@ step wrapped in a task of the same name."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from unlearnops.durable import workspace_lock
 from unlearnops.flow.batch import Batch, NothingToDo, certificate_status, open_batches
@@ -26,6 +27,26 @@ STEP_FUNCTIONS: dict[str, Callable[[Workspace, Batch], Batch]] = {
     "register": register,
     "finalize": finalize,
 }
+
+#: Called with ``(batch, step)`` after each step of :func:`process_pending` (``unlearnops run`` prints a line).
+StepListener = Callable[[Batch, str], None]
+_listeners: list[StepListener] = []
+
+
+@contextmanager
+def step_listener(listener: StepListener) -> Iterator[None]:
+    """While active, ``listener(batch, step)`` is called after every step a run completes (both paths)."""
+    _listeners.append(listener)
+    try:
+        yield
+    finally:
+        _listeners.remove(listener)
+
+
+def _notify(batch: Batch, step: str) -> None:
+    for listener in list(_listeners):
+        listener(batch, step)
+
 
 OpenBatch = Callable[[Workspace, "str | None", "dict | None", "str | None"], Batch]
 RunStep = Callable[[Workspace, Batch, str], Batch]
@@ -82,9 +103,11 @@ def process_pending(
             batch = open_batch(ws, method, method_config, device)
         except NothingToDo:
             return None
+        _notify(batch, "locate")
         try:
             for step in batch.remaining():
                 batch = step_runner(ws, batch, step)
+                _notify(batch, step)
         except BaseException as exc:
             mark_failed(ws, batch, exc)
             raise
@@ -96,6 +119,51 @@ def mark_failed(ws: Workspace, batch: Batch | None, error: BaseException) -> Non
     store = RequestStore(ws.requests_db)
     ids = batch.request_ids if batch else [r.id for r in store.pending()]
     store.mark_failed(ids, f"{type(error).__name__}: {error}")
+
+
+def _gate_counts(batch: Batch) -> str:
+    return ", ".join(f"{g.name} {g.status}" for g in batch.gates) or "no gates"
+
+
+def rung_decision(batch: Batch) -> str:
+    """One line on the rung just judged: method, verdict, each gate's status, key numbers."""
+    m = batch.metrics
+    numbers = "; ".join(f"{label} {m[f'{key}_before']:.3f} → {m[f'{key}_after']:.3f}"
+                        for label, key in (("forget acc", "forget_accuracy"), ("test acc", "test_accuracy"),
+                                           ("MIA AUC", "mia_auc"))
+                        if f"{key}_before" in m and f"{key}_after" in m)
+    return f"rung {batch.method}: {batch.status} ({_gate_counts(batch)}); {numbers}"
+
+
+def step_decision(batch: Batch, step: str) -> str:
+    """One line saying what ``step`` decided for the batch, with its numbers (logged by the Prefect tasks and
+    printed by ``unlearnops run`` on stderr)."""
+    seconds = batch.step_seconds.get(step)
+    took = f" in {seconds:.1f} s" if seconds is not None else ""
+    if step == "locate":
+        by = ", ".join(f"{k} {v}" for k, v in located_summary(batch)["by_locator"].items()) or "-"
+        return (f"locate: {len(batch.request_ids)} request(s) of kind {batch.kind} → {len(batch.forget_ids)} "
+                f"samples (by {by}); ladder {' → '.join(batch.ladder)}; parent version {batch.parent_version}{took}")
+    if step == "dataset_version":
+        after = (batch.dataset_after or {}).get("git_rev") or ""
+        return (f"dataset_version: removed {len(batch.forget_ids)} samples; dataset "
+                f"{batch.dataset_before['git_rev'][:10]} → {after[:10]}{took}")
+    if step == "unlearn":
+        tried = "; ".join(f"{r['method']} {r['status']} ({r['seconds']:.1f} s)" for r in batch.rungs)
+        return (f"unlearn: {len(batch.rungs)} rung(s) tried ({tried}); kept {batch.method} → "
+                f"{certificate_status(batch.status)}" + (f"; caveats: {'; '.join(batch.caveats)}" if batch.caveats else ""))
+    if step == "export":
+        onnx = batch.onnx or {}
+        diff = onnx.get("max_abs_diff")
+        parity = f"ONNX max |diff| vs torch {diff:.2e} on {', '.join(onnx.get('providers') or [])}" if diff is not None \
+            else "no ONNX export"
+        return f"export: {', '.join(batch.exports) or 'nothing'}; {parity}{took}"
+    if step == "register":
+        return (f"register: model version {batch.registered_version} (parent {batch.parent_version}), "
+                f"certificate {certificate_status(batch.status)}{took}")
+    if step == "finalize":
+        return f"finalize: {len(batch.request_ids)} request(s) settled ({', '.join(batch.request_ids)})"
+    return f"{step}: done{took}"
 
 
 def summary(batch: Batch) -> dict[str, Any]:

@@ -5,7 +5,9 @@ ends the climb. Which ladder a batch climbs depends on its request kind (``[unle
 from __future__ import annotations
 
 import time
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -18,6 +20,27 @@ from unlearnops.workspace import Workspace
 
 #: The request kinds a batch can have (see :func:`unlearnops.flow.locate.request_kind`).
 REQUEST_KINDS = ("samples", "subjects", "class")
+
+
+#: How a rung's two parts run: ``(part, method, function, ws, batch) -> batch`` with ``part`` ``"rung"`` (the
+#: method) or ``"gates"``. Plain calls by default; the Prefect flow runs each part as a task (:func:`rung_runner`).
+PartRunner = Callable[[str, str, Callable[[Workspace, Batch], Batch], Workspace, Batch], Batch]
+_part_runner: ContextVar[PartRunner | None] = ContextVar("unlearnops_rung_runner", default=None)
+
+
+@contextmanager
+def rung_runner(runner: PartRunner) -> Iterator[None]:
+    """While active, every ladder rung and every gate group of :func:`unlearn` runs through ``runner``."""
+    token = _part_runner.set(runner)
+    try:
+        yield
+    finally:
+        _part_runner.reset(token)
+
+
+def _run_part(part: str, ws: Workspace, batch: Batch, function: Callable[[Workspace, Batch], Batch]) -> Batch:
+    runner = _part_runner.get()
+    return function(ws, batch) if runner is None else runner(part, batch.method, function, ws, batch)
 
 
 def ladder_for(ws: Workspace, kind: str) -> list[str]:
@@ -63,8 +86,8 @@ def unlearn(ws: Workspace, batch: Batch) -> Batch:
         batch.method = name
         batch.method_config = rung_config(ws, name, batch.requested_config if index == 0 else None)
         started = time.perf_counter()
-        unlearn_rung(ws, batch)
-        gates(ws, batch)
+        batch = _run_part("rung", ws, batch, unlearn_rung)
+        batch = _run_part("gates", ws, batch, gates)
         batch.rungs.append(rung_record(batch, seconds=time.perf_counter() - started))
         batch.save(ws)
         if batch.status == PASS:
