@@ -29,15 +29,15 @@ def mislabeled_workspace(tmp_path_factory):
     return ws, manifest["sample_id"].to_numpy()[flipped].tolist()
 
 
-def test_mislabeled_deletion_refuses_the_identity_and_certifies_retraining(mislabeled_workspace):
+def test_mislabeled_deletion_refuses_identity_and_tiny_noise_and_certifies_retraining(mislabeled_workspace):
     from noop_plugin import NoOpPlugin
 
     from unlearnops.plugin_manager import register_plugin, unregister_plugin
 
     ws, flipped = mislabeled_workspace
     settings = ws.settings.model_copy(update={
-        "unlearn": ws.settings.unlearn.model_copy(update={"ladder": ["noop", "retrain"], "ladders": {}}),
-        "gates": ws.settings.gates.model_copy(update={"references": 3}),
+        "unlearn": ws.settings.unlearn.model_copy(update={"ladder": ["noop", "tiny-noise", "retrain"], "ladders": {}}),
+        "gates": ws.settings.gates.model_copy(update={"references": 3, "train_references": True}),
     })
     ws.write_settings(settings, ws.params)
     register_plugin(NoOpPlugin(), "identity-for-test")
@@ -47,9 +47,10 @@ def test_mislabeled_deletion_refuses_the_identity_and_certifies_retraining(misla
     finally:
         unregister_plugin("identity-for-test")
     certificate = json.loads((ws.runs_dir / summary["run_id"] / "certificate.json").read_text())
-    first, last = certificate["rungs"]
-    assert first["method"] == "noop" and first["status"] == "fail", first
-    assert first["gates"]["retrain_equivalence"] == "fail"
+    first, noise, last = certificate["rungs"]
+    for rung, method in ((first, "noop"), (noise, "tiny-noise")):
+        assert rung["method"] == method and rung["status"] == "fail", rung
+        assert rung["gates"]["retrain_equivalence"] == "fail", rung
     assert last["method"] == "retrain" and last["status"] == "pass"
     assert summary["certificate_status"] == "certified"
     assert certificate["grounds"] == "certified — retrained without the data (exact)"

@@ -141,8 +141,10 @@ class GateSettings(_Strict):
         "are then at most inconclusive, unless heldout_proxy).",
     )
     train_references: bool = Field(
-        True, description="Train missing reference models in the gates step (on random halves of the new "
-        "dataset version's training split); false: use only the valid ones cached in the workspace.",
+        False, description="Train missing reference models in the gates step of approximate rungs (on random "
+        "halves of the new dataset version's training split; about references/2 retrainings per batch); false: "
+        "use only the valid ones cached in the workspace (none: approximate rungs on samples or subjects are "
+        "inconclusive and the ladder's exact rung certifies, the cheaper proof).",
     )
     equivalence_margin: float = Field(
         0.5, gt=0, description="Allowed mean gap, in reference-model standard deviations, between the "
