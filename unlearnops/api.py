@@ -141,17 +141,33 @@ def submit(
     samples: Sequence[str] = (),
     hashes: Sequence[str] = (),
     reason: str = "erasure",
+    policy: str = "exact",
     idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """Validate and store a deletion request; its receipt (``id``, ``state``, ``created``)."""
+    """Validate and store a deletion request; its receipt (``id``, ``state``, ``created``, due date).
+    ``RequestRejected`` for a bad request, ``IdempotencyConflict`` for a key used for another request."""
     from unlearnops.intake import receipt
     from unlearnops.intake import submit as submit_request
 
     stored, created = submit_request(workspace(ws), {
         "subject_ids": list(subjects), "sample_ids": list(samples), "content_sha256": list(hashes),
-        "reason": reason, "idempotency_key": idempotency_key,
+        "reason": reason, "policy": policy, "idempotency_key": idempotency_key,
     })
     return receipt(stored, created)
+
+
+def show_request(ws: WorkspaceLike | None, request_id: str) -> dict[str, Any]:
+    """One stored request as ``request show`` prints it (``KeyError`` for an unknown id)."""
+    from unlearnops.requests import RequestStore
+
+    return RequestStore(workspace(ws).requests_db).get(request_id).view()
+
+
+def import_requests(ws: WorkspaceLike | None, directory: Path) -> list[dict[str, Any]]:
+    """Take in a drop directory of request files (``request import``): one result per file."""
+    from unlearnops.intake import import_directory
+
+    return import_directory(workspace(ws), Path(directory))
 
 
 def run(
@@ -277,12 +293,12 @@ def promote(ws: WorkspaceLike | None = None, version: str | None = None, check: 
 
 
 def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
-          device: str | None = None) -> dict[str, Any]:
+          device: str | None = None, wait: float = 60.0) -> dict[str, Any]:
     """Audit ``version`` with offline LiRA and RMIA (``unlearnops audit``); the signed audit record
     (``AuditRefused`` when the version cannot be audited)."""
     from unlearnops.audit import audit_version
 
-    return audit_version(workspace(ws), version, references=references, device=device)
+    return audit_version(workspace(ws), version, references=references, device=device, wait=wait)
 
 
 def _registry_from_mlflow(ws: Workspace, name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
@@ -387,3 +403,40 @@ def verify_certificate_file(certificate: str | Path, public_key_file: str | Path
     except CertificateError as exc:
         result["problem"] = str(exc)
     return result
+
+
+def verify(ws: WorkspaceLike | None, version: str) -> dict[str, Any]:
+    """``certificate verify VERSION``: signature, every hash and lineage tag, purge records; the result."""
+    from unlearnops.verification import verify_version
+
+    return verify_version(workspace(ws), version).to_dict()
+
+
+def explain(ws: WorkspaceLike | None, version: str, plots_dir: Path | None = None) -> dict[str, Any]:
+    """``explain VERSION``: which rungs ran, why each stopped, the fast path's candidates and search."""
+    from unlearnops.explain import explain as explain_version
+
+    return explain_version(workspace(ws), version, plots_dir)
+
+
+def purge(ws: WorkspaceLike | None = None, dry_run: bool = False, wait: float = 60.0) -> dict[str, Any]:
+    """``purge``: remove the deleted samples' bytes from every store (the purge report)."""
+    from unlearnops.purge import purge as run_purge
+
+    return run_purge(workspace(ws), dry_run=dry_run, wait=wait).to_dict()
+
+
+def plugins() -> dict[str, Any]:
+    """Every registered plugin (kind, name, version, source, the plugin object) and every load error."""
+    from unlearnops.plugin_manager import load_plugins
+
+    loaded = load_plugins()
+    return {"entries": [e for kind in loaded.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)],
+            "errors": list(loaded.errors)}
+
+
+def new_plugin(name: str, directory: Path | None = None) -> Path:
+    """``plugins new NAME``: write a ready plugin package; its directory."""
+    from unlearnops.kit import new_plugin as write_plugin
+
+    return write_plugin(name, directory)

@@ -294,28 +294,20 @@ def request_submit(
     as_json: bool = JsonOption,
 ) -> None:
     """Validate and store a deletion request. Unknown or malformed ids are refused; nothing is stored."""
-    from unlearnops.intake import receipt, submit
+    from unlearnops import api
     from unlearnops.requests import IdempotencyConflict, RequestRejected
 
     ws = _workspace(workspace, as_json=as_json)
     try:
-        stored, created = submit(
-            ws,
-            {
-                "subject_ids": _split_ids(subject),
-                "sample_ids": _split_ids(samples),
-                "content_sha256": _split_ids(content_hash),
-                "reason": reason,
-                "policy": policy,
-                "idempotency_key": idempotency_key,
-            },
-        )
+        receipt = api.submit(ws, subjects=_split_ids(subject), samples=_split_ids(samples),
+                             hashes=_split_ids(content_hash), reason=reason, policy=policy,
+                             idempotency_key=idempotency_key)
     except (RequestRejected, IdempotencyConflict) as exc:
         fail(f"request rejected: {exc}", ExitCode.REFUSED, as_json)
     if as_json:
-        emit_json(receipt(stored, created))
+        emit_json(receipt)
     else:
-        err.print(f"{'stored' if created else 'already stored'}: {stored.id} ({stored.state})")
+        err.print(f"{'stored' if receipt['created'] else 'already stored'}: {receipt['id']} ({receipt['state']})")
 
 
 @request_app.command("list")
@@ -347,17 +339,17 @@ def request_list(workspace: Optional[Path] = WorkspaceOption, as_json: bool = Js
 @request_app.command("show")
 def request_show(request_id: str, workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
     """Show one deletion request: its targets, state, dataset revision, model version, error."""
-    from unlearnops.requests import RequestStore
+    from unlearnops import api
 
     ws = _workspace(workspace, as_json=as_json)
     try:
-        stored = RequestStore(ws.requests_db).get(request_id)
+        view = api.show_request(ws, request_id)
     except KeyError:
         fail(f"no request {request_id!r}", ExitCode.REFUSED, as_json)
     if as_json:
-        emit_json(stored.view())
+        emit_json(view)
     else:
-        Console().print_json(json.dumps(stored.view()))
+        out_console().print_json(json.dumps(view))
 
 
 @request_app.command("receipt")
@@ -413,14 +405,14 @@ def request_import(directory: Path = typer.Argument(..., help="Drop directory of
                    workspace: Optional[Path] = WorkspaceOption, as_json: bool = JsonOption) -> None:
     """Take in a drop directory: each file is stored whole and moved to done/, or refused whole and moved
     to rejected/ with a reason file. Exit 1 if any file was rejected."""
-    from unlearnops.intake import import_directory
+    from unlearnops import api
     from unlearnops.requests import RequestRejected
 
     ws = _workspace(workspace, as_json=as_json)
     if not directory.is_dir():
         fail(f"no directory {directory}")
     try:
-        results = import_directory(ws, directory)
+        results = api.import_requests(ws, directory)
     except RequestRejected as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
     if as_json:
@@ -595,12 +587,12 @@ def _plugin_row(entry) -> dict[str, Any]:
 def plugins_list(as_json: bool = JsonOption) -> None:
     """List registered methods, gates, dataset adapters, locators and exporters with their source and version, and every
     plugin that failed to load or register (with the reason)."""
-    from unlearnops.plugin_manager import load_plugins
+    from unlearnops import api
 
-    plugins = load_plugins()
-    rows = [_plugin_row(e) for kind in plugins.entries.values() for e in sorted(kind.values(), key=lambda e: e.name)]
+    plugins = api.plugins()
+    rows = [_plugin_row(e) for e in plugins["entries"]]
     if as_json:
-        emit_json({"plugins": rows, "errors": plugins.errors})
+        emit_json({"plugins": rows, "errors": plugins["errors"]})
         return
     table = Table("kind", "name", "version", "source", "details")
     for r in rows:
@@ -611,7 +603,7 @@ def plugins_list(as_json: bool = JsonOption) -> None:
             details = ", ".join(f"{k}={v}" for k, v in details.items())
         table.add_row(r["kind"], r["name"], r["version"], r["source"], str(details))
     out_console().print(table)
-    for e in plugins.errors:
+    for e in plugins["errors"]:
         err.print(f"[yellow]warning:[/yellow] {e}")
 
 
@@ -810,13 +802,13 @@ def explain(
     as_json: bool = JsonOption,
 ) -> None:
     """Which rungs of the ladder ran for VERSION, why each stopped, and the fast path's candidates and search."""
+    from unlearnops import api
     from unlearnops.explain import ExplainError
-    from unlearnops.explain import explain as explain_version
 
     ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
-            story = explain_version(ws, version, out)
+            story = api.explain(ws, version, out)
     except ExplainError as exc:
         fail(str(exc), ExitCode.REFUSED, as_json)
     if as_json:
@@ -886,22 +878,22 @@ def certificate_verify(
         else:
             err.print(f"[red]{version}: NOT verified[/red]: {checked['problem']}")
         raise typer.Exit(ExitCode.OK if checked["ok"] else ExitCode.REFUSED)
-    from unlearnops.verification import verify_version
+    from unlearnops import api
 
     ws = _workspace(workspace, as_json=as_json)
     with stdout_to_stderr(as_json):
-        result = verify_version(ws, version)
+        result = api.verify(ws, version)
     if as_json:
-        emit_json(result.to_dict())
-    elif result.ok:
-        purged = "; weights purged (signed purge record; files not checked)" if result.purged else ""
-        err.print(f"version {version}: verified ({', '.join(result.checked)}); certificate says {result.status}"
-                  f"{purged}")
+        emit_json(result)
+    elif result["ok"]:
+        purged = "; weights purged (signed purge record; files not checked)" if result["purged"] else ""
+        err.print(f"version {version}: verified ({', '.join(result['checked'])}); certificate says "
+                  f"{result['certificate_status']}{purged}")
     else:
         err.print(f"[red]version {version}: NOT verified[/red]")
-        for problem in result.problems:
+        for problem in result["problems"]:
             err.print(f"  - {problem}")
-    raise typer.Exit(ExitCode.OK if result.ok else ExitCode.REFUSED)
+    raise typer.Exit(ExitCode.OK if result["ok"] else ExitCode.REFUSED)
 
 
 @app.command()
@@ -917,13 +909,14 @@ def audit(
     """Audit a version with offline LiRA and RMIA (reference models trained without the forgotten samples),
     parent vs version; the signed record goes to the version's run (audits/), its tags (audit_status) and
     report.html. Exit 0 pass, 1 fail or inconclusive (or the version cannot be audited), 2 error."""
-    from unlearnops.audit import AuditRefused, audit_version
+    from unlearnops import api
+    from unlearnops.audit import AuditRefused
     from unlearnops.durable import WorkspaceBusy
 
     ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
-            record = audit_version(ws, version, references=references, device=device, wait=wait)
+            record = api.audit(ws, version, references=references, device=device, wait=wait)
     except AuditRefused as exc:
         fail(f"audit refused: {exc}", ExitCode.REFUSED, as_json)
     except WorkspaceBusy as exc:
@@ -959,31 +952,31 @@ def purge(
     1 refused (no successor promoted, unfinished batch, data in git history), 2 error."""
     from unlearnops.data import DataError
     from unlearnops.durable import WorkspaceBusy
+    from unlearnops import api
     from unlearnops.purge import PurgeRefused
-    from unlearnops.purge import purge as run_purge
 
     ws = _workspace(workspace, as_json=as_json)
     try:
         with stdout_to_stderr(as_json):
-            report = run_purge(ws, dry_run=dry_run, wait=wait)
+            result = api.purge(ws, dry_run=dry_run, wait=wait)
     except PurgeRefused as exc:
         fail(f"purge refused: {exc}", ExitCode.REFUSED, as_json)
     except (WorkspaceBusy, DataError) as exc:
         fail(str(exc), ExitCode.ERROR, as_json)
-    result = report.to_dict()
     if as_json:
         emit_json(result)
     else:
         verb = "would remove" if dry_run else "removed"
         for store, total in result["would_remove" if dry_run else "removed"].items():
             err.print(f"{store}: {verb} {total['count']} ({total['bytes']} bytes)")
-        if not report.items:
+        if not result["items"]:
             err.print("nothing to purge")
-        err.print(f"champion v{report.champion}; requests purged: {len(report.requests)}, waiting for a "
-                  f"promotion: {len(report.waiting_requests)}; weights of versions {report.model_versions or '-'}")
-        for path in report.git_history:
+        err.print(f"champion v{result['champion']}; requests purged: {len(result['requests'])}, waiting for a "
+                  f"promotion: {len(result['waiting_requests'])}; weights of versions "
+                  f"{result['model_versions'] or '-'}")
+        for path in result["git_history"]:
             err.print(f"[red]git history holds tracked data:[/red] {path} (purge does not rewrite history)")
-    raise typer.Exit(ExitCode.OK if report.complete else ExitCode.REFUSED)
+    raise typer.Exit(ExitCode.OK if result["complete"] else ExitCode.REFUSED)
 
 
 @plugins_app.command("new")
@@ -992,10 +985,10 @@ def plugins_new(
     directory: Optional[Path] = typer.Option(None, "--dir", help="Where to write the package [./unlearnops-NAME]."),
 ) -> None:
     """Write a ready plugin package: pyproject with the entry point, the method module, a conformance test."""
-    from unlearnops.kit import new_plugin
+    from unlearnops import api
 
     try:
-        written = new_plugin(name, directory)
+        written = api.new_plugin(name, directory)
     except (ValueError, FileExistsError) as exc:
         fail(str(exc), ExitCode.REFUSED)
     err.print(f"plugin package {written}: pip install -e {written} && pytest {written}")
