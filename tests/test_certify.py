@@ -1,6 +1,7 @@
 """What "certified" means: verification of registered versions, tampering, privacy, the report, and the
 forgetting gates on the default demo data (identity refused, retraining certified)."""
 
+import html
 import json
 from html.parser import HTMLParser
 from pathlib import Path
@@ -124,6 +125,9 @@ def test_report_is_logged_and_well_formed(processed):
     assert checker.images >= 2  # ROC curves + the fast path's layer candidates
     assert {"Accuracies", "Gates", "Membership attack", "Rungs tried"} <= set(checker.headings)
     assert summary["certificate_status"] in page
+    grounds = json.loads(_run_artifact(ws, "2", "certificate.json").read_text())["grounds"]
+    assert html.escape(grounds) in page  # the page says first on what grounds it is (not) certified
+    assert "{'" not in page  # no Python dict reprs: thresholds and rung gates read as "key = value"
 
 
 @pytest.fixture(scope="session")

@@ -117,8 +117,13 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def _fmt(value: Any) -> str:
+    """A cell a person reads: floats to 4 significant digits, mappings as ``key = value`` pairs, lists joined."""
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return "; ".join(f"{k} = {_fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
     return "" if value is None else str(value)
 
 
@@ -136,6 +141,9 @@ def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.n
     data_gate = next((g for g in certificate.get("gates", []) if g["name"] == "data"), None)
     sections = [
         f"<h1>Unlearning report — {html.escape(str(certificate.get('status')))}</h1>",
+        *([f"<p><b>{html.escape(str(certificate['grounds']))}</b></p>"] if certificate.get("grounds") else []),
+        *[f"<p>{html.escape(str(g['summary']))}</p>" for g in certificate.get("gates", [])
+          if g.get("name") == "retrain_equivalence" and g.get("summary")],
         f"<p>run {html.escape(str(certificate.get('run_id')))}, issued {html.escape(str(certificate.get('issued_at')))}"
         f"; requests {html.escape(', '.join(certificate.get('requests', [])))}; "
         f"{certificate.get('samples_removed')} samples removed; parent version "
