@@ -140,10 +140,14 @@ def run(
     device: str | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[dict[str, Any]]:
+    """Benchmark rows: every method on every model, scenario and seed, beside retraining from scratch. A
+    method is a plugin name, optionally with a preset (``ft:paper``: the reference implementation's defaults;
+    the row's ``method`` keeps the spelling, so both presets of a method sit side by side in the tables)."""
     registry = load_plugins()
     methods = [m for m in methods if m != "retrain"]
-    for name in methods:
-        registry.get(name)  # fail before any training on an unknown method
+    for spec_name in methods:
+        name, _, preset = spec_name.partition(":")
+        parse_config(registry.get(name), {"preset": preset} if preset else {})  # fail before any training
     torch_device = pick_device(device)
     rows: list[dict[str, Any]] = []
     for model_name in models:
@@ -192,9 +196,10 @@ def run(
                     model_factory=spec.factory,
                     train_params={"epochs": epochs, "batch_size": spec.batch_size, "lr": spec.lr, "seed": seed},
                 )
-                for name in methods:
+                for spec_name in methods:
+                    name, _, preset = spec_name.partition(":")
                     method = registry.get(name)
-                    config = parse_config(method, {"seed": seed})
+                    config = parse_config(method, {"seed": seed, **({"preset": preset} if preset else {})})
                     parent, extra = original, {}
                     if not {c.__name__ for c in type(original).__mro__} & set(method.model_families):
                         family = method.model_families[0]
@@ -202,13 +207,13 @@ def run(
                             parents[family] = _family_parent(family, spec, _samples(train), epochs, seed,
                                                              torch_device, test, progress)
                         parent, extra = parents[family]["model"], parents[family]["row"]
-                    progress(f"{model_name} seed {seed} {scenario}: {name}")
+                    progress(f"{model_name} seed {seed} {scenario}: {spec_name}")
                     started = time.perf_counter()
                     result = run_method(method, copy.deepcopy(parent), inputs, config, torch_device)
                     seconds = time.perf_counter() - started
                     measured = measure(result.model, forget, retain, holdout, test, forgotten_class)
                     gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
-                    rows.append({**base, "method": name, "wall_seconds": seconds,
+                    rows.append({**base, "method": spec_name, "wall_seconds": seconds,
                                  "time_ratio_to_retrain": retrain_seconds / seconds if seconds else float("inf"),
                                  **measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values()))),
                                  "changed_parameters": len(result.changed_parameters), **extra})

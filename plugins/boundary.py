@@ -36,11 +36,17 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class BoundaryConfig(ClassicConfig):
+    PAPER = {"epsilon": 0.1, "scale": "input", "uncrossed": "keep", "optimizer": "sgd", "lr": 0.01,
+             "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256}
+    PAPER_SOURCE = ("OPTML-Group/Unlearn-Saliency Classification/unlearn/boundary_sh.py (ε 0.1 in input units, "
+                    "lr 0.01, wd 5e-4); its clamp to [0, 1] and 1/255 discretization are not reproduced")
+
     epsilon: float = Field(0.15, gt=0, description="FGSM step size (see scale).")
     epochs: int = Field(10, ge=1, description="Most passes over the forget set.")
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(1e-3, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, description="The reference: 5e-4.")
     batch_size: int = Field(16, ge=1)
     uncrossed: Literal["auto", "keep", "nearest"] = Field(
         "auto", description="Label of a sample whose FGSM step crossed no boundary: its own (keep, the reference "
@@ -86,7 +92,8 @@ class BoundaryShrink(ClassicMethod):
         if uncrossed == "auto":
             uncrossed = "nearest" if target.mode == "class" else "keep"
         labels, crossed = neighbour_labels(model, forget, epsilon, uncrossed)
-        optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum)
+        optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum,
+                                   config.weight_decay)
         loop = TrainLoop(model, optimizer, target, clock, generator, device)
         loop.run(config.epochs, len(forget), config.batch_size,
                  lambda idx, _: F.cross_entropy(model(forget.x[idx]), labels[idx]))

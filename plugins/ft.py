@@ -22,6 +22,9 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class FTConfig(ClassicConfig):
+    PAPER = {"epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256}
+    PAPER_SOURCE = "OPTML-Group/Unlearn-Sparse unlearn/FT.py and README (FT: 10 epochs, lr 0.01, SGD, wd 5e-4)"
+
     epochs: int = Field(30, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)

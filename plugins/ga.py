@@ -21,10 +21,15 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class GAConfig(ClassicConfig):
+    PAPER = {"epochs": 5, "optimizer": "sgd", "lr": 1e-4, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256}
+    PAPER_SOURCE = "OPTML-Group/Unlearn-Sparse unlearn/GA.py and README (GA: 5 epochs, SGD lr 1e-4, momentum 0.9)"
+
     epochs: int = Field(10, ge=1, description="Most passes over the forget set.")
     optimizer: Literal["sgd", "adam"] = Field("adam", description="Adam: steps of size ~lr even at tiny losses.")
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(16, ge=1)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (the reference: 0.9).")
+    weight_decay: float = Field(0.0, ge=0)
 
 
 class GA(ClassicMethod):
@@ -38,7 +43,8 @@ class GA(ClassicMethod):
         generator = torch.Generator().manual_seed(config.seed)
         forget = Data(inputs.forget, device)
         target = Target(model, inputs, forget, config, device)
-        optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr)
+        optimizer = make_optimizer(model.parameters(), config.optimizer, config.lr, config.momentum,
+                                   config.weight_decay)
         loop = TrainLoop(model, optimizer, target, clock, generator, device)
         # Minimizing −CE ascends the forget loss.
         loop.run(config.epochs, len(forget), config.batch_size,

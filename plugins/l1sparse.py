@@ -25,6 +25,11 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class L1SparseConfig(ClassicConfig):
+    PAPER = {"epochs": 10, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "alpha": 5e-4,
+             "batch_size": 256}
+    PAPER_SOURCE = ("OPTML-Group/Unlearn-Sparse unlearn/FT.py FT_iter with_l1 and README (γ 5e-4, 10 epochs, lr "
+                    "0.01); the reference's final epochs without the l1 term are not reproduced")
+
     epochs: int = Field(30, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)

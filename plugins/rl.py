@@ -41,6 +41,9 @@ from unlearnops.plugins.zoo_common import (
 
 
 class RLConfig(ClassicConfig):
+    PAPER = {"lr": 0.01, "optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 256}
+    PAPER_SOURCE = "OPTML-Group/Unlearn-Saliency Classification/unlearn/RL.py and arg_parser.py (lr 0.01, batch 256)"
+
     epochs: int = Field(10, ge=1, description="Most epochs (each: the forget pass, then the retain pass).")
     labels: Literal["resample", "fixed", "fixed_wrong"] = Field(
         "resample", description="Uniform labels redrawn every batch; or one per sample (any class / a wrong one).")

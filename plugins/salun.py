@@ -25,6 +25,10 @@ from unlearnops.plugins.zoo_common import ClassicMethod, Clock, Data
 
 
 class SalUnConfig(RLConfig):
+    PAPER = {**RLConfig.PAPER, "lr": 0.013, "sparsity": 0.5}
+    PAPER_SOURCE = ("OPTML-Group/Unlearn-Saliency Classification/generate_mask.py, unlearn/RL.py and README "
+                    "(mask top 50 %, lr 0.013, batch 256)")
+
     sparsity: float = Field(0.5, gt=0, le=1, description="Share of weights the saliency mask keeps.")
     per_tensor: bool = Field(False, description="Threshold each tensor alone instead of one global threshold.")
 

@@ -26,6 +26,11 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class SCRUBConfig(ClassicConfig):
+    PAPER = {"epochs": 3, "max_epochs": 2, "optimizer": "sgd", "lr": 5e-4, "momentum": 0.9, "weight_decay": 5e-4,
+             "temperature": 4.0, "gamma": 0.99, "alpha": 0.001, "batch_size": 32, "retain_batch_size": 128}
+    PAPER_SOURCE = ("meghdadk/SCRUB large_scale_unlearning.ipynb arguments and thirdparty/repdistiller loops.py; "
+                    "its learning-rate decay is not reproduced")
+
     epochs: int = Field(10, ge=1, description="Total epochs (each: max phase if any, then min phase).")
     max_epochs: int = Field(5, ge=0, description="Epochs with a max phase (the first ones).")
     optimizer: Literal["sgd", "adam"] = "adam"

@@ -36,6 +36,9 @@ from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, D
 
 
 class SSDConfig(ClassicConfig):
+    PAPER = {"alpha": 10.0, "dampening": 1.0, "search": False, "reference": "train", "batch_size": 64}
+    PAPER_SOURCE = "if-loops/selective-synaptic-dampening src/ssd.py and forget_*_main.py (α 10, λ 1)"
+
     alpha: float = Field(10.0, gt=1, description="Selection: dampen where forget importance > alpha × reference. "
                          "With search: the first (most selective) alpha tried.")
     min_alpha: float = Field(1.2, gt=1, description="Search: the least selective alpha tried.")

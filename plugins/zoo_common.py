@@ -22,10 +22,11 @@ Not a plugin: registers nothing. Gives each method the same notion of
 from __future__ import annotations
 
 import time
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
 from unlearnops.plugin import (
@@ -39,8 +40,25 @@ from unlearnops.plugin import (
 )
 
 
+#: What the references do that every paper preset shares: a fixed number of epochs, no early stop at a
+#: target and no utility guard (the tuned default keeps both: it never lets the model collapse).
+REFERENCE_LOOP = {"stop_at_target": False, "utility_guard": False}
+
+
 class ClassicConfig(MethodConfig):
-    """Options every classic method shares."""
+    """Options every classic method shares.
+
+    ``preset = "paper"`` starts from the method's reference implementation's defaults (:attr:`PAPER`, read
+    from the code named in :attr:`PAPER_SOURCE`) instead of the project's tuned ones; fields given
+    explicitly still win."""
+
+    #: The reference implementation's values (``preset = "paper"``), and where they were read.
+    PAPER: ClassVar[dict[str, Any]] = {}
+    PAPER_SOURCE: ClassVar[str] = ""
+
+    preset: Literal["tuned", "paper"] = Field(
+        "tuned", description="tuned: the project's defaults (early stop, utility guard); paper: the reference "
+        "implementation's defaults (see the method's PAPER_SOURCE).")
 
     max_seconds: float | None = Field(None, gt=0, description="Time budget; training stops early when spent.")
     stop_at_target: bool = Field(
@@ -54,6 +72,13 @@ class ClassicConfig(MethodConfig):
     )
     target_tolerance: float = Field(0.0, ge=0, le=1, description="Stop at target + tolerance.")
     batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("preset") == "paper":
+            return {**REFERENCE_LOOP, **cls.PAPER, **values}
+        return values
 
 
 class Data:
