@@ -3,9 +3,11 @@ request to a certified (or refused) model version, and which rung won.
 
     python -m unlearnops.bench.ladder [--epochs 15] [--workspace DIR] [--out bench/results/ladder.json]
 
-One demo workspace (the 5000 MNIST digits, base CNN trained by ``dvc repro``) takes the scenarios one after
-another, each as its own request and batch from the same champion; the dataset shrinks by each scenario's
-samples, in this order: random 1 % of the training samples, 10 subjects, one whole class.
+One workspace of the demo's 5000 MNIST digits (base CNN trained by ``dvc repro``), with 1 % of the training
+labels flipped to another class before training (label noise the base model memorizes), takes five kinds of
+request one after another, each as its own request and batch; the dataset shrinks by each scenario's samples,
+in this order: random 1 % of the training samples, 10 subjects, the mislabeled samples, the 1 % most memorized
+samples (highest loss under a model trained on the other half of the data), one whole class.
 """
 
 from __future__ import annotations
@@ -22,11 +24,55 @@ from unlearnops import api
 from unlearnops.bench.cost_growth import write_results
 
 
-def _scenario_request(ws, scenario: str, rng: np.random.Generator) -> dict[str, list[str]]:
+SCENARIOS = ("random_1pct", "subjects_10", "mislabeled", "memorized_1pct", "class")
+#: Share of training samples whose label is flipped before the base model is trained.
+FLIPPED_SHARE = 0.01
+
+
+def _mislabeled_arrays(seed: int = 0):
+    """The demo digits with ``FLIPPED_SHARE`` of the training labels moved to another class; the flipped ids."""
+    from unlearnops.datasets import SourceData, mnist_5k
+
+    features, manifest = mnist_5k()
+    labels = manifest["label"].to_numpy().copy()
+    train = np.flatnonzero(manifest["split"].to_numpy() == "train")
+    rng = np.random.default_rng(seed)
+    flipped = rng.choice(train, size=max(1, round(len(train) * FLIPPED_SHARE)), replace=False)
+    labels[flipped] = (labels[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
+    arrays = SourceData(features, labels, manifest["sample_id"].tolist(), manifest["subject_id"].tolist(),
+                        manifest["split"].tolist())
+    return arrays, sorted(manifest["sample_id"].to_numpy()[flipped].astype(str))
+
+
+def _most_memorized(ws, share: float, seed: int = 0) -> list[str]:
+    """The training samples with the highest loss under a model trained on the other half (two folds)."""
+    from unlearnops.bench.harness import memorization_scores
+    from unlearnops.data import load_dataset
+    from unlearnops.method_runner import Samples, call_training
+    from unlearnops.model import pick_device, seed_everything
+
+    train = load_dataset(ws.data_dir, mmap=False).split("train")
+    samples = Samples(np.asarray(train.features), train.labels, train.manifest["sample_id"].astype(str).tolist())
+
+    def fit(part, fold_seed):
+        seed_everything(fold_seed)
+        return call_training(ws.train_function, ws.model_factory(), part, device=pick_device(),
+                             **ws.params.train.model_dump())
+
+    scores = memorization_scores(samples, fit, seed)
+    top = np.argsort(scores)[::-1][: max(1, round(len(scores) * share))]
+    return sorted(np.asarray(samples.sample_ids)[top])
+
+
+def _scenario_request(ws, scenario: str, rng: np.random.Generator, flipped: list[str]) -> dict[str, list[str]]:
     from unlearnops.data import load_dataset
 
     manifest = load_dataset(ws.data_dir).manifest
     train = manifest[manifest["split"] == "train"]
+    if scenario == "mislabeled":
+        return {"samples": [s for s in flipped if s in set(train["sample_id"].astype(str))]}
+    if scenario == "memorized_1pct":
+        return {"samples": _most_memorized(ws, 0.01)}
     if scenario == "random_1pct":
         ids = rng.choice(train["sample_id"].astype(str).to_numpy(), size=len(train) // 100, replace=False)
         return {"samples": sorted(ids)}
@@ -39,16 +85,16 @@ def _scenario_request(ws, scenario: str, rng: np.random.Generator) -> dict[str, 
     raise ValueError(scenario)
 
 
-def run(workspace: Path, epochs: int = 15, scenarios=("random_1pct", "subjects_10", "class"),
-        progress=print) -> list[dict[str, Any]]:
-    ws = api.init(workspace, epochs=epochs)
+def run(workspace: Path, epochs: int = 15, scenarios=SCENARIOS, progress=print) -> list[dict[str, Any]]:
+    arrays, flipped = _mislabeled_arrays()
+    ws = api.init(workspace, epochs=epochs, arrays=arrays)
     started = time.perf_counter()
     api.train(ws)
     progress(f"base model trained in {time.perf_counter() - started:.0f} s")
     rows = []
     rng = np.random.default_rng(0)
     for scenario in scenarios:
-        request = _scenario_request(ws, scenario, rng)
+        request = _scenario_request(ws, scenario, rng, flipped)
         api.submit(ws, reason=f"bench: {scenario}", **request)
         started = time.perf_counter()
         summary = api.run(ws, prefect=False)
@@ -59,6 +105,7 @@ def run(workspace: Path, epochs: int = 15, scenarios=("random_1pct", "subjects_1
             "n_forget_trained": summary["forget_samples_trained"],
             "seconds_to_version": round(seconds, 1),
             "status": summary["certificate_status"],
+            "grounds": json.loads((ws.runs_dir / summary["run_id"] / "certificate.json").read_text()).get("grounds"),
             "rungs": rungs,
             "winning_rung": rungs[-1].split(":")[0] if rungs and rungs[-1].endswith("pass") else None,
             "step_seconds": summary["step_seconds"],
@@ -71,12 +118,12 @@ def run(workspace: Path, epochs: int = 15, scenarios=("random_1pct", "subjects_1
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | forgotten training samples | rungs tried | won | status | seconds to version | test acc before → after |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | forgotten training samples | rungs tried | won | status | seconds to version | test acc before → after | grounds |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['scenario']} | {r['n_forget_trained']} | {', '.join(r['rungs'])} | {r['winning_rung'] or '—'} "
                      f"| {r['status']} | {r['seconds_to_version']} | {r['test_accuracy_before']:.3f} → "
-                     f"{r['test_accuracy_after']:.3f} |")
+                     f"{r['test_accuracy_after']:.3f} | {(r.get('grounds') or '').split(' (evidence')[0]} |")
     return "\n".join(lines) + "\n"
 
 
