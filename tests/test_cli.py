@@ -62,7 +62,7 @@ def test_plugins_list_json():
                                     "supports_gpu": True}
     assert slug["config"]["seed"] == 0
     assert {name for kind, name in rows if kind == "gate"} == {"data", "membership_inference", "forget_accuracy", "class_forgetting",
-                                                               "utility"}
+                                                               "utility", "retrain_equivalence"}
     assert {name for kind, name in rows if kind == "locator"} == {"sample_id", "subject_id", "content_sha256",
                                                                   "phash", "embedding"}
     assert rows["locator", "phash"]["locator_kind"] == "near-duplicate"

@@ -31,6 +31,15 @@ from unlearnops.workspace import CONFIG_FILE, ConfigError, Settings, Workspace, 
 WorkspaceLike = Workspace | str | Path
 
 
+def __getattr__(name: str):
+    """``api.SourceData`` (in-memory arrays for :func:`init`) without importing pandas when api is imported."""
+    if name == "SourceData":
+        from unlearnops.datasets import SourceData
+
+        return SourceData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def workspace(ws: WorkspaceLike | None = None) -> Workspace:
     """A :class:`Workspace` from a path (or ``UNLEARNOPS_WORKSPACE``), activated for this process."""
     ws = ws if isinstance(ws, Workspace) else Workspace(ws)
