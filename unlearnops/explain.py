@@ -71,6 +71,8 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
     rungs = []
     for index, rung in enumerate(signed.get("rungs") or [], start=1):
         details = rung.get("details") or {}
+        if not details.get("candidates") and details.get("groups"):  # a joint update (several requests, e.g.
+            details = details["groups"][0]  # a carried one): the first request's search tells the story
         entry = {
             "rung": index,
             "method": rung["method"],
