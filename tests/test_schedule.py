@@ -35,7 +35,7 @@ def test_a_scheduled_run_processes_a_submitted_request(trained_small, tmp_path):
         [request_id] = submit_subjects(ws, 1)
         store = RequestStore(ws.requests_db)
         deadline = time.monotonic() + 420
-        while store.get(request_id).state in ("received", "located", "failed"):
+        while store.get(request_id).state not in ("certified", "uncertified", "rejected"):  # until finalized
             assert proc.poll() is None, (tmp_path / "schedule.log").read_text()[-3000:]
             assert time.monotonic() < deadline, (tmp_path / "schedule.log").read_text()[-3000:]
             time.sleep(2)
