@@ -353,40 +353,27 @@ def test_mlflow_models_serve_answers_json_for_a_registered_version(processed, tm
     """MLflow's own scoring server (`mlflow models serve`, no unlearnops code in it) serves a registered
     version: JSON in, the same predictions as the version's weights out."""
     import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     import httpx
     import numpy as np
     import torch
 
     from unlearnops.data import load_dataset
-    from unlearnops.servers import free_port
+    from unlearnops.servers import LocalServer, free_port, running
 
     ws, *_ = processed
     port, bin_dir = free_port(), Path(sys.executable).parent
+    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": ws.tracking_uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}  # it starts `uvicorn` from PATH
-    log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m",
-                                 f"models:/{ws.settings.project.model_name}/2", "--env-manager", "local",
-                                 "-h", "127.0.0.1", "-p", str(port)], env=env, cwd=tmp_path, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(1)
+    scoring = LocalServer("MLflow scoring", [str(bin_dir / "mlflow"), "models", "serve", "-m",
+                                             f"models:/{ws.settings.project.model_name}/2", "--env-manager",
+                                             "local", "-h", "127.0.0.1", "-p", str(port)],
+                          url=url, health_url=f"{url}/ping", log=tmp_path / "serve.log", env=env)
+    with running(scoring, timeout=240):
         sample = np.asarray(load_dataset(ws.data_dir).split("test").features[:3], dtype=np.float32)
-        answer = httpx.post(f"http://127.0.0.1:{port}/invocations", json={"inputs": sample.tolist()}, timeout=60)
+        answer = httpx.post(f"{url}/invocations", json={"inputs": sample.tolist()}, timeout=60)
         assert answer.status_code == 200, answer.text[:500]
         predictions = answer.json()["predictions"]
         served = np.asarray(next(iter(predictions.values())) if isinstance(predictions, dict) else predictions)
@@ -394,9 +381,3 @@ def test_mlflow_models_serve_answers_json_for_a_registered_version(processed, tm
             expected = model_registry.load_model(ws, "2")(torch.as_tensor(sample)).numpy()
         assert served.shape == expected.shape
         np.testing.assert_allclose(served, expected, rtol=1e-3, atol=1e-4)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
