@@ -2,9 +2,6 @@
 local server on 127.0.0.1 and serves the flow every few seconds; a request submitted afterwards is processed
 by a scheduled run."""
 
-import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -12,6 +9,7 @@ import pytest
 
 from tests.test_crash import submit_subjects, subprocess_env
 from unlearnops.requests import RequestStore
+from unlearnops.servers import LocalServer
 
 
 @pytest.fixture
@@ -27,23 +25,19 @@ def trained_small(tmp_path):
 def test_a_scheduled_run_processes_a_submitted_request(trained_small, tmp_path):
     ws = trained_small
     env = {**subprocess_env(), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
-    with open(tmp_path / "schedule.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "unlearnops.cli", "schedule", "--interval", "5",
-                                 "--workspace", str(ws.root)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    scheduler = LocalServer("unlearnops schedule", [sys.executable, "-m", "unlearnops.cli", "schedule",
+                                                    "--interval", "5", "--workspace", str(ws.root)],
+                            url="", health_url="", log=tmp_path / "schedule.log", env=env)
+    scheduler.start()
     try:
         [request_id] = submit_subjects(ws, 1)
         store = RequestStore(ws.requests_db)
         deadline = time.monotonic() + 420
         while store.get(request_id).state not in ("certified", "uncertified", "rejected"):  # until finalized
-            assert proc.poll() is None, (tmp_path / "schedule.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (tmp_path / "schedule.log").read_text()[-3000:]
+            assert scheduler.process.poll() is None, scheduler.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, scheduler.log.read_text()[-3000:]
             time.sleep(2)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        scheduler.stop(grace=30)
     done = store.get(request_id)
     assert done.model_version == "2" and done.dataset_rev
