@@ -133,3 +133,38 @@ def test_report_renders_with_its_plots_in_headless_chromium(hogged_run, tmp_path
     assert image.width >= 1200 and image.height > 900  # the whole page, longer than one screen
     low, high = image.getextrema()
     assert high - low > 100 and len(set(image.resize((60, 60)).getdata())) > 20  # not a blank page
+
+
+def test_step_progress_is_lines_off_a_terminal_and_one_shared_bar_on_it(capsys):
+    import io
+
+    from rich.console import Console
+
+    from unlearnops import progress
+
+    with progress.step_progress(2, "ladder", "rungs") as done:
+        done("rung slug: fail")
+        done("rung retrain: pass")
+    assert capsys.readouterr().err.splitlines() == ["ladder: 1/2 rung slug: fail", "ladder: 2/2 rung retrain: pass"]
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with progress.step_progress(2, "ladder", "rungs", console=console) as done:
+        done("rung [slug]: fail")  # brackets are text, not rich markup
+    assert "1/2 rungs" in screen.getvalue() and "rung [slug]: fail" in screen.getvalue()
+
+
+def test_nested_bars_share_one_display(monkeypatch):
+    """A retrain's epoch bar inside a ladder rung joins the ladder's display instead of starting a second."""
+    from unlearnops import progress
+
+    monkeypatch.setattr(progress, "_on_terminal", lambda console: True)
+    with progress.step_progress(2, "ladder", "rungs") as done:
+        (outer,) = progress._shown
+        with progress.epoch_progress(3, "retrain") as report:
+            assert progress._shown == [outer] and len(outer.tasks) == 2
+            report(1, 0.5)
+            assert outer.tasks[1].completed == 1 and outer.tasks[1].fields["info"] == "loss 0.5000"
+        assert len(outer.tasks) == 1
+        done("rung retrain: pass")
+        assert outer.tasks[0].completed == 1
+    assert progress._shown == []
