@@ -64,6 +64,7 @@ def hogged_run(tmp_path_factory):
 
 def test_run_beside_a_cpu_hog_completes_through_the_embedded_prefect_server(hogged_run):
     ws, result, seconds, hog_cpu = hogged_run
+    print(f"unlearnops run beside {HOGS} hogs: {seconds:.1f} s; hogs' CPU seconds {hog_cpu}")
     assert result.returncode in (0, 3), result.stderr[-3000:]  # 3: finished uncertified, still a finished run
     summary = json.loads(result.stdout)
     assert summary["registered_version"] == "2" and summary["samples_removed"] > 0
