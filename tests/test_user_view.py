@@ -69,7 +69,9 @@ def test_run_beside_a_cpu_hog_completes_through_the_embedded_prefect_server(hogg
     summary = json.loads(result.stdout)
     assert summary["registered_version"] == "2" and summary["samples_removed"] > 0
     assert "Timed out" not in result.stderr
-    assert all(cpu > 0.2 * seconds / HOGS for cpu in hog_cpu), (hog_cpu, seconds)  # the hogs really ran
+    # The hogs really ran beside it (at nice 19 on a machine other work also loads they get only the spare
+    # cycles: 10-11 CPU s each in a 171 s run at a load of 7.5, so the bound is absolute, not a share).
+    assert all(cpu > 1.0 for cpu in hog_cpu), (hog_cpu, seconds)
     assert list(ws.prefect_home.iterdir()), "the command's own Prefect home holds its temporary server's state"
 
 
