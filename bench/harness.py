@@ -35,6 +35,7 @@ from unlearnops.gates import class_matched_auc
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import ResNetSmall, SmallCNN, TabularMLP, evaluate, pick_device, train_model
 from unlearnops.plugin_manager import load_plugins
+from unlearnops.progress import epoch_progress, step_progress
 
 SCENARIOS = ("random_1pct", "random_10pct", "subjects_10", "class", "memorized_10pct")
 #: Scenarios chosen to be hard for approximate methods, reported in their own table.
@@ -150,74 +151,85 @@ def run(
         parse_config(registry.get(name), {"preset": preset} if preset else {})  # fail before any training
     torch_device = pick_device(device)
     rows: list[dict[str, Any]] = []
-    for model_name in models:
-        spec = MODELS[model_name]
-        features, manifest = spec.dataset()
-        data = Dataset(features, manifest)
-        train, holdout, test = data.split("train"), _samples(data.split("holdout")), _samples(data.split("test"))
-        epochs = spec.quick_epochs if quick else spec.epochs
-
-        def fit(samples: Samples, seed: int):
-            return train_model(spec.factory(), samples.features, samples.labels, epochs=epochs,
-                               batch_size=spec.batch_size, lr=spec.lr, seed=seed, device=torch_device)
-
-        for seed in seeds:
-            progress(f"{model_name} seed {seed}: training the original model ({epochs} epochs)")
-            original = fit(_samples(train), seed)
-            parents: dict[str, dict[str, Any]] = {}
-            scores = None
-            if any(s in WORST_CASE for s in scenarios):
-                progress(f"{model_name} seed {seed}: memorization scores (two half-size models)")
-                scores = memorization_scores(_samples(train), fit, seed)
-            for scenario in scenarios:
-                rng = np.random.default_rng(seed * 1000 + SCENARIOS.index(scenario))
-                mask = forget_mask(train, scenario, rng, scores)
-                forget, retain = _samples(train.select(mask)), _samples(train.select(~mask))
-                forgotten_class = int(forget.labels[0]) if scenario == "class" else None
-                base = {"scenario": scenario, "model": model_name, "seed": seed, "n_forget": len(forget),
-                        "n_train": len(train), "device": str(torch_device), "epochs": epochs, **conditions()}
-
-                progress(f"{model_name} seed {seed} {scenario}: retraining without {len(forget)} samples")
-                started = time.perf_counter()
-                retrained = fit(retain, seed)
-                retrain_seconds = time.perf_counter() - started
-                reference = measure(retrained, forget, retain, holdout, test, forgotten_class)
-                rows.append({**base, "method": "retrain", "wall_seconds": retrain_seconds,
-                             "time_ratio_to_retrain": 1.0, **reference,
-                             **{f"gap_to_retrain_{k}": 0.0 for k in METRICS}, "avg_gap_to_retrain": 0.0})
-
-                idx = np.random.default_rng(seed).choice(len(retain), size=min(512, len(retain)), replace=False)
-                inputs = UnlearnInputs(
-                    forget=forget,
-                    retain=Samples(retain.features[idx], retain.labels[idx]),
-                    holdout=holdout,
-                    utility_max_drop=0.02,
-                    retain_full=retain,
-                    model_factory=spec.factory,
-                    train_params={"epochs": epochs, "batch_size": spec.batch_size, "lr": spec.lr, "seed": seed},
-                )
-                for spec_name in methods:
-                    name, _, preset = spec_name.partition(":")
-                    method = registry.get(name)
-                    config = parse_config(method, {"seed": seed, **({"preset": preset} if preset else {})})
-                    parent, extra = original, {}
-                    if not {c.__name__ for c in type(original).__mro__} & set(method.model_families):
-                        family = method.model_families[0]
-                        if family not in parents:
-                            parents[family] = _family_parent(family, spec, _samples(train), epochs, seed,
-                                                             torch_device, test, progress)
-                        parent, extra = parents[family]["model"], parents[family]["row"]
-                    progress(f"{model_name} seed {seed} {scenario}: {spec_name}")
-                    started = time.perf_counter()
-                    result = run_method(method, copy.deepcopy(parent), inputs, config, torch_device)
-                    seconds = time.perf_counter() - started
-                    measured = measure(result.model, forget, retain, holdout, test, forgotten_class)
-                    gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
-                    rows.append({**base, "method": spec_name, "wall_seconds": seconds,
-                                 "time_ratio_to_retrain": retrain_seconds / seconds if seconds else float("inf"),
-                                 **measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values()))),
-                                 "changed_parameters": len(result.changed_parameters), **extra})
+    models, scenarios, seeds = list(models), list(scenarios), list(seeds)
+    with step_progress(len(models) * len(seeds) * len(scenarios), "bench", "runs") as done:
+        for model_name in models:
+            _bench_model(model_name, scenarios, methods, seeds, quick, torch_device, registry, rows, progress, done)
     return rows
+
+
+def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seeds: list[int], quick: bool,
+                 torch_device, registry, rows: list[dict[str, Any]], progress, done) -> None:
+    """The rows of one model (appended to ``rows``); ``done(message)`` after each scenario of a seed."""
+    spec = MODELS[model_name]
+    features, manifest = spec.dataset()
+    data = Dataset(features, manifest)
+    train, holdout, test = data.split("train"), _samples(data.split("holdout")), _samples(data.split("test"))
+    epochs = spec.quick_epochs if quick else spec.epochs
+
+    def fit(samples: Samples, seed: int):
+        with epoch_progress(epochs, f"{model_name} train") as report:
+            return train_model(spec.factory(), samples.features, samples.labels, epochs=epochs,
+                               batch_size=spec.batch_size, lr=spec.lr, seed=seed, device=torch_device,
+                               progress=report)
+
+    for seed in seeds:
+        progress(f"{model_name} seed {seed}: training the original model ({epochs} epochs)")
+        original = fit(_samples(train), seed)
+        parents: dict[str, dict[str, Any]] = {}
+        scores = None
+        if any(s in WORST_CASE for s in scenarios):
+            progress(f"{model_name} seed {seed}: memorization scores (two half-size models)")
+            scores = memorization_scores(_samples(train), fit, seed)
+        for scenario in scenarios:
+            rng = np.random.default_rng(seed * 1000 + SCENARIOS.index(scenario))
+            mask = forget_mask(train, scenario, rng, scores)
+            forget, retain = _samples(train.select(mask)), _samples(train.select(~mask))
+            forgotten_class = int(forget.labels[0]) if scenario == "class" else None
+            base = {"scenario": scenario, "model": model_name, "seed": seed, "n_forget": len(forget),
+                    "n_train": len(train), "device": str(torch_device), "epochs": epochs, **conditions()}
+
+            progress(f"{model_name} seed {seed} {scenario}: retraining without {len(forget)} samples")
+            started = time.perf_counter()
+            retrained = fit(retain, seed)
+            retrain_seconds = time.perf_counter() - started
+            reference = measure(retrained, forget, retain, holdout, test, forgotten_class)
+            rows.append({**base, "method": "retrain", "wall_seconds": retrain_seconds,
+                         "time_ratio_to_retrain": 1.0, **reference,
+                         **{f"gap_to_retrain_{k}": 0.0 for k in METRICS}, "avg_gap_to_retrain": 0.0})
+
+            idx = np.random.default_rng(seed).choice(len(retain), size=min(512, len(retain)), replace=False)
+            inputs = UnlearnInputs(
+                forget=forget,
+                retain=Samples(retain.features[idx], retain.labels[idx]),
+                holdout=holdout,
+                utility_max_drop=0.02,
+                retain_full=retain,
+                model_factory=spec.factory,
+                train_params={"epochs": epochs, "batch_size": spec.batch_size, "lr": spec.lr, "seed": seed},
+            )
+            for spec_name in methods:
+                name, _, preset = spec_name.partition(":")
+                method = registry.get(name)
+                config = parse_config(method, {"seed": seed, **({"preset": preset} if preset else {})})
+                parent, extra = original, {}
+                if not {c.__name__ for c in type(original).__mro__} & set(method.model_families):
+                    family = method.model_families[0]
+                    if family not in parents:
+                        parents[family] = _family_parent(family, spec, _samples(train), epochs, seed,
+                                                         torch_device, test, progress)
+                    parent, extra = parents[family]["model"], parents[family]["row"]
+                progress(f"{model_name} seed {seed} {scenario}: {spec_name}")
+                started = time.perf_counter()
+                result = run_method(method, copy.deepcopy(parent), inputs, config, torch_device)
+                seconds = time.perf_counter() - started
+                measured = measure(result.model, forget, retain, holdout, test, forgotten_class)
+                gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
+                rows.append({**base, "method": spec_name, "wall_seconds": seconds,
+                             "time_ratio_to_retrain": retrain_seconds / seconds if seconds else float("inf"),
+                             **measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values()))),
+                             "changed_parameters": len(result.changed_parameters), **extra})
+            done(f"{model_name} seed {seed} {scenario}: {len(methods)} method(s) beside retraining")
 
 
 def _family_parent(family: str, spec: ModelSpec, train: Samples, epochs: int, seed: int, device, test: Samples,

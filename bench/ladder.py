@@ -22,6 +22,7 @@ import numpy as np
 
 from unlearnops import api
 from unlearnops.bench.cost_growth import write_results
+from unlearnops.progress import step_progress
 
 
 SCENARIOS = ("random_1pct", "subjects_10", "mislabeled", "memorized_1pct", "class")
@@ -93,28 +94,35 @@ def run(workspace: Path, epochs: int = 15, scenarios=SCENARIOS, progress=print) 
     progress(f"base model trained in {time.perf_counter() - started:.0f} s")
     rows = []
     rng = np.random.default_rng(0)
-    for scenario in scenarios:
-        request = _scenario_request(ws, scenario, rng, flipped)
-        api.submit(ws, reason=f"bench: {scenario}", **request)
-        started = time.perf_counter()
-        summary = api.run(ws, prefect=False)
-        seconds = time.perf_counter() - started
-        rungs = summary["rungs"]
-        rows.append({
-            "scenario": scenario,
-            "n_forget_trained": summary["forget_samples_trained"],
-            "seconds_to_version": round(seconds, 1),
-            "status": summary["certificate_status"],
-            "grounds": json.loads((ws.runs_dir / summary["run_id"] / "certificate.json").read_text()).get("grounds"),
-            "rungs": rungs,
-            "winning_rung": rungs[-1].split(":")[0] if rungs and rungs[-1].endswith("pass") else None,
-            "step_seconds": summary["step_seconds"],
-            "test_accuracy_before": summary["test_accuracy_before"],
-            "test_accuracy_after": summary["test_accuracy_after"],
-            "epochs": epochs,
-        })
-        progress(json.dumps(rows[-1]))
+    with step_progress(len(scenarios), "bench ladder", "scenarios") as done:
+        for scenario in scenarios:
+            rows.append(_scenario_row(ws, scenario, rng, flipped, epochs))
+            done(f"{scenario}: {rows[-1]['status']} in {rows[-1]['seconds_to_version']} s ({', '.join(rows[-1]['rungs'])})")
+            progress(json.dumps(rows[-1]))
     return rows
+
+
+def _scenario_row(ws, scenario: str, rng, flipped, epochs: int) -> dict[str, Any]:
+    """Submit one scenario's request, run the flow in-process, and return its row."""
+    request = _scenario_request(ws, scenario, rng, flipped)
+    api.submit(ws, reason=f"bench: {scenario}", **request)
+    started = time.perf_counter()
+    summary = api.run(ws, prefect=False)
+    seconds = time.perf_counter() - started
+    rungs = summary["rungs"]
+    return {
+        "scenario": scenario,
+        "n_forget_trained": summary["forget_samples_trained"],
+        "seconds_to_version": round(seconds, 1),
+        "status": summary["certificate_status"],
+        "grounds": json.loads((ws.runs_dir / summary["run_id"] / "certificate.json").read_text()).get("grounds"),
+        "rungs": rungs,
+        "winning_rung": rungs[-1].split(":")[0] if rungs and rungs[-1].endswith("pass") else None,
+        "step_seconds": summary["step_seconds"],
+        "test_accuracy_before": summary["test_accuracy_before"],
+        "test_accuracy_after": summary["test_accuracy_after"],
+        "epochs": epochs,
+    }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

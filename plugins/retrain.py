@@ -18,6 +18,7 @@ from unlearnops.plugin import (
     hookimpl,
     training_params,
 )
+from unlearnops.progress import epoch_progress
 
 
 class RetrainConfig(RetrainingConfig):
@@ -36,13 +37,15 @@ class Retrain(Method):
         started = time.perf_counter()
         params = training_params(inputs, config)
         retain = inputs.retain_full if inputs.retain_full is not None else inputs.retain
-        fresh = call_training(
-            inputs.train_function,
-            fresh_model(inputs, model, params["seed"]),  # seeded before it is built: same seed, same weights
-            retain,
-            device=device,
-            **params,
-        ).to(device)
+        with epoch_progress(int(params["epochs"]), "retrain") as report:
+            fresh = call_training(
+                inputs.train_function,
+                fresh_model(inputs, model, params["seed"]),  # seeded before it is built: same seed, same weights
+                retain,
+                device=device,
+                progress=report,
+                **params,
+            ).to(device)
         old = dict(model.named_parameters())
         changed = {
             name: float((p.detach() - old[name].detach()).norm() / old[name].detach().norm().clamp_min(1e-12))

@@ -53,6 +53,7 @@ from unlearnops.plugin import (
     tiny_task,
     training_params,
 )
+from unlearnops.progress import epoch_progress
 
 #: Shards of the conformance task's ensemble.
 CONFORMANCE_SHARDS = 4
@@ -199,7 +200,8 @@ class SISA(Method):
                 fresh = built.members[k] if isinstance(built, ShardedEnsemble) else built
             else:
                 fresh = reinitialized(model.members[k])
-            member = _train_member(k, retain, shards, fresh, member_train, params, device)
+            with epoch_progress(int(params["epochs"]), f"sisa shard {k}") as report:
+                member = _train_member(k, retain, shards, fresh, member_train, params, device, report)
             old = dict(model.members[k].named_parameters())
             model.members[k] = member
             for pname, p in member.named_parameters():

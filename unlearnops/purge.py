@@ -50,6 +50,7 @@ refuses when no successor has been promoted or a deletion batch is unfinished.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from contextlib import chdir
@@ -63,6 +64,7 @@ from unlearnops import model_registry
 from unlearnops.clock import utc_now
 from unlearnops.data import git
 from unlearnops.durable import atomic_write_text, workspace_lock
+from unlearnops.progress import step_progress
 from unlearnops.requests import RequestStore
 from unlearnops.workspace import Workspace
 
@@ -419,40 +421,49 @@ def purge(ws: Workspace, dry_run: bool = False, wait: float = 60.0) -> PurgeRepo
         report, removals, mlflow_removals = plan(ws, dry_run=dry_run)
         if dry_run:
             return report
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
         remote_touched = False
-        for store, fs, path in removals:
-            if fs is not None:
-                fs.remove(path)
-                remote_touched |= store.startswith("dvc-remote")
-            elif Path(path).is_dir():
-                shutil.rmtree(path)
-            else:
-                Path(path).unlink(missing_ok=True)
-        if remote_touched:
-            _clear_remote_index(ws)
-        client = model_registry.client(ws)
-        name = ws.settings.project.model_name
-        stamp = utc_now()
-        for version, found in mlflow_removals:
-            for _, uri, path, _ in found:
-                get_artifact_repository(uri).delete_artifacts(path)
-            if version.tags.get(model_registry.TAINTED_TAG) != "true":
-                client.set_model_version_tag(name, version.version, model_registry.TAINTED_TAG, "true")
-                client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "tainted_reason",
-                                             f"not descended from the champion v{report.champion}: carries "
-                                             "data its lineage deleted")
-            _sign_purge(ws, client, version, [f"{uri.rstrip('/')}/{path}" for _, uri, path, _ in found],
-                        report.champion, stamp)
-            if version.tags.get(PURGED_TAG) != "true":  # informational: decisions read the signed record
-                client.set_model_version_tag(name, version.version, PURGED_TAG, "true")
-                client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "purged_at", stamp)
+        groups = [list(g) for _, g in itertools.groupby(removals, key=lambda r: r[0])]  # order kept
+        with step_progress(len(groups) + len(mlflow_removals), "purge", "stores") as done:
+            for group in groups:
+                for store, fs, path in group:
+                    if fs is not None:
+                        fs.remove(path)
+                        remote_touched |= store.startswith("dvc-remote")
+                    elif Path(path).is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        Path(path).unlink(missing_ok=True)
+                done(f"{group[0][0]}: {len(group)} removed")
+            if remote_touched:
+                _clear_remote_index(ws)
+            client = model_registry.client(ws)
+            name = ws.settings.project.model_name
+            stamp = utc_now()
+            for version, found in mlflow_removals:
+                _purge_version(ws, client, name, version, found, report.champion, stamp)
+                done(f"model version {version.version}: {len(found)} weight artifact(s) removed, purge record signed")
         if report.items:
             atomic_write_text(ws.state_dir / "purges" / f"{stamp.replace(':', '')}.json",
                               json.dumps(report.to_dict(), indent=2))
         clean_request_store(ws, report)
         return report
+
+
+def _purge_version(ws: Workspace, client, name: str, version, found, champion: str, stamp: str) -> None:
+    """Delete a version's weight artifacts, tag it tainted and purged, and sign its purge record."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    for _, uri, path, _ in found:
+        get_artifact_repository(uri).delete_artifacts(path)
+    if version.tags.get(model_registry.TAINTED_TAG) != "true":
+        client.set_model_version_tag(name, version.version, model_registry.TAINTED_TAG, "true")
+        client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "tainted_reason",
+                                     f"not descended from the champion v{champion}: carries "
+                                     "data its lineage deleted")
+    _sign_purge(ws, client, version, [f"{uri.rstrip('/')}/{path}" for _, uri, path, _ in found], champion, stamp)
+    if version.tags.get(PURGED_TAG) != "true":  # informational: decisions read the signed record
+        client.set_model_version_tag(name, version.version, PURGED_TAG, "true")
+        client.set_model_version_tag(name, version.version, model_registry.TAG_PREFIX + "purged_at", stamp)
 
 
 def clean_request_store(ws: Workspace, report: PurgeReport) -> None:

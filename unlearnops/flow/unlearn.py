@@ -81,17 +81,22 @@ def validated_ladder(ws: Workspace, kind: str | None, method: str | None = None,
 def unlearn(ws: Workspace, batch: Batch) -> Batch:
     """Climb the batch's ladder: unlearn with each method from the parent's weights and run the gates,
     stopping at the first rung that passes. Every rung tried is recorded (and certified with the batch)."""
+    from unlearnops.flow.run import rung_decision
+    from unlearnops.progress import step_progress
+
     batch.rungs = []
-    for index, name in enumerate(batch.ladder):
-        batch.method = name
-        batch.method_config = rung_config(ws, name, batch.requested_config if index == 0 else None)
-        started = time.perf_counter()
-        batch = _run_part("rung", ws, batch, unlearn_rung)
-        batch = _run_part("gates", ws, batch, gates)
-        batch.rungs.append(rung_record(batch, seconds=time.perf_counter() - started))
-        batch.save(ws)
-        if batch.status == PASS:
-            break
+    with step_progress(len(batch.ladder), "ladder", "rungs") as done:
+        for index, name in enumerate(batch.ladder):
+            batch.method = name
+            batch.method_config = rung_config(ws, name, batch.requested_config if index == 0 else None)
+            started = time.perf_counter()
+            batch = _run_part("rung", ws, batch, unlearn_rung)
+            batch = _run_part("gates", ws, batch, gates)
+            batch.rungs.append(rung_record(batch, seconds=time.perf_counter() - started))
+            batch.save(ws)
+            done(f"{rung_decision(batch)} in {batch.rungs[-1]['seconds']:.1f} s")
+            if batch.status == PASS:
+                break
     return batch
 
 
