@@ -110,7 +110,7 @@ def register_model(
     from unlearnops.certificate import sign
     from unlearnops.export import inference_session
     from unlearnops.keys import signing_key
-    from unlearnops.model import file_sha256
+    from unlearnops.durable import file_sha256
     from unlearnops.run_metrics import dataset_input
 
     mlflow_client = client(ws)
@@ -172,7 +172,7 @@ def _logged_onnx_sha256(model_location: str, tmp: Path) -> str:
     """The sha256 of the ONNX file inside the logged MLflow model (what ``mlflow.pyfunc`` users load)."""
     import mlflow
 
-    from unlearnops.model import file_sha256
+    from unlearnops.durable import file_sha256
     from unlearnops.run_metrics import dataset_input
 
     return file_sha256(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_location.rstrip('/')}/model.onnx",
