@@ -26,6 +26,8 @@ from unlearnops.plugin import (
 class DataGate:
     name = "data"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("rows_before", "rows_after", "removed", "expectations")
     description = "Great Expectations suite on the new dataset version (deleted ids gone, schema, labels)."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
@@ -44,6 +46,9 @@ def _sample_level(evidence: GateEvidence) -> np.ndarray:
 class MembershipInferenceGate:
     name = "membership_inference"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("auc", "ci_low", "ci_high", "parent_auc", "tpr_at_1pct_fpr", "reference_auc", "power",
+                  "n_forget", "n_nonmembers")
     description = ("Class-matched AUC of forget set vs held-out non-members: bootstrap CI inside 0.5 ± margin, "
                    "with power shown on the parent.")
 
@@ -64,6 +69,9 @@ class MembershipInferenceGate:
 class ForgetAccuracyGate:
     name = "forget_accuracy"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("forget_accuracy", "holdout_accuracy", "parent_forget_accuracy", "p_above", "p_below",
+                  "power", "n")
     description = "Forget accuracy at the held-out level (Fisher's exact test), with power shown on the parent."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:
@@ -79,6 +87,8 @@ class ForgetAccuracyGate:
 class ClassForgettingGate:
     name = "class_forgetting"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("forget_accuracy", "parent_forget_accuracy", "chance", "p_above", "power", "n")
     description = ("For classes removed in full: accuracy on their forgotten samples at chance (binomial test), "
                    "with power shown on the parent.")
 
@@ -94,6 +104,9 @@ class ClassForgettingGate:
 class RetrainEquivalenceGate:
     name = "retrain_equivalence"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("score", "ci_low", "ci_high", "parent_score", "agreement", "parent_agreement",
+                  "reference_agreement", "references", "power", "n")
     description = ("Per forgotten sample, the candidate against reference models that never trained on it: label "
                    "agreement and offline-LiRA score, with power shown on the parent (needed to certify an "
                    "approximate method).")
@@ -123,6 +136,8 @@ class RetrainEquivalenceGate:
 class UtilityGate:
     name = "utility"
     version = __version__
+    #: Logged as MLflow metrics gate_<name>_<statistic> on every version (unlearnops.run_metrics).
+    statistics = ("test_accuracy_before", "test_accuracy_after", "drop")
     description = "Test-accuracy drop from the parent model within the allowed bound."
 
     def check(self, evidence: GateEvidence, settings: GateSettings) -> GateResult:

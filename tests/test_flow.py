@@ -270,3 +270,50 @@ def test_status_reads_the_registry_without_importing_mlflow(processed):
     done = subprocess.run([sys.executable, "-c", code, str(ws.root)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == [v["version"] for v in direct[1]]
+
+
+def test_every_version_logs_the_same_metric_keys_and_its_dataset_version(processed, tmp_path):
+    """Base and unlearned versions carry the same MLflow metric keys (gate outcomes and statistics too; NaN
+    where a version has no value) and their DVC dataset version as an MLflow dataset input."""
+    import math
+
+    from unlearnops.flow.batch import Batch
+    from unlearnops.run_metrics import DvcDatasetSource
+
+    ws, summary, _, _ = processed
+    client = model_registry.client(ws)
+    name = ws.settings.project.model_name
+    runs = {v: client.get_run(client.get_model_version(name, v).run_id) for v in ("1", "2")}
+    base, unlearned = runs["1"].data.metrics, runs["2"].data.metrics
+    assert set(base) - {"train_loss"} == set(unlearned)  # train_loss: the base's per-epoch curve
+    gate_names = {"data", "membership_inference", "forget_accuracy", "class_forgetting", "retrain_equivalence",
+                  "utility"}
+    assert {f"gate_{g}_passed" for g in gate_names} <= set(unlearned)
+    assert {"gate_utility_drop", "gate_membership_inference_ci_low", "test_accuracy",
+            "parent_test_accuracy"} <= set(unlearned)
+    assert all(math.isnan(v) for k, v in base.items() if k.startswith(("gate_", "parent_", "forget_", "mia_")))
+    assert 0 < base["test_accuracy"] <= 1 and 0 < base["train_accuracy"] <= 1
+    for gate, status in summary["gates"].items():
+        passed = unlearned[f"gate_{gate}_passed"]
+        assert math.isnan(passed) if status == "not_applicable" else passed == (status == "pass")
+    assert unlearned["test_accuracy"] == summary["test_accuracy_after"]
+    assert unlearned["parent_forget_accuracy"] == summary["forget_accuracy_before"]
+    assert unlearned["gate_utility_drop"] == pytest.approx(
+        summary["test_accuracy_before"] - summary["test_accuracy_after"])
+
+    batch = Batch.load(ws, summary["run_id"])
+    base_tags = client.get_model_version(name, "1").tags
+    expected = {"1": {"training": (base_tags["unlearnops.dataset_md5"], base_tags["unlearnops.dataset_rev"])},
+                "2": {"training": (batch.dataset_after["dvc_md5"], batch.dataset_after["git_rev"]),
+                      "parent_training": (batch.dataset_before["dvc_md5"], batch.dataset_before["git_rev"])}}
+    assert expected["1"]["training"] == expected["2"]["parent_training"]
+    for version, run in runs.items():
+        inputs = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset
+                  for i in run.inputs.dataset_inputs}
+        assert {c: (d.digest, json.loads(d.source)["rev"]) for c, d in inputs.items()} == expected[version]
+        assert all(d.source_type == "dvc" and d.name == "data" for d in inputs.values())
+    # The source is enough to get that dataset version back: its manifest lacks the forgotten samples.
+    source = DvcDatasetSource.from_json(inputs["training"].source)
+    manifest = pd.read_parquet(f"{source.load(str(tmp_path))}/{data.MANIFEST_FILE}", columns=["sample_id"])
+    assert len(manifest) == batch.dataset_after["n_samples"]
+    assert not set(batch.forget_ids) & set(manifest["sample_id"])

@@ -18,14 +18,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel
-from scipy.stats import fisher_exact, rankdata
 
-from unlearnops.datasets import MANIFEST_COLUMNS
 from unlearnops.workspace import GateSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pandas, scipy and the manifest schema are imported where a gate runs (fast start-up)
+    import pandas as pd
+
     from unlearnops.model import Evaluation
 
 Status = Literal["pass", "fail", "inconclusive", "not_applicable"]
@@ -99,6 +98,8 @@ def too_few(name: str, n: int, settings: GateSettings, **metrics: Any) -> GateRe
 
 def classes_removed_in_full(forget_labels: np.ndarray, manifest_after: pd.DataFrame) -> set[int]:
     """Labels of forgotten samples that no sample of the new dataset version carries (class forgetting)."""
+    import pandas as pd
+
     remaining = {int(v) for v in pd.unique(manifest_after["label"])}
     return {int(v) for v in np.unique(forget_labels)} - remaining
 
@@ -268,6 +269,8 @@ def data_gate(
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    from unlearnops.datasets import MANIFEST_COLUMNS
+
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     asset = context.data_sources.add_pandas("dataset").add_dataframe_asset("manifest")
@@ -323,6 +326,8 @@ def data_gate(
 def class_matched_auc(member_scores, member_labels, nonmember_scores, nonmember_labels) -> float:
     """ROC AUC of "member" vs "non-member" where pairs are compared only within the same class,
     weighted by the members per class: the non-members are matched to the members' class mix."""
+    from scipy.stats import rankdata
+
     total, weight = 0.0, 0
     for label in np.unique(member_labels):
         m = member_scores[member_labels == label]
@@ -450,6 +455,8 @@ def mia_gate(
 def _fisher(correct: np.ndarray, holdout_correct: np.ndarray, alternative: str) -> float:
     k, n = int(np.sum(correct)), len(correct)
     kh, nh = int(np.sum(holdout_correct)), len(holdout_correct)
+    from scipy.stats import fisher_exact
+
     return float(fisher_exact([[k, n - k], [kh, nh - kh]], alternative=alternative).pvalue)
 
 

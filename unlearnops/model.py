@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from unlearnops.durable import file_sha256  # noqa: F401  (re-exported: model.file_sha256 callers)
+
 
 class SmallCNN(nn.Module):
     """Two conv blocks and two linear layers: about 0.2M parameters, trains on 3.5k MNIST digits in seconds."""
@@ -187,14 +189,6 @@ def model_from_bytes(factory: Callable[[], nn.Module], data: bytes, device: torc
 def load_weights(factory: Callable[[], nn.Module], path: Path, device: torch.device | str = "cpu") -> nn.Module:
     """A model from ``factory()`` with the weights saved at ``path``, in eval mode on ``device``."""
     return model_from_bytes(factory, Path(path).read_bytes(), device)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _ResidualBlock(nn.Module):

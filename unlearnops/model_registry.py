@@ -87,6 +87,7 @@ def register_model(
     aliases: tuple[str, ...] = (),
     nested_runs: list[dict[str, Any]] = (),
     description: str | None = None,
+    datasets: dict[str, dict[str, Any]] | None = None,
 ) -> RegisteredVersion:
     """Log a new run and register it as the next version of the workspace's model.
 
@@ -95,7 +96,8 @@ def register_model(
     safetensors file ``weights`` logged as run artifact ``model.safetensors``; ``weights.json`` is a signed
     record of both hashes and the run id. The version is tagged with ``tags`` (prefixed ``unlearnops.``,
     informational) and ``aliases`` point at it. Each of ``nested_runs`` (``name``, ``params``, ``metrics``,
-    ``tags``) becomes a child run, e.g. one per rung of the ladder."""
+    ``tags``) becomes a child run, e.g. one per rung of the ladder. ``datasets`` (context -> DVC dataset
+    version: ``git_rev``, ``dvc_md5``) are logged as the run's dataset inputs."""
     import shutil
     import tempfile
 
@@ -108,7 +110,8 @@ def register_model(
     from unlearnops.certificate import sign
     from unlearnops.export import inference_session
     from unlearnops.keys import signing_key
-    from unlearnops.model import file_sha256
+    from unlearnops.durable import file_sha256
+    from unlearnops.run_metrics import dataset_input
 
     mlflow_client = client(ws)
     name = ws.settings.project.model_name
@@ -124,6 +127,8 @@ def register_model(
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         mlflow.set_tags({TAG_PREFIX + k: v for k, v in tags.items()})
+        for context, dataset in (datasets or {}).items():
+            mlflow.log_input(dataset_input(ws.root, dataset), context=context)
         for path in artifacts:
             mlflow.log_artifact(str(path))
         for source, artifact in ((weights, WEIGHTS_ARTIFACT), (onnx_file, ONNX_ARTIFACT)):
@@ -167,7 +172,8 @@ def _logged_onnx_sha256(model_location: str, tmp: Path) -> str:
     """The sha256 of the ONNX file inside the logged MLflow model (what ``mlflow.pyfunc`` users load)."""
     import mlflow
 
-    from unlearnops.model import file_sha256
+    from unlearnops.durable import file_sha256
+    from unlearnops.run_metrics import dataset_input
 
     return file_sha256(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_location.rstrip('/')}/model.onnx",
                                                                 dst_path=str(tmp / "logged"))))

@@ -189,6 +189,10 @@ def contract_problems(kind: str, obj: object) -> list[str]:
     callables = {"method": "unlearn", "gate": "check", "locator": "locate", "exporter": "export", "adapter": "load"}
     if not callable(getattr(obj, callables[kind])):
         problems.append(f"{callables[kind]} is not callable")
+    if kind == "gate":
+        statistics = getattr(obj, "statistics", ())
+        if not (isinstance(statistics, tuple) and all(isinstance(k, str) and k.isidentifier() for k in statistics)):
+            problems.append(f"statistics must be a tuple of identifier strings, got {statistics!r}")
     if kind == "locator" and getattr(obj, "kind", None) not in ("exact", "near-duplicate"):
         problems.append(f"kind must be 'exact' or 'near-duplicate', got {getattr(obj, 'kind', None)!r}")
     if kind == "method":

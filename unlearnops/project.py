@@ -342,6 +342,7 @@ def _register_base(ws: Workspace, model, *, run_name: str, params: dict, metrics
     from unlearnops.data import load_dataset
     from unlearnops.export import export_onnx
     from unlearnops.model import save_weights
+    from unlearnops.run_metrics import base_metrics, registered_gate_keys
 
     sample = load_dataset(ws.data_dir).split("holdout").features[:64]
     with tempfile.TemporaryDirectory() as tmp:
@@ -349,6 +350,8 @@ def _register_base(ws: Workspace, model, *, run_name: str, params: dict, metrics
         save_weights(model, weights)
         onnx_file = export_onnx(model, sample, Path(tmp) / model_registry.ONNX_ARTIFACT).path
         return model_registry.register_model(
-            ws, weights, onnx_file, run_name=run_name, params=params, metrics=metrics, tags=tags, aliases=aliases,
+            ws, weights, onnx_file, run_name=run_name, params=params,
+            metrics=base_metrics(metrics, registered_gate_keys()), tags=tags, aliases=aliases,
+            datasets={"training": {"git_rev": tags["dataset_rev"], "dvc_md5": tags["dataset_md5"]}},
             description=f"{tags['kind']} model of dataset revision {tags['dataset_rev'][:10]}: nothing forgotten "
                         "yet; not certified (a base model has no deletion certificate)")

@@ -18,8 +18,11 @@ DELETED_STAGE = "Deleted_Internal"
 
 def read_registry(db: Path, name: str) -> tuple[dict[str, str], list[dict[str, Any]]] | None:
     """``(aliases, versions)`` of registered model ``name``: ``{alias: version}`` and, per live version in
-    order, ``{"version", "tags", "created"}``; None when the file cannot be read this way."""
+    order, ``{"version", "tags", "created"}``; nothing registered when there is no database yet (as MLflow
+    answers); None when the file cannot be read this way."""
     db = Path(db)
+    if not db.exists():
+        return {}, []
     if not db.is_file():
         return None
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from unlearnops import model_registry
 from unlearnops.certificate import CertificateError, verify
 from unlearnops.keys import public_key
-from unlearnops.model import file_sha256
+from unlearnops.durable import file_sha256
 from unlearnops.workspace import Workspace
 
 

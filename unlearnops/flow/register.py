@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from unlearnops import faults, model_registry
+from unlearnops import faults, model_registry, run_metrics
 from unlearnops.clock import utc_now
 from unlearnops.flow.batch import Batch, certificate_status
 from unlearnops.flow.locate import located_summary
@@ -152,12 +152,14 @@ def register(ws: Workspace, batch: Batch) -> Batch:
                 run_dir / batch.exports["onnx"]["path"],
                 run_name=f"unlearn-{batch.run_id}",
                 params={"method": batch.method, **{f"config.{k}": v for k, v in batch.method_config.items()}},
-                metrics=batch.metrics,
+                metrics=run_metrics.unlearned_metrics(batch.metrics, batch.gates,
+                                                      run_metrics.registered_gate_keys()),
                 tags=tags,
                 artifacts=[run_dir / n for n in ("certificate.json", "gx_validation.json", "unlearn.json",
                                                  "report.html", *(e["path"] for e in batch.exports.values()))],
                 nested_runs=[rung_run(index, rung) for index, rung in enumerate(batch.rungs)],
                 description=version_description(batch),
+                datasets={"training": batch.dataset_after, "parent_training": batch.dataset_before},
             ).version
             faults.point("register.version_created")
         else:  # the version exists; its tags may not (the attempt died inside the registration)
