@@ -71,6 +71,30 @@ def references_dir(ws: Workspace) -> Path:
     return ws.state_dir / "audit" / "refs"
 
 
+@dataclass
+class Reference:
+    path: Path
+    meta: dict[str, Any]
+    reused: bool
+
+    def describe(self, ws: Workspace) -> dict[str, Any]:
+        return {"path": str(self.path.relative_to(ws.root)), "reused": self.reused,
+                **{k: v for k, v in self.meta.items() if k != "train_ids"}}
+
+
+def _cached(ws: Workspace) -> list[Reference]:
+    found = []
+    for meta_path in sorted(references_dir(ws).glob("*/*.json")):
+        weights = meta_path.with_suffix(".pt")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if weights.is_file():
+            found.append(Reference(weights, meta, reused=True))
+    return found
+
+
 #: Version of the reference design (written into the recipe: references of another design are not reused).
 REFERENCE_DESIGN = "subject-parts/v1"
 
