@@ -374,7 +374,8 @@ def gate_references(ws: Workspace, forget_ids: list[str], forget_features: np.nd
         if ref.meta.get("recipe") == _recipe(ws) and index is not None and index < k and index not in chosen:
             chosen[index] = ref
     refs = [chosen[i] for i in sorted(chosen)]
-    note = {"k": len(refs), "reused": sum(r.reused for r in refs), "trained": len(trained),
+    trained_paths = {r.path for r in trained}
+    note = {"k": len(refs), "reused": sum(r.path not in trained_paths for r in refs), "trained": len(trained),
             "stale_this_batch": sum(not set(r.meta["train_ids"]) <= train_ids for r in refs),
             "pruned_stale": len(pruned),
             "training_seconds": round(sum(r.meta.get("seconds", 0) for r in trained), 2),
