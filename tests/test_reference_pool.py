@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -25,6 +27,7 @@ K = 4
 
 @pytest.fixture(scope="module")
 def pool_ws(tmp_path_factory):
+    began = time.perf_counter()
     features, manifest = mnist_5k(limit=LIMIT)
     labels = manifest["label"].to_numpy().copy()
     train = np.flatnonzero((manifest["split"].to_numpy() == "train") & (labels < 2))
@@ -36,8 +39,12 @@ def pool_ws(tmp_path_factory):
     settings = ws.settings.model_copy(update={
         "gates": ws.settings.gates.model_copy(update={"references": K})})
     ws.write_settings(settings, ws.params)
+    started = time.perf_counter()
     api.train(ws)
+    trained_at = time.perf_counter()
     trained = api.references_train(ws, k=K, device="cpu")
+    print(f"\nfixture: init {started - began:.1f} s, train {trained_at - started:.1f} s, references "
+          f"{time.perf_counter() - trained_at:.1f} s (training {trained['seconds_per_reference']} s)", file=sys.stderr)
     return ws, manifest["sample_id"].to_numpy()[flipped].tolist(), trained
 
 
@@ -60,6 +67,30 @@ def test_pool_is_balanced_and_keyed(pool_ws, capsys):
     # a second call trains nothing
     again = api.references_train(ws, k=K, device="cpu")
     assert again["trained"] == 0 and again["reused"] == K
+
+
+def test_references_cli_status_and_refused_train_as_json(pool_ws):
+    """`references status --json` is the pool's status document; `references train --k 0 --json` is
+    refused (exit 1) with one JSON error document on stdout and trains nothing."""
+    from typer.testing import CliRunner
+
+    from unlearnops.cli import app
+
+    ws, _, _ = pool_ws
+    runner = CliRunner()
+    result = runner.invoke(app, ["references", "status", "-w", str(ws.root), "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.stdout)
+    assert status == api.references_status(ws)
+    assert (status["k"], status["valid"], status["stale"], status["missing"]) == (K, K, 0, 0)
+    assert [m["status"] for m in status["models"]] == ["valid"] * K
+    before = sorted(p.name for p in audit.references_dir(ws).rglob("*.pt"))
+    for command in (["references", "train", "--k", "0"], ["references", "status", "--k", "9"]):
+        result = runner.invoke(app, [*command, "-w", str(ws.root), "--json"])
+        assert result.exit_code == 1, (command, result.output)
+        assert json.loads(result.stdout) == {
+            "error": f"references {command[1]} refused: k must be between 1 and 8, got {command[-1]}"}
+    assert sorted(p.name for p in audit.references_dir(ws).rglob("*.pt")) == before
 
 
 # -- the gate layer on five kinds of deletion ------------------------------------------------------------
@@ -159,16 +190,21 @@ def test_identity_and_tiny_noise_are_refused_on_every_kind(pool_ws):
     print(json.dumps({f"{k} / {n}": v for (k, n), v in table.items()}, indent=1))
 
 
-def test_most_memorized_retrained_model_is_certified_and_not_like_the_parent(pool_ws):
-    """Retraining without the mislabeled samples: certified (exact). Without the most memorized ones the
-    population membership gate still blocks the exact path (see README, Not done yet). Judged as if
-    approximate, a retrained model's LiRA
-    score on them sits far below the parent's (it does not keep what the parent memorized)."""
+def test_retrained_model_certified_on_mislabeled_but_not_on_most_memorized(pool_ws):
+    """A model retrained without the samples, judged by every gate.
+
+    Mislabeled: certified (exact), and judged as if approximate its LiRA score sits far below the parent's.
+    Most memorized (selected with these same references): what is true today, pinned so a fix shows up —
+    the exact retrain is *not* certified (the held-out membership gate finds the forgotten samples
+    member-like: they are easy digits a retrained model is confident on), and judged as if approximate it
+    scores well above the band (half-size references trained on ~half the data are less confident than a
+    full retrain, and the selection picked where they are least confident). See README, Not done yet."""
     from unlearnops.method_runner import Samples, call_training
     from unlearnops.model import seed_everything
 
     ws, flipped, _ = pool_ws
     pool, kinds = _kinds(ws, flipped)
+    margin = ws.settings.gates.equivalence_margin
     for kind in ("most memorized", "mislabeled"):
         keep = ~kinds[kind]
         seed_everything(0)
@@ -177,15 +213,20 @@ def test_most_memorized_retrained_model_is_certified_and_not_like_the_parent(poo
                                           pool.manifest["sample_id"].astype(str).to_numpy()[keep].tolist()),
                                   device="cpu", **{**ws.params.train.model_dump(), "seed": 0})
         status, exact_results = _judge(ws, kinds[kind], retrained, exact=True)
-        print(kind, "exact verdict:", status, {n: r.status for n, r in exact_results.items()})
-        if kind == "mislabeled":
-            assert status == "pass", (kind, {n: (r.status, r.summary) for n, r in exact_results.items()})
+        verdicts = {n: (r.status, r.summary) for n, r in exact_results.items()}
         _, results = _judge(ws, kinds[kind], retrained)
         equivalence = results["retrain_equivalence"].metrics
-        print(kind, "retrained:", results["retrain_equivalence"].status, results["retrain_equivalence"].summary,
-              {k: equivalence[k] for k in ("score", "ci", "parent_score", "agreement", "parent_agreement")})
-        if kind == "mislabeled":  # the memorized set is selected with these references: biased (README)
-            assert equivalence["score"] < equivalence["parent_score"] - 1.0
+        seen = {"exact": status, "gates": verdicts, "approximate": results["retrain_equivalence"].status,
+                **{k: equivalence[k] for k in ("score", "ci", "parent_score", "agreement", "parent_agreement")}}
+        print(kind, json.dumps(seen, default=str))
+        if kind == "mislabeled":
+            assert status == "pass", (kind, seen)
+            assert equivalence["score"] < equivalence["parent_score"] - 1.0, (kind, seen)
+        else:  # known limitation (README, Not done yet): not certified, and miscalibrated
+            assert status != "pass", (kind, seen)
+            assert exact_results["membership_inference"].status == "fail", (kind, seen)
+            assert equivalence["score"] < equivalence["parent_score"], (kind, seen)  # it did not keep all of it
+            assert equivalence["ci"][0] > margin, (kind, seen)  # yet above the band: would fail as approximate
 
 
 # -- a subject deletion through the flow leaves half the pool valid -------------------------------------------
@@ -237,7 +278,7 @@ def test_subject_deletion_keeps_references_that_never_held_the_subject(pool_ws):
         ws.write_settings(ws.settings.model_copy(update={
             "unlearn": ws.settings.unlearn.model_copy(update={"ladder": ["noop"], "ladders": {}}),
             "gates": ws.settings.gates.model_copy(update={"train_references": True})}), ws.params)
-        _, other = subjects_in_one_part(skip={part})
+        other_part, other = subjects_in_one_part(skip={part})
         api.submit(ws, subjects=other)
         second = api.run(ws, prefect=False)
     finally:
@@ -245,9 +286,14 @@ def test_subject_deletion_keeps_references_that_never_held_the_subject(pool_ws):
     note = json.loads((ws.runs_dir / second["run_id"] / "batch.json").read_text())["samples_used"]["gates"][
         "reference_models"]
     print("batch 2 references:", note)
-    # reused: the references that held neither batch's subjects; trained: the indices stale after batch 1
-    # plus those holding batch 2's part (replaced on today's data before the gate)
-    assert note["k"] == K and note["reused"] + note["trained"] == K and 1 <= note["reused"] <= K // 2
-    assert note["out_references_per_sample"] >= K // 2
-    status = api.references_status(ws)
-    assert status["valid"] + status["missing"] == K and status["stale"] == 0
+    # trained: the indices deleted after batch 1 plus those holding batch 2's part (stale through batch 2,
+    # replaced on today's data before the gate); reused: the ones that held neither part. Which indices hold
+    # a part is fixed by the pair design, so the counts are exact (0..K/2 reused, depending on the parts).
+    parts_count = ws.settings.gates.reference_parts
+    holders_2 = {i for i in range(K) if other_part in audit.reference_parts_of(i, parts_count)}
+    assert len(holders_2) == K // 2
+    assert note["k"] == K and note["trained"] == len(holders | holders_2), note
+    assert note["reused"] == K - len(holders | holders_2) and note["stale_this_batch"] == 0, note
+    assert note["out_references_per_sample"] == K  # every reference used was trained without batch 2's subjects
+    status = api.references_status(ws)  # batch 2's stale holders deleted at its finalize; the pool is full again
+    assert (status["valid"], status["stale"], status["missing"]) == (K, 0, 0), status

@@ -1042,14 +1042,6 @@ def demo(
         print_summary(summary)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 @references_app.command("train")
 def references_train(
     k: Optional[int] = typer.Option(None, "--k", "-k", help="Valid references wanted (1-8) [default: gates.references]."),
@@ -1110,3 +1102,11 @@ def references_status(
     short = [p["part"] for p in pool["by_part"] if p["valid_out_references"] < 2]
     err.print(f"{pool['seconds_spent']} s spent on the valid references; parts with fewer than 2 valid out "
               f"references: {short or 'none'}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
