@@ -128,7 +128,8 @@ class RetrainEquivalenceGate:
         result = retrain_equivalence_gate(
             Evaluation(after.correct[keep], after.loss[keep], after.phi[keep], after.predicted[keep]),
             Evaluation(before.correct[keep], before.loss[keep], before.phi[keep], before.predicted[keep]),
-            refs, settings, seed=evidence.seed)
+            refs, settings, seed=evidence.seed,
+            out_mask=None if evidence.reference_out is None else np.asarray(evidence.reference_out)[:, keep])
         result.metrics["reference_models"] = evidence.references_note
         return result
 

@@ -310,6 +310,30 @@ def audit(ws: WorkspaceLike | None, version: str, references: int = 4,
     return audit_version(workspace(ws), version, references=references, device=device, wait=wait)
 
 
+def references_train(ws: WorkspaceLike | None = None, k: int | None = None, device: str | None = None,
+                     wait: float = 60.0, progress=None) -> dict[str, Any]:
+    """Top the retrain-equivalence reference pool up to ``k`` valid models (``unlearnops references train``);
+    ``ReferencePoolRefused`` for a bad ``k``. ``progress``: :func:`unlearnops.progress.model_progress`."""
+    from unlearnops.audit import train_pool
+
+    ws = workspace(ws)
+    if progress is None:
+        from unlearnops.progress import model_progress
+
+        progress = model_progress("references", ws.params.train.epochs)
+    return train_pool(ws, k=k, device=device, wait=wait, progress=progress)
+
+
+def references_status(ws: WorkspaceLike | None = None, k: int | None = None) -> dict[str, Any]:
+    """The reference pool against the current dataset: valid / stale / missing per reference and per part,
+    seconds spent (``unlearnops references status``)."""
+    from unlearnops.audit import MAX_REFERENCES, ReferencePoolRefused, pool_status
+
+    if k is not None and not 1 <= k <= MAX_REFERENCES:
+        raise ReferencePoolRefused(f"k must be between 1 and {MAX_REFERENCES}, got {k}")
+    return pool_status(workspace(ws), k)
+
+
 def _registry_from_mlflow(ws: Workspace, name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """``(aliases, versions)`` of ``name`` through MLflow's client (any tracking backend)."""
     from mlflow.exceptions import MlflowException

@@ -19,8 +19,8 @@ dataset version before the batch through DVC, so an audit must run before ``unle
 non-members are the ``gate`` half of the current held-out split (never given to unlearning methods, see
 :func:`unlearnops.datasets.holdout_part`); the RMIA population is the current test split. Reference models
 are trained with the workspace's model factory and training function (``params.yaml`` train section) on
-random halves of the current dataset's training split — data that the forget set, the non-members and the
-population are all outside of.
+halves of the current dataset's training split (half of its subject-keyed parts each, see
+:func:`reference_parts_of`) — data that the forget set, the non-members and the population are all outside of.
 
 Verdict: each attack is run on the parent model and on the audited version, and its class-matched AUC
 (bootstrap CI) is judged exactly like the per-batch gate (:func:`unlearnops.gates.membership_verdict`): fail
@@ -71,15 +71,6 @@ def references_dir(ws: Workspace) -> Path:
     return ws.state_dir / "audit" / "refs"
 
 
-def _recipe(ws: Workspace) -> dict[str, Any]:
-    """What a reference model's training depends on besides its data: reused only when it is unchanged."""
-    params = ws.params.train.model_dump()
-    params.pop("seed", None)
-    return {"model_factory": ws.settings.project.model_factory,
-            "train_function": ws.settings.project.train_function,
-            "train_params": params, "fraction": REFERENCE_FRACTION}
-
-
 @dataclass
 class Reference:
     path: Path
@@ -104,6 +95,133 @@ def _cached(ws: Workspace) -> list[Reference]:
     return found
 
 
+#: Version of the reference design (written into the recipe: references of another design are not reused).
+REFERENCE_DESIGN = "subject-parts/v1"
+
+
+def _recipe(ws: Workspace) -> dict[str, Any]:
+    """What a reference model's training depends on besides its data: reused only when it is unchanged."""
+    params = ws.params.train.model_dump()
+    params.pop("seed", None)
+    return {"model_factory": ws.settings.project.model_factory,
+            "train_function": ws.settings.project.train_function,
+            "train_params": params, "fraction": REFERENCE_FRACTION, "design": REFERENCE_DESIGN,
+            "parts": ws.settings.gates.reference_parts}
+
+
+def _recipe_dir(ws: Workspace) -> Path:
+    """The pool's folder for the current recipe: not the dataset version, so references outlive versions."""
+    digest = hashlib.sha256(json.dumps(_recipe(ws), sort_keys=True).encode()).hexdigest()[:12]
+    return references_dir(ws) / f"recipe-{digest}"
+
+
+def sample_parts(ws: Workspace, manifest, parts: int | None = None) -> np.ndarray:
+    """The reference part (0..parts-1) of each manifest row: a keyed hash (the workspace's subject key,
+    :func:`unlearnops.keys.keyed_hash`) of its subject id, of its sample id when it has none, so all of a
+    subject's samples share a part and no raw subject id is written anywhere."""
+    from unlearnops.keys import keyed_hash, subject_key
+
+    parts = parts or ws.settings.gates.reference_parts
+    key = subject_key(ws)
+    subjects = manifest["subject_id"].astype("string").fillna("").to_numpy(dtype=object)
+    samples = manifest["sample_id"].astype(str).to_numpy()
+    units = [f"subject:{s}" if str(s).strip() else f"sample:{x}" for s, x in zip(subjects, samples)]
+    cache: dict[str, int] = {}
+    out = np.empty(len(units), dtype=np.int64)
+    for i, unit in enumerate(units):
+        if unit not in cache:
+            cache[unit] = int(keyed_hash(key, "reference-part:" + unit)[:8], 16) % parts
+        out[i] = cache[unit]
+    return out
+
+
+def reference_parts_of(index: int, parts: int) -> list[int]:
+    """The parts reference ``index`` trains on. References come in complementary pairs (2j, 2j+1): pair j
+    draws a seeded half of the parts, its even member trains on it and its odd member on the rest, so every
+    part is left out by exactly one model of each pair (by K/2 of K references, whatever the batch)."""
+    seed = int(hashlib.sha256(f"{REFERENCE_DESIGN}:{parts}:{index // 2}".encode()).hexdigest()[:8], 16)
+    half = set(np.random.default_rng(seed).permutation(parts)[: parts // 2].tolist())
+    chosen = half if index % 2 == 0 else set(range(parts)) - half
+    return sorted(chosen)
+
+
+@dataclass
+class PoolState:
+    """The reference pool against the current training ids: by index, the valid model (all its training
+    ids still present), the stale ones (trained on a sample deleted since), and the indices below K with no
+    valid model."""
+
+    valid: dict[int, Reference]
+    stale: list[Reference]
+    missing: list[int]
+
+
+def pool_state(ws: Workspace, train_ids: set[str], k: int) -> PoolState:
+    """Classify the cached references of the current recipe against ``train_ids``; older recipes' files are
+    reported stale too (they are not reusable and may hold deleted data)."""
+    recipe = _recipe(ws)
+    valid: dict[int, Reference] = {}
+    stale = []
+    for ref in _cached(ws):
+        index = ref.meta.get("index")
+        if ref.meta.get("recipe") != recipe:
+            if not set(ref.meta.get("train_ids", [])) <= train_ids:
+                stale.append(ref)
+            continue
+        if not set(ref.meta["train_ids"]) <= train_ids:
+            stale.append(ref)
+        elif index not in valid:
+            valid[index] = ref
+    return PoolState(valid, stale, [i for i in range(k) if i not in valid])
+
+
+def train_reference(ws: Workspace, pool: Dataset, index: int, device, dataset_md5: str | None = None,
+                    report=None) -> Reference:
+    """Train and cache reference ``index`` on the parts :func:`reference_parts_of` gives it, of the training
+    split ``pool``; ``report(epoch, loss)`` hears of each epoch."""
+    from unlearnops.model import save_weights, seed_everything
+
+    parts = ws.settings.gates.reference_parts
+    ids = pool.manifest["sample_id"].astype(str).to_numpy()
+    chosen = reference_parts_of(index, parts)
+    mask = np.isin(sample_parts(ws, pool.manifest, parts), chosen)
+    train_ids = sorted(ids[mask].tolist())
+    digest = hashlib.sha256("\n".join(train_ids).encode()).hexdigest()[:12]
+    seed = int(hashlib.sha256(f"{index}:{digest}".encode()).hexdigest()[:8], 16) % 2**31
+    target_dir = _recipe_dir(ws)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    params = {**ws.params.train.model_dump(), "seed": seed}
+    seed_everything(seed)  # before the factory draws the initial weights
+    model = call_training(ws.train_function, ws.model_factory(),
+                          Samples(np.asarray(pool.features[mask]), pool.labels[mask], ids[mask].tolist()),
+                          device=device, progress=report, **params)
+    stem = f"{index}-{digest}"
+    path = target_dir / f"{stem}.pt"
+    meta = {"dataset_md5": dataset_md5, "index": index, "parts": chosen, "seed": seed, "n_train": int(mask.sum()),
+            "recipe": _recipe(ws), "seconds": round(time.perf_counter() - started, 2), "created_at": utc_now(),
+            "train_ids": train_ids}
+    meta["sha256"] = save_weights(model, path)
+    atomic_write_text(target_dir / f"{stem}.json", json.dumps(meta))  # written last: marks it complete
+    return Reference(path, meta, reused=False)
+
+
+def top_up(ws: Workspace, pool: Dataset, k: int, device, dataset_md5: str | None = None,
+           progress=None) -> tuple[list[Reference], list[Reference]]:
+    """Train the references 0..k-1 that have no valid cached model on the training split ``pool``; returns
+    ``(valid before, trained)``. ``progress`` is a :func:`unlearnops.progress.model_progress` reporter."""
+    state = pool_state(ws, set(pool.manifest["sample_id"].astype(str)), k)
+    trained = []
+    for n, index in enumerate(state.missing, start=1):
+        if progress is None:
+            trained.append(train_reference(ws, pool, index, device, dataset_md5))
+            continue
+        with progress(n, len(state.missing), index) as report:
+            trained.append(train_reference(ws, pool, index, device, dataset_md5, report=report.epoch))
+            report.done(trained[-1].meta)
+    return [state.valid[i] for i in sorted(state.valid) if i < k], trained
+
+
 def stale_references(ws: Workspace, train_ids: set[str] | None = None) -> list[Path]:
     """Cached reference models (weights and id files) trained on a sample that is not in ``train_ids``
     (default: the current dataset's training split), i.e. deleted since: they still carry its influence."""
@@ -126,88 +244,156 @@ def prune_references(ws: Workspace, train_ids: set[str]) -> list[str]:
     return removed
 
 
+def prune_stale(ws: Workspace) -> list[str]:
+    """Delete the references that trained on a sample the current dataset no longer holds (the batch that
+    deleted it has had its gates); returns the weights' paths."""
+    removed = []
+    for path in stale_references(ws):  # reads the dataset only when references are cached
+        path.unlink(missing_ok=True)
+        if path.suffix == ".pt":
+            removed.append(str(path.relative_to(ws.root)))
+    return removed
+
+
 def reference_models(ws: Workspace, pool: Dataset, dataset_md5: str, k: int, device, train_missing: bool = True,
                      progress=None) -> tuple[list[Reference], list[str]]:
     """K reference models for the training pool ``pool`` (the current training split), reused from the cache
-    where sound, trained and cached otherwise (``refs/<dataset md5>/<i>.pt`` with ``<i>.json`` holding the
-    training-set ids, seed and recipe).
+    where sound, trained and cached otherwise (``refs/recipe-<digest>/<index>-<ids digest>.pt`` with a
+    ``.json`` beside it holding the training-set ids, parts, seed and recipe).
 
-    Reuse rule: a cached reference model may serve an audit only if every sample it was trained on is still
-    in the current training data (its training ids are a subset of ``pool``) and it was trained with the
-    same recipe (model factory, training function, ``params.yaml`` train section). Dataset versions only
-    ever lose samples, so such a model never saw any sample deleted up to now — in particular not the forget
-    set of any version being audited, nor the held-out/test samples (references train on the training split
-    only) — and it is what a reference model drawn from today's data could have been. A model that fails the
-    rule because samples were deleted since is removed from the cache (:func:`prune_references`), not kept.
-    With ``train_missing`` false only valid cached models are returned (possibly fewer than K);
-    ``progress(message)`` hears of each model trained. Returns the references and the paths pruned."""
-    from unlearnops.model import save_weights, seed_everything
+    Reuse rule: a cached reference model may serve only if every sample it was trained on is still in the
+    current training data (its training ids are a subset of ``pool``) and it was trained with the same
+    recipe (model factory, training function, ``params.yaml`` train section, part design). Dataset versions
+    only ever lose samples, so such a model never saw any sample deleted up to now, and it is what reference
+    ``index`` drawn from today's data could have been; the cache is filed by recipe, not dataset version, so
+    it outlives versions. A model that fails the rule because samples were deleted since is removed
+    (:func:`prune_references`). With ``train_missing`` false only valid cached models are returned (possibly
+    fewer than K); ``progress`` as for :func:`top_up`. Returns the references (reused first) and the paths
+    pruned."""
+    pruned = prune_references(ws, set(pool.manifest["sample_id"].astype(str)))
+    if train_missing:
+        valid, trained = top_up(ws, pool, k, device, dataset_md5, progress=progress)
+    else:
+        state = pool_state(ws, set(pool.manifest["sample_id"].astype(str)), k)
+        valid, trained = [state.valid[i] for i in sorted(state.valid) if i < k], []
+    return valid + trained, pruned
 
-    ids = pool.manifest["sample_id"].astype(str).to_numpy()
-    id_set = set(ids)
-    pruned = prune_references(ws, id_set)
-    recipe = _recipe(ws)
-    chosen = [r for r in _cached(ws) if r.meta.get("recipe") == recipe][:k]
-    target_dir = references_dir(ws) / dataset_md5
-    target_dir.mkdir(parents=True, exist_ok=True)
-    index = 0
-    while train_missing and len(chosen) < k:
-        while (target_dir / f"{index}.json").exists():
-            index += 1
-        seed = int(hashlib.sha256(f"{dataset_md5}:{index}".encode()).hexdigest()[:8], 16)
-        rng = np.random.default_rng(seed)
-        mask = np.zeros(len(ids), dtype=bool)
-        mask[rng.choice(len(ids), size=max(1, int(len(ids) * REFERENCE_FRACTION)), replace=False)] = True
-        started = time.perf_counter()
-        params = {**ws.params.train.model_dump(), "seed": seed % 2**31}
-        seed_everything(params["seed"])  # before the factory draws the initial weights
-        model = call_training(ws.train_function, ws.model_factory(),
-                              Samples(np.asarray(pool.features[mask]), pool.labels[mask], ids[mask].tolist()),
-                              device=device, **params)
-        path = target_dir / f"{index}.pt"
-        meta = {"dataset_md5": dataset_md5, "index": index, "seed": params["seed"], "n_train": int(mask.sum()),
-                "recipe": recipe, "seconds": round(time.perf_counter() - started, 2),
-                "created_at": utc_now(), "train_ids": sorted(ids[mask].tolist())}
-        meta["sha256"] = save_weights(model, path)
-        atomic_write_text(target_dir / f"{index}.json", json.dumps(meta))  # written last: marks it complete
-        chosen.append(Reference(path, meta, reused=False))
-        if progress:
-            progress(f"reference model {len(chosen)}/{k} trained on {meta['n_train']} samples in {meta['seconds']} s")
-    return chosen, pruned
+
+def pool_status(ws: Workspace, k: int | None = None) -> dict[str, Any]:
+    """The reference pool against the current dataset: per reference index valid / stale / missing, with
+    its parts, training size and seconds, per part how many valid references leave it out (the "out" models
+    a forgotten sample of that part gets), and totals."""
+    k = ws.settings.gates.references if k is None else k
+    manifest = load_dataset(ws.data_dir).manifest
+    train = manifest.loc[manifest["split"] == "train"]
+    state = pool_state(ws, set(train["sample_id"].astype(str)), k)
+    parts = ws.settings.gates.reference_parts
+    sizes = np.bincount(sample_parts(ws, train, parts), minlength=parts)
+
+    def row(ref: Reference, status: str) -> dict[str, Any]:
+        return {"index": ref.meta.get("index"), "status": status, "parts": ref.meta.get("parts"),
+                "n_train": ref.meta.get("n_train"), "seconds": ref.meta.get("seconds"),
+                "created_at": ref.meta.get("created_at"), "path": str(ref.path.relative_to(ws.root))}
+
+    models = [row(state.valid[i], "valid") for i in sorted(state.valid)]
+    models += [row(r, "stale") for r in state.stale]
+    models += [{"index": i, "status": "missing", "parts": reference_parts_of(i, parts)} for i in state.missing]
+    out_by_part = []
+    for p in range(parts):
+        out = [i for i, r in state.valid.items() if i < k and p not in (r.meta.get("parts") or [])]
+        out_by_part.append({"part": p, "train_samples": int(sizes[p]), "valid_out_references": len(out),
+                            "missing_out_references": sum(p not in reference_parts_of(i, parts)
+                                                          for i in state.missing)})
+    valid_k = [r for i, r in state.valid.items() if i < k]
+    return {"k": k, "parts": parts, "design": REFERENCE_DESIGN,
+            "valid": len(valid_k), "stale": len(state.stale), "missing": len(state.missing),
+            "seconds_spent": round(sum(r.meta.get("seconds", 0) for r in valid_k), 2),
+            "models": models, "by_part": out_by_part,
+            "directory": str(_recipe_dir(ws).relative_to(ws.root))}
+
+
+class ReferencePoolRefused(ValueError):
+    """A reference-pool request that cannot be served (K outside 1-8, no trained base data)."""
+
+
+def train_pool(ws: Workspace, k: int | None = None, device: str | None = None, wait: float = 60.0,
+               progress=None) -> dict[str, Any]:
+    """Top the reference pool up to ``k`` valid references (default ``gates.references``): delete stale ones,
+    train the missing indices on the current training split under the workspace lock; returns what was
+    reused, trained and pruned, the seconds spent and the pool's status afterwards."""
+    from unlearnops.durable import workspace_lock
+    from unlearnops.model import pick_device
+
+    k = ws.settings.gates.references if k is None else k
+    if not 1 <= k <= MAX_REFERENCES:
+        raise ReferencePoolRefused(f"k must be between 1 and {MAX_REFERENCES}, got {k}")
+    started = time.perf_counter()
+    with workspace_lock(ws.state_dir, wait=wait, purpose="references train"):
+        current = load_dataset(ws.data_dir, mmap=False)
+        pool = current.split("train")
+        pruned = prune_references(ws, set(pool.manifest["sample_id"].astype(str)))
+        valid, trained = top_up(ws, pool, k, pick_device(device), data_md5(ws), progress=progress)
+    return {"k": k, "reused": len(valid), "trained": len(trained), "pruned_stale": len(pruned),
+            "training_seconds": round(sum(r.meta["seconds"] for r in trained), 2),
+            "seconds_per_reference": [r.meta["seconds"] for r in trained],
+            "seconds": round(time.perf_counter() - started, 2), "status": pool_status(ws, k)}
 
 
 def gate_references(ws: Workspace, forget_ids: list[str], forget_features: np.ndarray, forget_labels: np.ndarray,
                     k: int, train_missing: bool = True, device=None, progress=None):
-    """Evaluations of the forget set by up to ``k`` reference models that never trained on it (the pool
-    :func:`reference_models` keeps for audits too: random halves of the current training split, which the
-    forget set has left), and a note saying where they came from and what they cost. Returns ``(None,
-    note)`` when there is none (``note["why"]``)."""
+    """Evaluations of the forget set by up to ``k`` pooled reference models, the K x n mask of which never
+    trained on which forgotten sample, and a note saying where they came from and what they cost. Returns
+    ``(None, None, note)`` when there is none (``note["why"]``).
+
+    Valid references never saw any forgotten sample (out for all). A reference made stale by *this* batch
+    (its training ids are all in the current data plus the forget set) still never saw the forgotten
+    samples outside its parts: it serves as an "out" model for those only, and is deleted once the batch is
+    finalized (:func:`prune_stale`; ``purge`` deletes it too). References stale from an earlier deletion are
+    deleted now. With ``train_missing`` the indices with no valid model are trained first (on today's data,
+    out for all)."""
     from unlearnops.model import evaluate, load_weights, pick_device
 
     started = time.perf_counter()
     current = load_dataset(ws.data_dir, mmap=False)
-    if set(map(str, forget_ids)) & set(current.manifest["sample_id"].astype(str)):
-        return None, {"why": "the forgotten samples are still in the current dataset"}
+    forget_ids = [str(x) for x in forget_ids]
+    if set(forget_ids) & set(current.manifest["sample_id"].astype(str)):
+        return None, None, {"why": "the forgotten samples are still in the current dataset"}
     if k < 1:
-        return None, {"why": "the workspace asks for none (gates.references = 0)"}
+        return None, None, {"why": "the workspace asks for none (gates.references = 0)"}
     torch_device = pick_device(device)
-    refs, pruned = reference_models(ws, current.split("train"), data_md5(ws), k, torch_device,
-                                    train_missing=train_missing, progress=progress)
-    note = {"k": len(refs), "reused": sum(r.reused for r in refs), "trained": sum(not r.reused for r in refs),
-            "pruned_stale": len(pruned), "training_seconds": round(sum(r.meta.get("seconds", 0) for r in refs
-                                                                        if not r.reused), 2),
-            "source": f"random halves ({REFERENCE_FRACTION:.0%}) of the current training split, cached in "
+    pool = current.split("train")
+    train_ids = set(pool.manifest["sample_id"].astype(str))
+    pruned = prune_references(ws, train_ids | set(forget_ids))  # stale from earlier batches
+    trained: list[Reference] = []
+    if train_missing:
+        _, trained = top_up(ws, pool, k, device=torch_device, dataset_md5=data_md5(ws), progress=progress)
+    state = pool_state(ws, train_ids, k)
+    chosen = {i: r for i, r in state.valid.items() if i < k}
+    for ref in state.stale:  # stale through this batch: an out model for the forgotten samples it never saw
+        index = ref.meta.get("index")
+        if ref.meta.get("recipe") == _recipe(ws) and index is not None and index < k and index not in chosen:
+            chosen[index] = ref
+    refs = [chosen[i] for i in sorted(chosen)]
+    trained_paths = {r.path for r in trained}
+    note = {"k": len(refs), "reused": sum(r.path not in trained_paths for r in refs), "trained": len(trained),
+            "stale_this_batch": sum(not set(r.meta["train_ids"]) <= train_ids for r in refs),
+            "pruned_stale": len(pruned),
+            "training_seconds": round(sum(r.meta.get("seconds", 0) for r in trained), 2),
+            "source": f"{ws.settings.gates.reference_parts} subject-keyed parts of the training split, each "
+                      f"reference on half of them (complementary pairs), cached in "
                       f"{references_dir(ws).relative_to(ws.root)}"}
     if not refs:
-        return None, {**note, "why": "none cached and gates.train_references is off"}
+        return None, None, {**note, "why": "none cached and gates.train_references is off"}
+    out = np.vstack([~np.isin(forget_ids, r.meta["train_ids"]) for r in refs])
     evaluations = [evaluate(load_weights(ws.model_factory, r.path, torch_device), forget_features, forget_labels)
                    for r in refs]
+    note["out_references_per_sample"] = round(float(out.sum(axis=0).mean()), 2) if out.size else 0.0
     note["seconds"] = round(time.perf_counter() - started, 2)
-    return evaluations, note
+    return evaluations, out, note
 
 
 def data_md5(ws: Workspace) -> str:
-    """The DVC md5 of the current dataset version (what reference models are filed under)."""
+    """The DVC md5 of the current dataset version (recorded with each reference trained)."""
     from unlearnops import data
 
     return data.current_version(ws).dvc_md5

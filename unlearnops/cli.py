@@ -29,6 +29,9 @@ app.add_typer(certificate_app, name="certificate")
 keys_app = typer.Typer(help="The workspace's keys (the secret ones never leave the key directory).",
                        no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+references_app = typer.Typer(help="The pool of reference models the retrain-equivalence gate compares with.",
+                             no_args_is_help=True)
+app.add_typer(references_app, name="references")
 
 err = Console(stderr=True)
 WorkspaceOption = typer.Option(None, "--workspace", "-w", help="Workspace directory (env UNLEARNOPS_WORKSPACE; "
@@ -1037,6 +1040,68 @@ def demo(
         emit_json(summary)
     else:
         print_summary(summary)
+
+
+@references_app.command("train")
+def references_train(
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Valid references wanted (1-8) [default: gates.references]."),
+    device: Optional[str] = typer.Option(None, help="Torch device for training [default: cuda if usable]."),
+    wait: float = typer.Option(60.0, min=0, help="Seconds to wait for a run holding the workspace."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Top the reference pool up to K valid models: delete stale ones (trained on deleted data), train the
+    missing ones on the current training split. Exit 0 done, 1 refused (bad K), 2 error."""
+    from unlearnops import api
+    from unlearnops.audit import ReferencePoolRefused
+    from unlearnops.durable import WorkspaceBusy
+
+    ws = _workspace(workspace, as_json=as_json)
+    try:
+        with stdout_to_stderr(as_json):
+            result = api.references_train(ws, k=k, device=device, wait=wait)
+    except ReferencePoolRefused as exc:
+        fail(f"references train refused: {exc}", ExitCode.REFUSED, as_json)
+    except WorkspaceBusy as exc:
+        fail(str(exc), ExitCode.ERROR, as_json)
+    if as_json:
+        emit_json(result)
+        return
+    pool = result["status"]
+    err.print(f"reference pool: {pool['valid']}/{result['k']} valid ({result['reused']} reused, {result['trained']} "
+              f"trained in {result['training_seconds']} s, {result['pruned_stale']} stale deleted)")
+
+
+@references_app.command("status")
+def references_status(
+    k: Optional[int] = typer.Option(None, "--k", "-k", help="Pool size to report against (1-8) [default: gates.references]."),
+    workspace: Optional[Path] = WorkspaceOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Valid / stale / missing reference models, per model and per part, and the seconds spent training
+    them. Exit 0, 1 refused (bad K), 2 error."""
+    from unlearnops import api
+    from unlearnops.audit import ReferencePoolRefused
+
+    ws = _workspace(workspace, as_json=as_json)
+    try:
+        with stdout_to_stderr(as_json):
+            pool = api.references_status(ws, k=k)
+    except ReferencePoolRefused as exc:
+        fail(f"references status refused: {exc}", ExitCode.REFUSED, as_json)
+    if as_json:
+        emit_json(pool)
+        return
+    table = Table("index", "status", "parts", "samples", "seconds",
+                  title=f"reference pool ({pool['valid']}/{pool['k']} valid, {pool['stale']} stale, "
+                        f"{pool['missing']} missing; {pool['parts']} parts)")
+    for m in pool["models"]:
+        table.add_row(str(m["index"]), m["status"], ",".join(map(str, m.get("parts") or [])),
+                      str(m.get("n_train", "")), str(m.get("seconds", "")))
+    out_console().print(table)
+    short = [p["part"] for p in pool["by_part"] if p["valid_out_references"] < 2]
+    err.print(f"{pool['seconds_spent']} s spent on the valid references; parts with fewer than 2 valid out "
+              f"references: {short or 'none'}")
 
 
 def main() -> None:  # pragma: no cover - console entry point

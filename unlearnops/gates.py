@@ -48,6 +48,8 @@ class GateEvidence:
     #: Out-reference models' evaluations of the forget set (trained without it), or None when none is
     #: available; ``references_note`` says why or where they came from.
     references: list[Evaluation] | None = None
+    #: K x n_forget booleans: which reference never trained on which forgotten sample (None: all of them).
+    reference_out: np.ndarray | None = None
     references_note: dict[str, Any] = field(default_factory=dict)
     #: True when the candidate came from an exact method (retraining without the data).
     exact: bool = False
@@ -188,41 +190,74 @@ def _bootstrap_mean(values: np.ndarray, settings: GateSettings, rng: np.random.G
 
 
 def retrain_equivalence_gate(candidate: Evaluation, parent: Evaluation, references: list[Evaluation],
-                             settings: GateSettings, seed: int = 0) -> GateResult:
+                             settings: GateSettings, seed: int = 0, out_mask: np.ndarray | None = None) -> GateResult:
     """Does the candidate behave on the forgotten samples like models that never trained on them?
 
-    ``references`` are K >= 2 "out" models' evaluations of the forget set. Per sample x: the offline-LiRA
-    score z(x) = (phi(x) - mu_out(x)) / sigma_out (phi the logit-scaled confidence of the true label, mu_out
-    its mean over the references, sigma_out their pooled spread; Carlini et al. 2022), the label agreement
-    with the references against their agreement among themselves, and a likelihood ratio of phi(x) under
-    "in" (a Gaussian at the parent's phi(x), a model that trained on x) vs "out" (at mu_out(x)), both with
-    sigma_out. The verdict reads the forget set's mean z (bootstrap CI) against ``±equivalence_margin`` and
-    the agreement shortfall against ``agreement_margin``: fail when the candidate is still like the parent
-    (CI above the band), less confident than retrained models (below: over-forgetting) or predicts other
-    labels than they do; pass when neither, the CI inside the band, *and* the same statistics tell the
-    parent from the references (power); otherwise inconclusive.
+    ``references`` are K reference models' evaluations of the forget set; ``out_mask`` (K x n, default all
+    true) says which of them never trained on which sample (a pooled reference trained on some forgotten
+    samples is an "out" model only for the others). A sample with fewer than 2 out references is not
+    counted; fewer than ``min_samples`` counted samples is inconclusive (no power). Per counted sample x, over
+    its out references only: the offline-LiRA score z(x) = (phi(x) - mu_out(x)) / sigma_out (phi the
+    logit-scaled confidence of the true label, mu_out its mean over the out references, sigma_out their
+    pooled spread; Carlini et al. 2022), the label agreement with the out references against their agreement
+    among themselves, and a likelihood ratio of phi(x) under "in" (a Gaussian at the parent's phi(x), a model
+    that trained on x) vs "out" (at mu_out(x)), both with sigma_out. The verdict reads the forget set's mean
+    z (bootstrap CI) against ``±equivalence_margin`` and the agreement shortfall against
+    ``agreement_margin``: fail when the candidate is still like the parent (CI above the band), less
+    confident than retrained models (below: over-forgetting) or predicts other labels than they do; pass
+    when neither, the CI inside the band, *and* the same statistics tell the parent from the references
+    (power); otherwise inconclusive.
     """
-    name, n, k = "retrain_equivalence", int(len(candidate.phi)), len(references)
-    small = too_few(name, n, settings, references=k)
-    if small is not None:
-        return small
+    name, k = "retrain_equivalence", len(references)
+    n_all = int(len(candidate.phi))
+    out = np.ones((k, n_all), dtype=bool) if out_mask is None else np.asarray(out_mask, dtype=bool).reshape(k, n_all)
+    n_out = out.sum(axis=0) if k else np.zeros(n_all, dtype=int)
+    counted = n_out >= 2
     if k < 2:
         return GateResult(name=name, status="inconclusive", summary=f"no power: {k} reference model(s), needs 2",
-                          metrics={"n": n, "references": k, "power": False}, thresholds={})
+                          metrics={"n": n_all, "references": k, "power": False}, thresholds={})
+    n = int(counted.sum())
+    small = too_few(name, n, settings, references=k, n_forget=n_all,
+                    without_two_out_references=int(n_all - n))
+    if small is not None:
+        if n < n_all and n_all >= settings.min_samples:
+            small.summary += f" ({n_all - n} of {n_all} forgotten samples have fewer than 2 references that never saw them)"
+        return small
     rng = np.random.default_rng(seed)
-    ref_phi = np.vstack([r.phi for r in references])
-    ref_pred = np.vstack([r.predicted for r in references])
-    mu = ref_phi.mean(axis=0)
-    sigma = max(float(np.sqrt(np.mean(ref_phi.var(axis=0, ddof=1)))), 1e-3)
-    z_c, z_p = (candidate.phi - mu) / sigma, (parent.phi - mu) / sigma
-    # The reference models' own level: each judged against the others (leave one out).
-    z_ref = [float(np.mean((ref_phi[i] - np.delete(ref_phi, i, 0).mean(0)) / sigma)) for i in range(k)]
-    pairs = [(i, j) for i in range(k) for j in range(k) if i < j]
-    agree_rr = np.mean([ref_pred[i] == ref_pred[j] for i, j in pairs], axis=0)
-    agree_c = (ref_pred == candidate.predicted).mean(axis=0)
-    agree_p = (ref_pred == parent.predicted).mean(axis=0)
+    out = out[:, counted]
+    w = out.astype(float)
+    m_out = w.sum(axis=0)
+    ref_phi = np.vstack([r.phi for r in references])[:, counted]
+    ref_pred = np.vstack([r.predicted for r in references])[:, counted]
+    phi_c, phi_p = candidate.phi[counted], parent.phi[counted]
+    pred_c, pred_p = candidate.predicted[counted], parent.predicted[counted]
+    mu = (ref_phi * w).sum(axis=0) / m_out
+    var = (((ref_phi - mu) ** 2) * w).sum(axis=0) / (m_out - 1)
+    sigma = max(float(np.sqrt(np.mean(var))), 1e-3)
+    z_c, z_p = (phi_c - mu) / sigma, (phi_p - mu) / sigma
+    # The reference models' own level: each judged against the other out references (leave one out), on the
+    # samples where it is out and at least one other out reference remains.
+    z_ref = []
+    for i in range(k):
+        rest = m_out - w[i]
+        use = out[i] & (rest >= 1)
+        if not use.any():
+            z_ref.append(None)
+            continue
+        mu_rest = ((ref_phi * w).sum(axis=0) - ref_phi[i] * w[i])[use] / rest[use]
+        z_ref.append(float(np.mean((ref_phi[i, use] - mu_rest) / sigma)))
+    pair_agree = np.zeros(n)
+    pair_count = np.zeros(n)
+    for i in range(k):
+        for j in range(i + 1, k):
+            both = out[i] & out[j]
+            pair_agree += (ref_pred[i] == ref_pred[j]) & both
+            pair_count += both
+    agree_rr = pair_agree / pair_count
+    agree_c = ((ref_pred == pred_c) * w).sum(axis=0) / m_out
+    agree_p = ((ref_pred == pred_p) * w).sum(axis=0) / m_out
     d_c, d_p = agree_c - agree_rr, agree_p - agree_rr
-    lr_in = ((candidate.phi - mu) ** 2 - (candidate.phi - parent.phi) ** 2) / (2 * sigma**2)
+    lr_in = ((phi_c - mu) ** 2 - (phi_c - phi_p) ** 2) / (2 * sigma**2)
     ci, parent_ci = _bootstrap_mean(z_c, settings, rng), _bootstrap_mean(z_p, settings, rng)
     agree_ci, parent_agree_ci = _bootstrap_mean(d_c, settings, rng), _bootstrap_mean(d_p, settings, rng)
     m, am = settings.equivalence_margin, settings.agreement_margin
@@ -245,16 +280,18 @@ def retrain_equivalence_gate(candidate: Evaluation, parent: Evaluation, referenc
         status, summary = "inconclusive", "confidence interval too wide to decide at this sample size"
     return GateResult(
         name=name, status=status, summary=summary,
-        metrics={"n": n, "references": k, "power": power, "score": float(np.mean(z_c)), "ci": ci,
+        metrics={"n": n, "n_forget": n_all, "without_two_out_references": int(n_all - n),
+                 "out_references_per_sample": float(np.mean(m_out)), "references": k, "power": power,
+                 "score": float(np.mean(z_c)), "ci": ci,
                  "parent_score": float(np.mean(z_p)), "parent_ci": parent_ci,
                  "reference_scores": z_ref, "sigma_out": sigma,
                  "agreement": float(np.mean(agree_c)), "parent_agreement": float(np.mean(agree_p)),
                  "reference_agreement": float(np.mean(agree_rr)), "agreement_gap_ci": agree_ci,
                  "parent_agreement_gap_ci": parent_agree_ci,
                  "closer_to_parent": float(np.mean(lr_in > 0)),
-                 "parent_label_kept": float(np.mean(candidate.predicted == parent.predicted))},
+                 "parent_label_kept": float(np.mean(pred_c == pred_p))},
         thresholds={"equivalence_margin": m, "agreement_margin": am, "confidence": settings.confidence,
-                    "bootstrap": settings.bootstrap},
+                    "bootstrap": settings.bootstrap, "min_out_references": 2},
     )
 
 

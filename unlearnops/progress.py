@@ -86,3 +86,33 @@ def step_progress(total: int, label: str, unit: str = "steps", console=None) -> 
             update(completed=count, info=message)
 
         yield advance
+
+
+class ModelReport:
+    """What :func:`model_progress` hands a training loop: ``epoch(epoch, loss)`` per epoch, ``done(meta)``
+    once the model is saved."""
+
+    def __init__(self, epoch: EpochReport, done: Callable[[dict], None]):
+        self.epoch, self.done = epoch, done
+
+
+def model_progress(label: str = "references", epochs: int = 1, console=None):
+    """A reporter for a series of models (reference models): ``with reporter(n, total, index) as r`` yields
+    a :class:`ModelReport`. On a terminal (or with ``console``) each model gets a rich bar over its epochs;
+    elsewhere one line per model once it is trained: ``<label>: reference model n/total (index i) trained on
+    S samples in T s``."""
+    tty = console is not None or sys.stderr.isatty()
+
+    @contextmanager
+    def reporter(n: int, total: int, index: int) -> Iterator[ModelReport]:
+        def line(meta: dict) -> None:
+            print(f"{label}: reference model {n}/{total} (index {index}) trained on {meta.get('n_train')} samples "
+                  f"in {meta.get('seconds')} s", file=sys.stderr, flush=True)
+
+        if not tty:
+            yield ModelReport(lambda epoch, loss: None, line)
+            return
+        with epoch_progress(epochs, f"{label} {n}/{total} (index {index})", console=console) as report:
+            yield ModelReport(report, lambda meta: None)
+
+    return reporter

@@ -141,10 +141,16 @@ class GateSettings(_Strict):
         "are then at most inconclusive, unless heldout_proxy).",
     )
     train_references: bool = Field(
-        False, description="Train missing reference models in the gates step of approximate rungs (on random "
-        "halves of the new dataset version's training split; about references/2 retrainings per batch); false: "
-        "use only the valid ones cached in the workspace (none: approximate rungs on samples or subjects are "
+        False, description="Train missing reference models in the gates step of approximate rungs (each on "
+        "half of the reference_parts of the new dataset version's training split); false: use only the valid "
+        "ones cached in the workspace (`unlearnops references train` or the reference-pool Prefect flow tops "
+        "the pool up between batches) (none: approximate rungs on samples or subjects are "
         "inconclusive and the ladder's exact rung certifies, the cheaper proof).",
+    )
+    reference_parts: int = Field(
+        16, ge=2, le=256, description="Parts the training data is split into for reference models, by a keyed "
+        "hash of the subject id (all of a subject's samples share a part); each reference trains on half of "
+        "them, so deleting one subject makes only the references holding its part stale.",
     )
     equivalence_margin: float = Field(
         0.5, gt=0, description="Allowed mean gap, in reference-model standard deviations, between the "

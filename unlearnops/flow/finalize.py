@@ -6,6 +6,7 @@ request: only a promotion does (:func:`unlearnops.obligations.close_on_promotion
 from __future__ import annotations
 
 import hashlib
+import sys
 
 from unlearnops.flow.batch import Batch
 from unlearnops.requests import RequestStore
@@ -32,4 +33,11 @@ def finalize(ws: Workspace, batch: Batch) -> Batch:
         store.mark_uncertified(batch.request_ids, rev, batch.registered_version, gate_reasons(batch))
     batch.save(ws)
     delete_unneeded_forget_copies(ws, finished=batch)
+    from unlearnops.audit import prune_stale
+
+    # References that trained on this batch's samples served its gates as "out" models for the others only;
+    # they hold deleted data, so they go now (the pool is topped up between batches: `references train`).
+    pruned = prune_stale(ws)
+    if pruned:
+        print(f"finalize: {len(pruned)} stale reference model(s) deleted", file=sys.stderr, flush=True)
     return batch

@@ -5,7 +5,6 @@ step runs it after every rung of its ladder."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -58,22 +57,21 @@ def gates(ws: Workspace, batch: Batch) -> Batch:
         np.savez(batch.run_dir(ws) / SCORES_FILE,
                  **{f"{split}_phi_{tag}": evaluations[tag][split].phi
                     for tag in ("before", "after") for split in ("forget", "holdout")})
-        references, note = None, {"why": "exact method: not needed"}
+        references, reference_out, note = None, None, {"why": "exact method: not needed"}
         if not batch.exact and len(forget):
             from unlearnops.audit import gate_references
+            from unlearnops.progress import model_progress
 
-            def progress(message: str) -> None:
-                print(f"gates: {message}", file=sys.stderr, flush=True)
-
-            references, note = gate_references(ws, forget.sample_ids, forget.features, forget.labels,
-                                               settings.references, train_missing=settings.train_references,
-                                               progress=progress)
+            references, reference_out, note = gate_references(
+                ws, forget.sample_ids, forget.features, forget.labels, settings.references,
+                train_missing=settings.train_references,
+                progress=model_progress("gates", ws.params.train.epochs))
         batch.samples_used["gates"]["reference_models"] = note
         evidence = GateEvidence(
             manifest_before=manifest_before, manifest_after=manifest_after, forget_ids=batch.forget_ids,
             forget_hashes=batch.forget_hashes, forget_labels=forget.labels, holdout_labels=holdout.labels,
             before=evaluations["before"], after=evaluations["after"], seed=ws.settings.unlearn.seed,
-            references=references, references_note=note, exact=batch.exact,
+            references=references, reference_out=reference_out, references_note=note, exact=batch.exact,
         )
         results = []
         for name, entry in load_plugins().entries["gate"].items():
