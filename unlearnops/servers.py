@@ -101,28 +101,34 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def prefect_server(home: Path, port: int | None = None) -> LocalServer:
-    """``prefect server start`` on 127.0.0.1 with its sqlite database under ``home`` (its PREFECT_HOME)."""
+def prefect_server(home: Path, port: int | None = None, database_url: str | None = None) -> LocalServer:
+    """``prefect server start`` on 127.0.0.1 with its sqlite database under ``home`` (its PREFECT_HOME), or
+    on ``database_url`` (``postgresql+asyncpg://…``: PREFECT_API_DATABASE_CONNECTION_URL)."""
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(QUIET_ENV, PREFECT_HOME=str(home))
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return LocalServer("Prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                        url=api_url, health_url=f"{api_url}/health", log=home / "server.log", env=env)
 
 
-def mlflow_server(root: Path, port: int | None = None) -> LocalServer:
-    """``mlflow server`` on 127.0.0.1: backend store ``root/mlflow.db`` (sqlite), artifacts proxied by the
-    server (``--serve-artifacts``) and stored under ``root/artifacts``. Clients use its ``url`` as tracking
-    URI (``UNLEARNOPS_TRACKING_URI``); they never see the artifact directory."""
+def mlflow_server(root: Path, port: int | None = None, backend_store_uri: str | None = None,
+                  artifacts_destination: str | None = None, env: dict[str, str] | None = None) -> LocalServer:
+    """``mlflow server`` on 127.0.0.1: backend store ``root/mlflow.db`` (sqlite) or ``backend_store_uri``
+    (e.g. ``postgresql+psycopg://…``), artifacts proxied by the server (``--serve-artifacts``) and stored under
+    ``root/artifacts`` or at ``artifacts_destination`` (e.g. ``s3://bucket/mlflow``, with
+    ``MLFLOW_S3_ENDPOINT_URL`` and the keys in ``env``). Clients use its ``url`` as tracking URI
+    (``UNLEARNOPS_TRACKING_URI``); they never see the stores."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     command = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
-    env = {**os.environ, **QUIET_ENV}
-    return LocalServer("MLflow", command, url=url, health_url=f"{url}/health", log=root / "server.log", env=env)
+               "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+               "--serve-artifacts", "--artifacts-destination", artifacts_destination or str(root / "artifacts")]
+    full_env = {**os.environ, **(env or {}), **QUIET_ENV}
+    return LocalServer("MLflow", command, url=url, health_url=f"{url}/health", log=root / "server.log", env=full_env)
 
 
 @contextmanager
