@@ -124,9 +124,6 @@ def live(tmp_path_factory):
                 env={**servers.S3_TEST_CREDENTIALS, "MLFLOW_S3_ENDPOINT_URL": s3.url})
             prefect_server = servers.prefect_server(root / "prefect-server",
                                                     database_url=postgres.url("prefect", driver="asyncpg"))
-            # A deployment's concurrency slot is a lease its flow run renews; a run killed with its worker
-            # stops renewing, and the slot frees when the lease ends (30 s, Prefect's minimum, not 300).
-            prefect_server.env["PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION"] = "30"
             with servers.running(mlflow_server, prefect_server, timeout=600) as (tracking_uri, api_url):
                 env = {"UNLEARNOPS_TRACKING_URI": tracking_uri, "PREFECT_API_URL": api_url,
                        LOCK_DATABASE_ENV: postgres.dsn("unlearnops")}
@@ -318,8 +315,9 @@ def test_load_through_intake_on_two_workers_with_one_killed_mid_run(live, tmp_pa
     """≥ 100 deletion requests over two workspaces, submitted in waves through the HTTP intake API while two
     workers run the scheduled deletion flows of both (exact retrain ladder on a tiny model); a test loop
     promotes each certified candidate, as an operator would. One worker is SIGKILLed (with the flow run it
-    runs) in the middle of a batch: the database drops its advisory lock, Prefect's deployment slot lease
-    expires, and the next scheduled run, on the other worker, resumes the batch. Every request ends forgotten
+    runs: the process worker starts runs in sessions of their own) in the middle of a batch: the database
+    drops its advisory lock, the run is marked Crashed (as Prefect's zombie automation does), which frees the
+    deployment's slot, and the next scheduled run, on the other worker, resumes the batch. Every request ends forgotten
     exactly once, no model version is registered twice, and the champion is certified at every promotion."""
     import signal
 
@@ -381,6 +379,11 @@ def test_load_through_intake_on_two_workers_with_one_killed_mid_run(live, tmp_pa
                                     except ProcessLookupError:
                                         pass
                             victim.process.wait(10)
+                            # What Prefect's zombie-run automation does once the heartbeats stop: the run
+                            # is Crashed, which frees its deployment slot (else held until its lease ends).
+                            for r in running:
+                                api("POST", f"{api_url}/flow_runs/{r['id']}/set_state", json={
+                                    "state": {"type": "CRASHED", "message": "worker killed"}, "force": True})
                             killed = (batch.run_id, time.monotonic(), workers.index(victim))
                 for key, ws in spaces.items():
                     store = RequestStore(ws.requests_db)
