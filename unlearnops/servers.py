@@ -18,7 +18,7 @@ import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -50,6 +50,11 @@ class LocalServer:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen | None = None
+    #: Readiness for servers that do not speak HTTP (PostgreSQL); default: ``health_url`` answers 200.
+    probe: Callable[[], bool] | None = None
+
+    def ready(self) -> bool:
+        return self.probe() if self.probe else answers(self.health_url)
 
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +63,7 @@ class LocalServer:
                                             start_new_session=True)
 
     def wait_ready(self, deadline: float) -> None:
-        while not answers(self.health_url):
+        while not self.ready():
             if self.process.poll() is not None:
                 raise RuntimeError(f"the {self.name} server exited ({self.process.returncode}); see {self.log}")
             if time.monotonic() > deadline:
@@ -96,28 +101,34 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def prefect_server(home: Path, port: int | None = None) -> LocalServer:
-    """``prefect server start`` on 127.0.0.1 with its sqlite database under ``home`` (its PREFECT_HOME)."""
+def prefect_server(home: Path, port: int | None = None, database_url: str | None = None) -> LocalServer:
+    """``prefect server start`` on 127.0.0.1 with its sqlite database under ``home`` (its PREFECT_HOME), or
+    on ``database_url`` (``postgresql+asyncpg://…``: PREFECT_API_DATABASE_CONNECTION_URL)."""
     port = port or free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(QUIET_ENV, PREFECT_HOME=str(home))
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return LocalServer("Prefect", [_bin("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                        url=api_url, health_url=f"{api_url}/health", log=home / "server.log", env=env)
 
 
-def mlflow_server(root: Path, port: int | None = None) -> LocalServer:
-    """``mlflow server`` on 127.0.0.1: backend store ``root/mlflow.db`` (sqlite), artifacts proxied by the
-    server (``--serve-artifacts``) and stored under ``root/artifacts``. Clients use its ``url`` as tracking
-    URI (``UNLEARNOPS_TRACKING_URI``); they never see the artifact directory."""
+def mlflow_server(root: Path, port: int | None = None, backend_store_uri: str | None = None,
+                  artifacts_destination: str | None = None, env: dict[str, str] | None = None) -> LocalServer:
+    """``mlflow server`` on 127.0.0.1: backend store ``root/mlflow.db`` (sqlite) or ``backend_store_uri``
+    (e.g. ``postgresql+psycopg://…``), artifacts proxied by the server (``--serve-artifacts``) and stored under
+    ``root/artifacts`` or at ``artifacts_destination`` (e.g. ``s3://bucket/mlflow``, with
+    ``MLFLOW_S3_ENDPOINT_URL`` and the keys in ``env``). Clients use its ``url`` as tracking URI
+    (``UNLEARNOPS_TRACKING_URI``); they never see the stores."""
     port = port or free_port()
     root.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     command = [_bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-               "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")]
-    env = {**os.environ, **QUIET_ENV}
-    return LocalServer("MLflow", command, url=url, health_url=f"{url}/health", log=root / "server.log", env=env)
+               "--backend-store-uri", backend_store_uri or f"sqlite:///{root / 'mlflow.db'}",
+               "--serve-artifacts", "--artifacts-destination", artifacts_destination or str(root / "artifacts")]
+    full_env = {**os.environ, **(env or {}), **QUIET_ENV}
+    return LocalServer("MLflow", command, url=url, health_url=f"{url}/health", log=root / "server.log", env=full_env)
 
 
 @contextmanager
@@ -146,3 +157,134 @@ def prefect_worker(pool: str, api_url: str, log: Path, env: dict[str, str] | Non
     command = [_bin("prefect"), "worker", "start", "--pool", pool, "--type", "process", "--with-healthcheck"]
     return LocalServer(f"Prefect worker ({pool})", command, url=api_url, health_url=f"http://127.0.0.1:{port}/health",
                        log=log, env=full_env)
+
+
+# -- PostgreSQL and an S3-compatible object store (the scale path's stores) --------------------------------
+
+
+def postgres_bin(name: str) -> str:
+    """A PostgreSQL server binary (``initdb``, ``postgres``): on PATH, else Debian's versioned directory."""
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
+                                       None)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {name} is not installed (Debian: apt-get install postgresql)")
+    return found
+
+
+@dataclass
+class PostgresCluster:
+    """A throwaway PostgreSQL cluster: its own data directory, a password-protected superuser, listening on
+    127.0.0.1 only (unix socket in its own directory). ``server`` is the postmaster as a :class:`LocalServer`."""
+
+    server: LocalServer
+    port: int
+    user: str
+    password: str
+    directory: Path
+
+    def url(self, database: str = "postgres", driver: str = "psycopg") -> str:
+        """A SQLAlchemy URL: ``driver`` ``psycopg`` (MLflow, the workspace lock) or ``asyncpg`` (Prefect)."""
+        from urllib.parse import quote
+
+        return f"postgresql+{driver}://{self.user}:{quote(self.password, safe='')}@127.0.0.1:{self.port}/{database}"
+
+    def dsn(self, database: str = "postgres") -> str:
+        """A libpq connection string (what ``psycopg.connect`` and ``UNLEARNOPS_LOCK_DATABASE_URL`` take)."""
+        return self.url(database).replace("postgresql+psycopg://", "postgresql://")
+
+    def create_database(self, name: str) -> str:
+        import psycopg
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def remove(self) -> None:
+        """Delete the data directory (after the server stopped)."""
+        import shutil
+
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _as_unprivileged(user: str) -> list[str]:
+    """The command prefix that runs a program as ``user`` when this process is root (PostgreSQL refuses to run
+    as root); empty otherwise. ``setpriv`` execs in place, so the server stays the process-group leader."""
+    if os.geteuid() != 0:
+        return []
+    return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"]
+
+
+def postgres_server(log_dir: Path, port: int | None = None) -> PostgresCluster:
+    """``initdb`` a fresh cluster into a new temporary directory (owned by the ``postgres`` user, else
+    ``nobody``, when running as root) and describe its postmaster on a free 127.0.0.1 port; durability is
+    traded for speed (``fsync=off``): the cluster is for tests and local stacks, and deleted after."""
+    import pwd
+    import secrets
+    import tempfile
+
+    port = port or free_port()
+    user = "postgres"
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
+        run_as = account.pw_name
+    directory = Path(tempfile.mkdtemp(prefix="unlearnops-pg-"))  # /tmp: traversable, unlike pytest's 0700 dirs
+    data, sockets, pwfile = directory / "data", directory / "sockets", directory / "pwfile"
+    sockets.mkdir()
+    password = secrets.token_urlsafe(18)
+    pwfile.write_text(password)
+    prefix = []
+    if os.geteuid() == 0:
+        for path in (directory, sockets, pwfile):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        prefix = _as_unprivileged(run_as)
+    env = {**os.environ, "LC_ALL": "C", "HOME": str(directory)}
+    subprocess.run(prefix + [postgres_bin("initdb"), "-D", str(data), "-U", user, "--pwfile", str(pwfile),
+                             "--auth=scram-sha-256", "--encoding=UTF8", "--no-sync"],
+                   env=env, check=True, capture_output=True, text=True)
+    pwfile.unlink()
+    command = prefix + [postgres_bin("postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
+                        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
+                        "-c", "full_page_writes=off", "-c", "max_connections=200"]
+    cluster = PostgresCluster(None, port, user, password, directory)  # type: ignore[arg-type]
+
+    def accepts() -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(cluster.dsn(), connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    cluster.server = LocalServer("PostgreSQL", command, url=cluster.dsn(), health_url=f"postgresql://127.0.0.1:{port}",
+                                 log=Path(log_dir) / "postgres.log", env=env, probe=accepts)
+    return cluster
+
+
+def s3_server(log_dir: Path, port: int | None = None) -> LocalServer:
+    """moto's S3-compatible HTTP server (``moto_server``) on 127.0.0.1: buckets and objects over the S3 REST
+    API, in memory for the life of the process. Clients use its ``url`` as endpoint (``MLFLOW_S3_ENDPOINT_URL``,
+    DVC's ``endpointurl``) with any key pair (:data:`S3_TEST_CREDENTIALS`)."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    return LocalServer("S3 (moto)", [_bin("moto_server"), "-H", "127.0.0.1", "-p", str(port)], url=url,
+                       health_url=f"{url}/moto-api/", log=Path(log_dir) / "s3.log", env={**os.environ, **QUIET_ENV})
+
+
+#: The key pair the local object store accepts (moto checks none); real deployments take theirs from a secret.
+S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "unlearnops-local", "AWS_SECRET_ACCESS_KEY": "unlearnops-local",
+                       "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=S3_TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+                 region_name=S3_TEST_CREDENTIALS["AWS_DEFAULT_REGION"]).create_bucket(Bucket=bucket)
