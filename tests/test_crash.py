@@ -179,11 +179,12 @@ def test_two_runs_at_once_one_processes_the_other_exits_cleanly(ws):
     request_ids = set(submit_subjects(ws, 2, skip=10))
     commits, versions = len(dataset_commits(ws)), len(live_versions(ws))
     env = subprocess_env()
+    batches_before = len(list(ws.runs_dir.glob("*/batch.json")))
     first = subprocess.Popen(
         [sys.executable, "-m", "unlearnops.cli", "run", "--no-prefect", "--json", "--workspace", str(ws.root)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not list(ws.runs_dir.glob("*/batch.json"))[1:] and time.monotonic() < deadline:
+    while len(list(ws.runs_dir.glob("*/batch.json"))) <= batches_before and time.monotonic() < deadline:
         time.sleep(0.1)  # wait until the first run has opened its batch (holding the lock)
     second = cli(ws, "run", "--no-prefect", "--json")
     out, errors = first.communicate(timeout=300)
