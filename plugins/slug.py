@@ -6,6 +6,13 @@ the Pareto front (high importance, low alignment) are the candidates. For a cand
 W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, always from the original weights) is sized by
 a forward-only search: λ doubles until the target is reached or utility breaks, then bisects.
 
+Cost: the two gradients are the method's floor (one forward + backward pass over the forget set and the
+retain sample). The search then runs on cached activations: the model is traced once (torch.fx), one
+recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
+outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
+is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
+(image-shaped activations are kept channels-last, where CPU pooling is several times faster).
+
 Targets:
 
 * sample-level forgetting: the forget set looks like held-out non-members — forget accuracy at most the
@@ -65,8 +72,9 @@ class SlugConfig(MethodConfig):
     cache_activations: bool = Field(
         True,
         description="Evaluate each step on cached activations: everything that does not depend on the edited "
-        "layer is computed once per candidate (torch.fx), so a step costs only the layers above it. Falls back "
-        "to whole forward passes for models torch.fx cannot trace.",
+        "layer is computed once, in one recording pass for all candidates (torch.fx), and a linear or "
+        "convolutional layer's output along the step direction once per candidate, so a step costs only the "
+        "layers above the edited one. Falls back to whole forward passes for models torch.fx cannot trace.",
     )
     batch_size: int = Field(1024, ge=1)
 
