@@ -47,7 +47,7 @@ REFERENCE_LOOP = {"stop_at_target": False, "utility_guard": False}
 #: Optimizer steps between two checks of the target and the utility guard (``check_every``): measured on the
 #: CNN and the MLP (README, "Methods"): each check is a forward pass over the held-out data (and the forget
 #: set), which cost more than the steps themselves when made after every step.
-CHECK_EVERY = 8
+CHECK_EVERY = 4
 
 
 class ClassicConfig(MethodConfig):
