@@ -138,20 +138,37 @@ def _scores(model, data: _Tensors, batch_size: int, coefficient: float | None = 
     a :class:`_Tail` (which reads its cached inputs for ``data``; ``coefficient``: the step along its
     direction); ``logits``: the model's outputs for ``data``, already computed."""
     phis, correct = [], []
+    base, offset = (data.data, data.start) if isinstance(data, _Slice) else (data, 0)
     for start in range(0, len(data), batch_size):
         y = data.y[start : start + batch_size]
+        lo, hi = offset + start, offset + min(start + batch_size, len(data))
         if logits is not None:
             out = logits[start : start + batch_size]
         elif isinstance(model, _Tail):
-            out = model(data, start, start + batch_size, coefficient)
+            out = model(base, lo, hi, coefficient)
         else:
-            out = model(data.x[start : start + batch_size])
+            out = model(base.x[lo:hi])
         phi, right = _logit_scores(out, y)
         phis.append(phi)
         correct.append(right)
     if not phis:
         return np.zeros(0), np.zeros(0, dtype=bool)
     return torch.cat(phis).cpu().numpy(), torch.cat(correct).cpu().numpy()
+
+
+#: Utility-set samples per chunk of an evaluation (the unit of early rejection).
+UTILITY_CHUNK = 128
+
+
+class _Slice:
+    """Rows [start, stop) of a group, addressed through the group's own cache (for :class:`_Tail`)."""
+
+    def __init__(self, data: _Tensors, start: int, stop: int):
+        self.data, self.start, self.stop = data, start, min(stop, len(data))
+        self.y = data.y[self.start : self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
 def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
@@ -272,7 +289,7 @@ class _Tail:
         values = [value[start:stop] for value in self.cache[id(data)]]
         if coefficient is not None and id(data) in self.direction_cache:
             base, along = self.direction_cache[id(data)]
-            return self.linear(*values, base[start:stop] + coefficient * along[start:stop])
+            return self.linear(*values, torch.add(base[start:stop], along[start:stop], alpha=coefficient))
         return self.module(*values)
 
 
@@ -385,11 +402,35 @@ class _Judge:
         """The sample groups every evaluation reads."""
         return [self.forget, self.utility_set] + ([self.target_set] if self.mode == "class" else [])
 
+    def _utility(self) -> tuple[np.ndarray, float, bool]:
+        """Scores on the utility set in chunks, stopping as soon as enough samples are wrong that the step
+        cannot keep utility whatever the rest give (then the drop returned is that lower bound): the
+        decision is the same as after a full pass."""
+        data, n, c = self.utility_set, len(self.utility_set), self.coefficient
+        chunk = min(self.config.batch_size, UTILITY_CHUNK)
+        phis, wrong = [], 0
+        for start in range(0, n, chunk):
+            view = _Slice(data, start, start + chunk)
+            phi, correct = _scores(self.forward, view, chunk, c)
+            phis.append(phi)
+            wrong += int((~correct).sum())
+            best_possible = (n - wrong) / n
+            if self.base_utility - best_possible > self.allowed_drop and start + chunk < n:
+                return np.concatenate(phis), self.base_utility - best_possible, True
+        correct_share = (n - wrong) / n if n else float("nan")
+        return (np.concatenate(phis) if phis else np.zeros(0)), self.base_utility - correct_share, False
+
     def __call__(self) -> dict:
         size, c = self.config.batch_size, self.coefficient
-        utility_phi, utility_correct = _scores(self.forward, self.utility_set, size, c)
-        drop = self.base_utility - float(utility_correct.mean())
+        utility_phi, drop, cut_short = self._utility()
         result = {"utility_drop": drop, "utility_ok": drop <= self.allowed_drop}
+        if not result["utility_ok"]:
+            # Utility broken: the search's decision does not depend on the target, which is not measured.
+            result.update({"reached": False, "early_rejected": cut_short,
+                           ("class_accuracy" if self.mode == "class" else "auc"): float("nan")})
+            if self.mode == "sample":
+                result["forget_accuracy"] = float("nan")
+            return result
         if self.mode == "class":
             # The target is the class's held-out accuracy; the forget set itself is scored once, for the
             # chosen step only (see Slug._one_group).
