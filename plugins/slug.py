@@ -636,10 +636,14 @@ class Slug(Method):
             direction = g_forget[best["layer"]] / g_forget[best["layer"]].norm().clamp_min(1e-12)
             update = (best["layer"], best["chosen"]["step"] * w0.norm() * direction)
             if mode == "class":  # the forget set's accuracy at the chosen step, for the report
+                tail = tails[best["layer"]]
                 with torch.no_grad():
                     w0 = w0.clone()
                     params[best["layer"]].add_(update[1])
-                    _, correct = _scores(model, group, config.batch_size)
+                    if tail is not None:  # on the cached activations, along the chosen layer's direction
+                        tail.use_direction(direction, config.batch_size, [group])
+                    coefficient = float(best["chosen"]["step"] * w0.norm())
+                    _, correct = _scores(tail or model, group, config.batch_size, coefficient)
                     params[best["layer"]].copy_(w0)
                 best["chosen"]["forget_accuracy"] = float(correct.mean()) if len(correct) else 0.0
         report = {
