@@ -111,8 +111,11 @@ def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
     assert matrix[0] == "| model | scenario | retrain s | noop | slug | sisa |" and len(matrix) == 2 + 3
     assert "| mlp | class | noop | 1 |" in standard
     class_line = next(line for line in matrix if "| class |" in line)
-    slug_gap = float(class_line.split("|")[4].split()[0])
+    slug_gap = float(class_line.split("|")[5].split()[0])  # after the noop column
     assert slug_gap == pytest.approx(by[("class", "slug")]["avg_gap_to_retrain"], abs=5e-4)
+    noop_cell = class_line.split("|")[4].strip()
+    assert float(noop_cell.split()[0]) == pytest.approx(by[("class", "noop")]["avg_gap_to_retrain"], abs=5e-4)
+    assert "×" not in noop_cell  # the no-op costs nothing: no speed-up is claimed for it
 
 
 def test_cli_writes_json_table_and_plot(tmp_path):
