@@ -258,7 +258,8 @@ class _Tail:
             return
         if recorded is None:
             recorded = _record(self.traced, set(self.boundary), data, batch_size)
-        self.cache[id(data)] = [_fast_layout(recorded[n]) for n in self.boundary]
+        # an empty group (no held-out sample of a class) records nothing and is never evaluated
+        self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
         self.direction_cache.pop(id(data), None)
 
     @torch.no_grad()
@@ -275,6 +276,8 @@ class _Tail:
         keys = [id(d) for d in datasets] if datasets is not None else list(self.cache)
         for key in keys:
             x = self.cache[key][position[source]]
+            if x is None:
+                continue
             base, along = [], []
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]

@@ -193,3 +193,19 @@ def test_cached_and_uncached_search_agree(class_task):
     for a, b in zip(with_cache["candidates"], without["candidates"]):
         assert [e["step"] for e in a["trace"]] == [e["step"] for e in b["trace"]]
         assert np.allclose([e["utility_drop"] for e in a["trace"]], [e["utility_drop"] for e in b["trace"]])
+
+
+def test_class_without_held_out_samples_is_judged_on_the_forget_set(class_task):
+    """No held-out sample of the forgotten class: the class target is read on the forget set, and the
+    empty group is cached (and never evaluated) like any other."""
+    model, inputs = class_task
+    keep = inputs.holdout.labels != 2
+    no_class = UnlearnInputs(inputs.forget, inputs.retain,
+                             Samples(inputs.holdout.features[keep], inputs.holdout.labels[keep]),
+                             utility_max_drop=inputs.utility_max_drop)
+    method, config = _slug()
+    result = run_method(method, copy.deepcopy(model), no_class, config, torch.device("cpu"))
+    assert result.details["mode"] == "class"
+    assert all(c["cached_activations"] for c in result.details["candidates"])
+    assert result.details["target_reached"]
+    assert evaluate(result.model, inputs.forget.features, inputs.forget.labels).accuracy <= 1 / 3
