@@ -209,3 +209,15 @@ def test_class_without_held_out_samples_is_judged_on_the_forget_set(class_task):
     assert all(c["cached_activations"] for c in result.details["candidates"])
     assert result.details["target_reached"]
     assert evaluate(result.model, inputs.forget.features, inputs.forget.labels).accuracy <= 1 / 3
+
+
+def test_rank_auc_equals_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from unlearnops.plugins.slug import _auc
+
+    rng = np.random.default_rng(0)
+    for n_pos, n_neg, levels in ((30, 70, 5), (200, 400, 1000), (1, 9, 2)):
+        pos, neg = rng.integers(0, levels, n_pos).astype(float), rng.integers(0, levels, n_neg).astype(float)
+        expected = roc_auc_score(np.r_[np.ones(n_pos), np.zeros(n_neg)], np.r_[pos, neg])
+        assert _auc(pos, neg) == pytest.approx(expected, abs=1e-12)
