@@ -18,8 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from unlearnops.bench.harness import (
+    METRICS,
+    MODELS,
+    SCENARIOS,
+    _samples,
+    conditions,
+    forget_mask,
+    measure,
+)
 
-from unlearnops.bench.harness import METRICS, MODELS, SCENARIOS, _samples, conditions, forget_mask, measure
 from unlearnops.data import Dataset
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import train_model

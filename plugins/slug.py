@@ -27,6 +27,7 @@ experiment; without it the groups are merged into one forget set.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Literal
 
@@ -180,7 +181,7 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
     sorted_scores = scores[order]
     # average rank (1-based) of each run of equal scores
     edges = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1, len(scores)]
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         ranks[order[lo:hi]] = (lo + hi + 1) / 2
     n_pos, n_neg = len(positive), len(negative)
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
