@@ -4,6 +4,10 @@ For each (model, seed) an original model is trained on the training split; for e
 is drawn, a model is retrained without it (the reference, timed), and every method starts from the
 original. One JSON row per (method, scenario, model, seed) records wall time, the ratio to retraining,
 forget/retain/test accuracy, the membership-attack AUC, and the absolute gap of each to the retrained model.
+Every row also carries ``floor_seconds``: one forward + backward pass of the parent over the forget set and
+the 512-sample retain sample (the least any gradient-based method must spend; the median of three timings),
+and ``floor_ratio``, the row's seconds over it. Each scenario has a ``noop`` row: the parent itself,
+measured like a method's result (the baseline a method must beat; it costs nothing, so no speed-up).
 
 The worst-case scenario (``memorized_10pct``, in the spirit of "Challenging Forgets") forgets the 10 % of
 training samples the model has most memorized, scored by their loss under a model trained without them
@@ -45,6 +49,8 @@ SISA_SHARDS = 5
 #: Largest gap to the retrained model in forget/retain/test accuracy still inside the "retrain envelope".
 ENVELOPE = 0.02
 METRICS = ("forget_accuracy", "retain_accuracy", "test_accuracy", "mia_auc")
+#: The identity baseline every table carries: the parent unchanged.
+NOOP = "noop"
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,29 @@ def measure(model, forget: Samples, retain: Samples, holdout: Samples, test: Sam
     }
 
 
+def floor_seconds(model: torch.nn.Module, inputs: UnlearnInputs, device, batch_size: int = 1024,
+                  repeats: int = 3) -> float:
+    """One forward + backward pass of ``model`` (eval mode, a copy) over the forget set and the retain
+    sample, data moved to ``device`` included: the median of ``repeats`` timings."""
+    model = copy.deepcopy(model).to(device).eval()
+    features = np.concatenate([np.asarray(inputs.forget.features), np.asarray(inputs.retain.features)])
+    labels = np.concatenate([np.asarray(inputs.forget.labels), np.asarray(inputs.retain.labels)])
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        x = torch.as_tensor(features, dtype=torch.float32).to(device)
+        y = torch.as_tensor(labels, dtype=torch.long).to(device)
+        for start in range(0, len(y), batch_size):
+            loss = torch.nn.functional.cross_entropy(model(x[start : start + batch_size]),
+                                                     y[start : start + batch_size], reduction="sum") / len(y)
+            loss.backward()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        timings.append(time.perf_counter() - started)
+        model.zero_grad(set_to_none=True)
+    return statistics.median(timings)
+
+
 def run(
     models: Iterable[str] = ("cnn",),
     scenarios: Iterable[str] = SCENARIOS,
@@ -208,6 +237,15 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
                 model_factory=spec.factory,
                 train_params={"epochs": epochs, "batch_size": spec.batch_size, "lr": spec.lr, "seed": seed},
             )
+            floor = floor_seconds(original, inputs, torch_device)
+            base["floor_seconds"] = floor
+            rows[-1]["floor_seconds"] = floor
+            rows[-1]["floor_ratio"] = retrain_seconds / floor
+            measured = measure(original, forget, retain, holdout, test, forgotten_class)
+            gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
+            rows.append({**base, "method": NOOP, "wall_seconds": 0.0, "time_ratio_to_retrain": None,
+                         "floor_ratio": 0.0, **measured, **gaps,
+                         "avg_gap_to_retrain": float(np.mean(list(gaps.values()))), "changed_parameters": 0})
             for spec_name in methods:
                 name, _, preset = spec_name.partition(":")
                 method = registry.get(name)
@@ -227,6 +265,7 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
                 gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
                 rows.append({**base, "method": spec_name, "wall_seconds": seconds,
                              "time_ratio_to_retrain": retrain_seconds / seconds if seconds else float("inf"),
+                             "floor_ratio": seconds / floor,
                              **measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values()))),
                              "changed_parameters": len(result.changed_parameters), **extra})
             done(f"{model_name} seed {seed} {scenario}: {len(methods)} method(s) beside retraining")
@@ -286,12 +325,21 @@ def _max_accuracy_gap(group: list[dict]) -> float:
     return max(max(r[f"gap_to_retrain_{k}"] for k in METRICS if k != "mia_auc") for r in group)
 
 
+def _ratio(group: list[dict], key: str) -> str:
+    """Mean ± std of a ratio column with a × sign; '–' where the rows lack it (the no-op's speed-up, rows
+    measured before the floor was)."""
+    values = [r[key] for r in group if r.get(key) is not None]
+    if len(values) < len(group) or (key == "floor_ratio" and group[0]["method"] == NOOP):
+        return "–"
+    return f"{_mean_std(values).replace('.000', '')}×"
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Mean ± std over seeds per (model, scenario, method); accuracies and gaps in [0, 1]. ``envelope``: is
     the largest gap to the retrained model in forget/retain/test accuracy, over all seeds, within
     ``ENVELOPE``. Worst-case scenarios follow in a table of their own; methods that started from a parent of
     another family are marked and their parent described below."""
-    header = ("| model | scenario | method | seeds | n forget | seconds | speed-up vs retrain | forget acc "
+    header = ("| model | scenario | method | seeds | n forget | seconds | × floor | speed-up vs retrain | forget acc "
               "| retain acc | test acc | MIA AUC | avg gap to retrain | max gap | envelope |")
     sections: dict[bool, list[str]] = {False: [], True: []}
     notes: dict[str, str] = {}
@@ -311,7 +359,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         n_forget = _mean_std([float(r["n_forget"]) for r in group]).replace(".000", "")
         sections[scenario in WORST_CASE].append(
             f"| {model} | {scenario} | {label} | {len(group)} | {n_forget} | {col('wall_seconds')} "
-            f"| {_mean_std([r['time_ratio_to_retrain'] for r in group]).replace('.000', '')}× "
+            f"| {_ratio(group, 'floor_ratio')} | {_ratio(group, 'time_ratio_to_retrain')} "
             f"| {col('forget_accuracy')} | {col('retain_accuracy')} | {col('test_accuracy')} | {col('mia_auc')} "
             f"| {col('avg_gap_to_retrain')} | {max_gap:.3f} | {'yes' if max_gap <= ENVELOPE else '**miss**'} |"
         )
@@ -321,7 +369,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             continue
         if worst:
             out.append("\nWorst case (forget the 10 % most memorized training samples):\n")
-        out += [header, "|" + "---|" * 14, *sections[worst]]
+        out += [header, "|" + "---|" * 15, *sections[worst]]
     out += ["", *notes.values()] if notes else []
     conditions = conditions_line(rows)
     out += ["", conditions] if conditions else []
@@ -341,8 +389,10 @@ def summary_matrix(rows: list[dict[str, Any]]) -> str:
             continue
         max_gap = _max_accuracy_gap(group)
         gap = statistics.mean(r["avg_gap_to_retrain"] for r in group)
-        speedup = statistics.mean(r["time_ratio_to_retrain"] for r in group)
-        cells.setdefault(key, {})[method] = f"{gap:.3f}{' ✓' if max_gap <= ENVELOPE else ''} · {speedup:.0f}×"
+        cell = f"{gap:.3f}{' ✓' if max_gap <= ENVELOPE else ''}"
+        if method != NOOP:  # the parent unchanged costs nothing: no speed-up to state
+            cell += f" · {statistics.mean(r['time_ratio_to_retrain'] for r in group):.0f}×"
+        cells.setdefault(key, {})[method] = cell
     header = "| model | scenario | retrain s | " + " | ".join(methods) + " |"
     lines = [header, "|" + "---|" * (3 + len(methods))]
     for key in dict.fromkeys((r["model"], r["scenario"]) for r in rows):
@@ -359,7 +409,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     from matplotlib import pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in sorted({r["method"] for r in rows}):
+    for method in sorted({r["method"] for r in rows} - {NOOP}):  # the no-op costs 0 s: no point on a log axis
         pts = [r for r in rows if r["method"] == method]
         ax.scatter([r["wall_seconds"] for r in pts], [r["avg_gap_to_retrain"] for r in pts], label=method)
     ax.set(xscale="log", xlabel="wall seconds (log)", ylabel="average gap to retrain",

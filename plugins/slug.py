@@ -6,6 +6,13 @@ the Pareto front (high importance, low alignment) are the candidates. For a cand
 W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, always from the original weights) is sized by
 a forward-only search: λ doubles until the target is reached or utility breaks, then bisects.
 
+Cost: the two gradients are the method's floor (one forward + backward pass over the forget set and the
+retain sample). The search then runs on cached activations: the model is traced once (torch.fx), one
+recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
+outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
+is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
+(image-shaped activations are kept channels-last, where CPU pooling is several times faster).
+
 Targets:
 
 * sample-level forgetting: the forget set looks like held-out non-members — forget accuracy at most the
@@ -20,6 +27,7 @@ experiment; without it the groups are merged into one forget set.
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Literal
 
@@ -65,8 +73,9 @@ class SlugConfig(MethodConfig):
     cache_activations: bool = Field(
         True,
         description="Evaluate each step on cached activations: everything that does not depend on the edited "
-        "layer is computed once per candidate (torch.fx), so a step costs only the layers above it. Falls back "
-        "to whole forward passes for models torch.fx cannot trace.",
+        "layer is computed once, in one recording pass for all candidates (torch.fx), and a linear or "
+        "convolutional layer's output along the step direction once per candidate, so a step costs only the "
+        "layers above the edited one. Falls back to whole forward passes for models torch.fx cannot trace.",
     )
     batch_size: int = Field(1024, ge=1)
 
@@ -116,25 +125,69 @@ def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter]
     return grads
 
 
+def _logit_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logp = F.log_softmax(logits.float(), dim=1)
+    lp = logp.gather(1, y[:, None]).squeeze(1)
+    others = logp.scatter(1, y[:, None], float("-inf"))
+    return lp - torch.logsumexp(others, dim=1), logp.argmax(1) == y
+
+
 @torch.no_grad()
-def _scores(model, data: _Tensors, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _scores(model, data: _Tensors, batch_size: int, coefficient: float | None = None,
+            logits: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logit-scaled confidence of the true label, and correctness, per sample. ``model`` is the network or
-    a :class:`_Tail` (which reads its cached inputs for ``data``)."""
+    a :class:`_Tail` (which reads its cached inputs for ``data``; ``coefficient``: the step along its
+    direction); ``logits``: the model's outputs for ``data``, already computed."""
     phis, correct = [], []
+    base, offset = (data.data, data.start) if isinstance(data, _Slice) else (data, 0)
     for start in range(0, len(data), batch_size):
         y = data.y[start : start + batch_size]
-        if isinstance(model, _Tail):
-            logits = model(data, start, start + batch_size)
+        lo, hi = offset + start, offset + min(start + batch_size, len(data))
+        if logits is not None:
+            out = logits[start : start + batch_size]
+        elif isinstance(model, _Tail):
+            out = model(base, lo, hi, coefficient)
         else:
-            logits = model(data.x[start : start + batch_size])
-        logp = F.log_softmax(logits.float(), dim=1)
-        lp = logp.gather(1, y[:, None]).squeeze(1)
-        others = logp.scatter(1, y[:, None], float("-inf"))
-        phis.append(lp - torch.logsumexp(others, dim=1))
-        correct.append(logp.argmax(1) == y)
+            out = model(base.x[lo:hi])
+        phi, right = _logit_scores(out, y)
+        phis.append(phi)
+        correct.append(right)
     if not phis:
         return np.zeros(0), np.zeros(0, dtype=bool)
     return torch.cat(phis).cpu().numpy(), torch.cat(correct).cpu().numpy()
+
+
+#: Utility-set samples per chunk of an evaluation (the unit of early rejection).
+UTILITY_CHUNK = 128
+
+
+class _Slice:
+    """Rows [start, stop) of a group, addressed through the group's own cache (for :class:`_Tail`)."""
+
+    def __init__(self, data: _Tensors, start: int, stop: int):
+        self.data, self.start, self.stop = data, start, min(stop, len(data))
+        self.y = data.y[self.start : self.stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """ROC AUC of ``positive`` above ``negative`` (Mann–Whitney, ties counted half): equal to scikit-learn's
+    ``roc_auc_score`` without its input checks, which cost more than a small tail's forward pass."""
+    scores = np.r_[positive, negative]
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    sorted_scores = scores[order]
+    # average rank (1-based) of each run of equal scores
+    edges = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1, len(scores)]
+    for lo, hi in itertools.pairwise(edges):
+        ranks[order[lo:hi]] = (lo + hi + 1) / 2
+    n_pos, n_neg = len(positive), len(negative)
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+_LINEAR_OPS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _Tail:
@@ -144,11 +197,16 @@ class _Tail:
     value the tail reads from outside — the edited layer's input, skip connections from below — is computed
     once per sample group and kept on the device. A step then costs only the tail's layers. Editing the
     parameter in place is seen by the tail, which shares the model's modules and parameters.
+
+    When the parameter is the weight of a linear layer or convolution called once, the search's steps
+    W₀ + c·D along one direction D are cheaper still (:meth:`use_direction`): the layer's output is linear in
+    W, z(c) = z(W₀) + c·op(x, D), so both terms are computed once and a step runs only the layers *above*
+    the edited one.
     """
 
     def __init__(self, traced: torch.fx.GraphModule, parameter: str):
         graph = traced.graph
-        owner, _, _ = parameter.rpartition(".")
+        owner, _, attr = parameter.rpartition(".")
         seeds = {n for n in graph.nodes if (n.op == "call_module" and n.target == owner)
                  or (n.op == "get_attr" and n.target == parameter)}
         if not seeds:
@@ -157,20 +215,34 @@ class _Tail:
         for node in graph.nodes:  # topological order
             if node in seeds or any(isinstance(a, torch.fx.Node) and a in dirty for a in node.all_input_nodes):
                 dirty.add(node)
-        output = next(n for n in graph.nodes if n.op == "output")
+        self.output_node = next(n for n in graph.nodes if n.op == "output")
         self.boundary = [n for n in graph.nodes if n not in dirty and n.op != "get_attr"
                          and any(user in dirty for user in n.users)]
+        self.traced = traced
+        self.module = self._graph_module(traced, dirty, replaced=None)
+        self.layer, self.linear = None, None
+        (seed,) = seeds if len(seeds) == 1 else (None,)
+        if (seed is not None and seed.op == "call_module" and attr == "weight"
+                and isinstance(traced.get_submodule(owner), _LINEAR_OPS) and len(seed.args) == 1 and not seed.kwargs):
+            self.layer, self.layer_node = traced.get_submodule(owner), seed
+            self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
+        self.cache: dict[int, list[torch.Tensor]] = {}
+        self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
+        """A module of ``nodes`` (in graph order) reading the boundary values, plus the output of
+        ``replaced`` as its last input when given."""
         tail_graph = torch.fx.Graph()
         env: dict[torch.fx.Node, torch.fx.Node] = {}
         for node in self.boundary:
             env[node] = tail_graph.placeholder(f"cached_{node.name}")
-        for node in graph.nodes:
-            if node in dirty and node.op != "output":
+        if replaced is not None:
+            env[replaced] = tail_graph.placeholder("edited_output")
+        for node in traced.graph.nodes:
+            if node in nodes and node.op != "output":
                 env[node] = tail_graph.node_copy(node, lambda n: env[n] if n in env else self._constant(tail_graph, n, env))
-        tail_graph.output(torch.fx.map_arg(output.args[0], lambda n: env[n]))
-        self.module = torch.fx.GraphModule(traced, tail_graph)
-        self.traced = traced
-        self.cache: dict[int, list[torch.Tensor]] = {}
+        tail_graph.output(torch.fx.map_arg(self.output_node.args[0], lambda n: env[n]))
+        return torch.fx.GraphModule(traced, tail_graph)
 
     @staticmethod
     def _constant(graph: torch.fx.Graph, node: torch.fx.Node, env: dict) -> torch.fx.Node:
@@ -180,48 +252,126 @@ class _Tail:
         return env[node]
 
     @torch.no_grad()
-    def prepare(self, data: _Tensors, batch_size: int) -> None:
-        """Compute and keep the boundary values for ``data`` (once per group and candidate layer)."""
+    def prepare(self, data: _Tensors, batch_size: int, recorded: dict | None = None) -> None:
+        """Keep the boundary values for ``data`` (once per group and candidate layer): taken from
+        ``recorded`` (one shared pass for every candidate, :func:`_record`) or computed here."""
         if id(data) in self.cache:
             return
-        wanted = set(self.boundary)
-        chunks: list[list[torch.Tensor]] = []
+        if recorded is None:
+            recorded = _record(self.traced, set(self.boundary), data, batch_size)
+        # an empty group (no held-out sample of a class) records nothing and is never evaluated
+        self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
+        self.direction_cache.pop(id(data), None)
 
-        class Recorder(torch.fx.Interpreter):
-            def run_node(self, n):
-                value = super().run_node(n)
-                if n in wanted:
-                    self.recorded[n] = value
-                return value
+    @torch.no_grad()
+    def use_direction(self, direction: torch.Tensor | None, batch_size: int,
+                      datasets: list[_Tensors] | None = None) -> None:
+        """Steps are W₀ + c·``direction`` from now on, on ``datasets`` (default: every prepared group; linear
+        layers only; None: back to the general path). Must be called while the parameter holds W₀."""
+        self.direction = direction
+        self.direction_cache.clear()
+        if direction is None or self.linear is None:
+            return
+        position = {n: i for i, n in enumerate(self.boundary)}
+        (source,) = self.layer_node.args
+        keys = [id(d) for d in datasets] if datasets is not None else list(self.cache)
+        for key in keys:
+            x = self.cache[key][position[source]]
+            if x is None:
+                continue
+            base, along = [], []
+            for start in range(0, len(x), batch_size):
+                chunk = x[start : start + batch_size]
+                base.append(self.layer(chunk))
+                if isinstance(self.layer, nn.Linear):
+                    along.append(F.linear(chunk, direction))
+                else:
+                    along.append(self.layer._conv_forward(chunk, direction, None))
+            self.direction_cache[key] = (_fast_layout(torch.cat(base)), _fast_layout(torch.cat(along)))
 
-        for start in range(0, len(data), batch_size):
-            recorder = Recorder(self.traced)
-            recorder.recorded = {}
-            recorder.run(data.x[start : start + batch_size])
-            chunks.append([recorder.recorded[n] for n in self.boundary])
-        self.cache[id(data)] = [torch.cat([c[i] for c in chunks]) if chunks else None
-                                for i in range(len(self.boundary))]
+    def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
+        values = [value[start:stop] for value in self.cache[id(data)]]
+        if coefficient is not None and id(data) in self.direction_cache:
+            base, along = self.direction_cache[id(data)]
+            return self.linear(*values, torch.add(base[start:stop], along[start:stop], alpha=coefficient))
+        return self.module(*values)
 
-    def __call__(self, data: _Tensors, start: int, stop: int) -> torch.Tensor:
-        return self.module(*[value[start:stop] for value in self.cache[id(data)]])
+
+def _fast_layout(value):
+    """Image-shaped activations in channels-last memory order: the same values, but CPU pooling and
+    element-wise kernels on them run several times faster than on the default NCHW order."""
+    if isinstance(value, torch.Tensor) and value.dim() == 4:
+        return value.contiguous(memory_format=torch.channels_last)
+    return value
+
+
+@torch.no_grad()
+def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
+    """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
+    output node), concatenated over batches."""
+    chunks: dict[torch.fx.Node, list[torch.Tensor]] = {n: [] for n in wanted}
+
+    class Recorder(torch.fx.Interpreter):
+        def run_node(self, n):
+            value = super().run_node(n)
+            if n in chunks:
+                chunks[n].append(value)
+            return value
+
+    output = next(n for n in traced.graph.nodes if n.op == "output")
+    outputs = []
+    for start in range(0, len(data), batch_size):
+        outputs.append(Recorder(traced).run(data.x[start : start + batch_size]))
+    recorded = {n: torch.cat(c) for n, c in chunks.items() if c}
+    if outputs and isinstance(outputs[0], torch.Tensor):
+        recorded[output] = torch.cat(outputs)
+    return recorded
+
+
+def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors], batch_size: int,
+               probe_size: int = 64) -> tuple[dict[str, "_Tail | None"], dict[int, torch.Tensor]]:
+    """A prepared :class:`_Tail` per parameter (None where the model cannot be traced or the tail does not
+    reproduce the model's outputs on a probe of the first group), from one traced graph and one recording
+    pass per group for all of them; and the model's outputs per group (``id(data)``) from that same pass."""
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # untraceable models (data-dependent control flow, ...) use whole forward passes
+        return {name: None for name in parameters}, {}
+    tails: dict[str, _Tail | None] = {}
+    for name in parameters:
+        try:
+            tails[name] = _Tail(traced, name)
+        except Exception:
+            tails[name] = None
+    wanted = {n for tail in tails.values() if tail for n in tail.boundary}
+    output = next(n for n in traced.graph.nodes if n.op == "output")
+    outputs: dict[int, torch.Tensor] = {}
+    for data in datasets:
+        try:
+            recorded = _record(traced, wanted, data, batch_size)
+        except Exception:
+            return {name: None for name in parameters}, {}
+        if output in recorded:
+            outputs[id(data)] = recorded[output]
+        for tail in tails.values():
+            if tail:
+                tail.prepare(data, batch_size, recorded)
+    probe = datasets[0]
+    stop = min(len(probe), probe_size)
+    with torch.no_grad():
+        expected = model(probe.x[:stop]) if stop else None
+        for name, tail in tails.items():
+            try:
+                if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
+                    tails[name] = None
+            except Exception:
+                tails[name] = None
+    return tails, outputs
 
 
 def _tail_for(model: nn.Module, parameter: str, datasets: list[_Tensors], batch_size: int):
-    """A prepared :class:`_Tail` for ``parameter``, or None when the model cannot be traced or the tail
-    does not reproduce the model's outputs exactly on the first group."""
-    try:
-        traced = torch.fx.symbolic_trace(model)
-        tail = _Tail(traced, parameter)
-        for data in datasets:
-            tail.prepare(data, batch_size)
-        probe = datasets[0]
-        with torch.no_grad():
-            stop = min(len(probe), batch_size)
-            if stop and not torch.allclose(tail(probe, 0, stop), model(probe.x[:stop]), rtol=1e-4, atol=1e-5):
-                return None
-        return tail
-    except Exception:  # untraceable models (data-dependent control flow, ...) use whole forward passes
-        return None
+    """A prepared :class:`_Tail` for one parameter, or None (see :func:`_tails_for`)."""
+    return _tails_for(model, [parameter], datasets, batch_size)[0][parameter]
 
 
 class _Judge:
@@ -231,6 +381,7 @@ class _Judge:
                  utility_max_drop: float, n_classes: int):
         self.model, self.forget, self.config = model, forget, config
         self.forward = model  # the network, or a _Tail while a candidate layer is searched
+        self.coefficient = None  # with a _Tail along a direction: the current step's c = λ·‖W₀‖
         self.mode = mode
         self.allowed_drop = utility_max_drop * config.utility_budget
         if mode == "class":
@@ -240,35 +391,64 @@ class _Judge:
             self.chance = 1.0 / n_classes
         else:
             self.target_set = self.utility_set = holdout
-        _, correct = _scores(model, self.utility_set, config.batch_size)
+
+    def calibrate(self, outputs: dict[int, torch.Tensor] | None = None) -> None:
+        """The original model's utility (and held-out accuracy), from ``outputs`` (logits per group, as
+        :func:`_tails_for` returns them) where given, else from forward passes."""
+        outputs = outputs or {}
+        _, correct = _scores(self.model, self.utility_set, self.config.batch_size,
+                             logits=outputs.get(id(self.utility_set)))
         self.base_utility = float(correct.mean())
-        self.holdout_phi = None
-        if mode == "sample":
-            self.holdout_phi, holdout_correct = _scores(model, holdout, config.batch_size)
-            self.holdout_accuracy = float(holdout_correct.mean())
+        self.holdout_accuracy = self.base_utility  # sample mode: the utility set is the held-out set
 
     @property
     def datasets(self) -> list[_Tensors]:
         """The sample groups every evaluation reads."""
         return [self.forget, self.utility_set] + ([self.target_set] if self.mode == "class" else [])
 
+    def _utility(self) -> tuple[np.ndarray, float, bool]:
+        """Scores on the utility set in chunks, stopping as soon as enough samples are wrong that the step
+        cannot keep utility whatever the rest give (then the drop returned is that lower bound): the
+        decision is the same as after a full pass."""
+        data, n, c = self.utility_set, len(self.utility_set), self.coefficient
+        chunk = min(self.config.batch_size, UTILITY_CHUNK)
+        phis, wrong = [], 0
+        for start in range(0, n, chunk):
+            view = _Slice(data, start, start + chunk)
+            phi, correct = _scores(self.forward, view, chunk, c)
+            phis.append(phi)
+            wrong += int((~correct).sum())
+            best_possible = (n - wrong) / n
+            if self.base_utility - best_possible > self.allowed_drop and start + chunk < n:
+                return np.concatenate(phis), self.base_utility - best_possible, True
+        correct_share = (n - wrong) / n if n else float("nan")
+        return (np.concatenate(phis) if phis else np.zeros(0)), self.base_utility - correct_share, False
+
     def __call__(self) -> dict:
-        forget_phi, forget_correct = _scores(self.forward, self.forget, self.config.batch_size)
-        utility_phi, utility_correct = _scores(self.forward, self.utility_set, self.config.batch_size)
-        drop = self.base_utility - float(utility_correct.mean())
-        result = {"forget_accuracy": float(forget_correct.mean()), "utility_drop": drop,
-                  "utility_ok": drop <= self.allowed_drop}
+        size, c = self.config.batch_size, self.coefficient
+        utility_phi, drop, cut_short = self._utility()
+        result = {"utility_drop": drop, "utility_ok": drop <= self.allowed_drop}
+        if not result["utility_ok"]:
+            # Utility broken: the search's decision does not depend on the target, which is not measured.
+            result.update({"reached": False, "early_rejected": cut_short,
+                           ("class_accuracy" if self.mode == "class" else "auc"): float("nan")})
+            if self.mode == "sample":
+                result["forget_accuracy"] = float("nan")
+            return result
         if self.mode == "class":
-            _, class_correct = _scores(self.forward, self.target_set, self.config.batch_size)
-            class_accuracy = float(class_correct.mean()) if len(class_correct) else result["forget_accuracy"]
+            # The target is the class's held-out accuracy; the forget set itself is scored once, for the
+            # chosen step only (see Slug._one_group).
+            _, class_correct = _scores(self.forward, self.target_set, size, c)
+            if not len(class_correct):  # no held-out sample of the class: judge the forget set
+                _, class_correct = _scores(self.forward, self.forget, size, c)
+            class_accuracy = float(class_correct.mean())
             result["class_accuracy"] = class_accuracy
             result["reached"] = class_accuracy <= self.chance + self.config.class_tolerance
         else:
             # The held-out scores are taken again: the edit moves non-members as well.
-            member = np.r_[np.ones(len(forget_phi)), np.zeros(len(utility_phi))]
-            from sklearn.metrics import roc_auc_score  # lazy: sklearn costs seconds of `plugins list`
-
-            auc = float(roc_auc_score(member, np.r_[forget_phi, utility_phi]))
+            forget_phi, forget_correct = _scores(self.forward, self.forget, size, c)
+            result["forget_accuracy"] = float(forget_correct.mean())
+            auc = _auc(forget_phi, utility_phi)
             result["auc"] = auc
             result["reached"] = (auc <= 0.5 + self.config.auc_tolerance
                                  and result["forget_accuracy"] <= self.holdout_accuracy + self.config.accuracy_tolerance)
@@ -285,6 +465,7 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     def try_step(step: float) -> dict:
         with torch.no_grad():
             param.copy_(original + step * scale * direction)
+        judge.coefficient = float(step * scale)
         result = {"step": step, **judge()}
         trace.append(result)
         return result
@@ -405,6 +586,25 @@ class Slug(Method):
                              seconds=time.perf_counter() - started, details=details)
 
     @staticmethod
+    def _search(name, params, g_forget, tails, judge: _Judge, config: SlugConfig, model) -> dict:
+        """The step search of one candidate layer with ``judge`` (on cached activations where its tail
+        exists); leaves the layer at W₀."""
+        started = time.perf_counter()
+        original = params[name].detach().clone()
+        direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
+        tail = tails[name]
+        if tail is not None:
+            tail.use_direction(direction, config.batch_size, judge.datasets)
+        judge.forward = tail or model
+        chosen, trace = _search_step(params[name], original, direction, judge, config)
+        judge.forward, judge.coefficient = model, None
+        if tail is not None:
+            tail.use_direction(None, config.batch_size)
+        return {"layer": name, "evaluations": len(trace), "cached_activations": tail is not None,
+                "linear_in_step": bool(tail is not None and tail.linear is not None),
+                "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace}
+
+    @staticmethod
     def _mode(inputs: UnlearnInputs, config: SlugConfig) -> str:
         if config.target != "auto":
             return config.target
@@ -422,26 +622,34 @@ class Slug(Method):
             alignment[name] = float(torch.abs(F.cosine_similarity(gf, gr, dim=0, eps=1e-12)))
         front = pareto_front(importance, alignment)
         judge = _Judge(model, group, holdout, mode, config, inputs.utility_max_drop, n_classes)
-        tried = []
         combined = sorted((n for n in params if n not in front),
                           key=lambda n: -importance[n] * (1 - alignment[n]))
-        for name in front[: config.max_candidates] + combined[: config.extra_candidates]:
-            started = time.perf_counter()
-            original = params[name].detach().clone()
-            direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
-            tail = _tail_for(model, name, judge.datasets, config.batch_size) if config.cache_activations else None
-            judge.forward = tail or model
-            chosen, trace = _search_step(params[name], original, direction, judge, config)
-            judge.forward = model
-            tried.append({"layer": name, "importance": importance[name], "alignment": alignment[name],
-                          "evaluations": len(trace), "cached_activations": tail is not None,
-                          "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace})
+        names = front[: config.max_candidates] + combined[: config.extra_candidates]
+        tails, outputs = ({n: None for n in names}, {})
+        if config.cache_activations:  # one trace and one recording pass for every candidate
+            tails, outputs = _tails_for(model, names, judge.datasets, config.batch_size)
+        judge.calibrate(outputs)
+        tried = []
+        for name in names:
+            entry = self._search(name, params, g_forget, tails, judge, config, model)
+            tried.append({"layer": name, "importance": importance[name], "alignment": alignment[name], **entry})
         best = min(tried, key=_rank) if tried else None
         update = None
         if best and best["chosen"]:
             w0 = params[best["layer"]].detach()
             direction = g_forget[best["layer"]] / g_forget[best["layer"]].norm().clamp_min(1e-12)
             update = (best["layer"], best["chosen"]["step"] * w0.norm() * direction)
+            if mode == "class":  # the forget set's accuracy at the chosen step, for the report
+                tail = tails[best["layer"]]
+                with torch.no_grad():
+                    w0 = w0.clone()
+                    params[best["layer"]].add_(update[1])
+                    if tail is not None:  # on the cached activations, along the chosen layer's direction
+                        tail.use_direction(direction, config.batch_size, [group])
+                    coefficient = float(best["chosen"]["step"] * w0.norm())
+                    _, correct = _scores(tail or model, group, config.batch_size, coefficient)
+                    params[best["layer"]].copy_(w0)
+                best["chosen"]["forget_accuracy"] = float(correct.mean()) if len(correct) else 0.0
         report = {
             "n_forget": len(group),
             "front": front,

@@ -70,14 +70,25 @@ def rows():
 
 def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
     assert {(r["scenario"], r["method"]) for r in rows} == {(s, m) for s in ("random_10pct", "class", "memorized_10pct")
-                                                            for m in ("retrain", "slug", "sisa")}
+                                                            for m in ("retrain", "noop", "slug", "sisa")}
     for row in rows:
         for key in ("method", "scenario", "model", "seed", "wall_seconds", "time_ratio_to_retrain",
                     *METRICS, *(f"gap_to_retrain_{k}" for k in METRICS)):
             assert key in row, key
         if row["method"] == "retrain":
             assert row["time_ratio_to_retrain"] == 1.0 and row["avg_gap_to_retrain"] == 0.0
+        # The floor (one forward + backward pass of the parent over forget set and retain sample) is measured
+        # once per scenario and every row's ratio is its own seconds over it.
+        assert row["floor_seconds"] > 0
+        assert row["floor_ratio"] == pytest.approx(row["wall_seconds"] / row["floor_seconds"])
     by = {(r["scenario"], r["method"]): r for r in rows}
+    for scenario in ("random_10pct", "class", "memorized_10pct"):
+        assert len({by[(scenario, m)]["floor_seconds"] for m in ("retrain", "noop", "slug", "sisa")}) == 1
+    # The no-op row is the parent unchanged: slug's edited model differs from it, retraining's gap is its own.
+    noop = by[("class", "noop")]
+    assert noop["changed_parameters"] == 0 and noop["time_ratio_to_retrain"] is None
+    assert noop["forget_accuracy"] > 0.5 > by[("class", "retrain")]["forget_accuracy"]
+    assert noop["avg_gap_to_retrain"] > 0
     for scenario in ("random_10pct", "class"):
         slug, ref = by[(scenario, "slug")], by[(scenario, "retrain")]
         assert slug["gap_to_retrain_test_accuracy"] == pytest.approx(abs(slug["test_accuracy"] - ref["test_accuracy"]))
@@ -97,10 +108,14 @@ def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
     assert "† `sisa` starts from a 5-shard SISA ensemble" in table
     assert "Measured on " in table and all(r["load_average_1m"] >= 0 for r in rows)
     matrix = summary_matrix(rows).splitlines()
-    assert matrix[0] == "| model | scenario | retrain s | slug | sisa |" and len(matrix) == 2 + 3
+    assert matrix[0] == "| model | scenario | retrain s | noop | slug | sisa |" and len(matrix) == 2 + 3
+    assert "| mlp | class | noop | 1 |" in standard
     class_line = next(line for line in matrix if "| class |" in line)
-    slug_gap = float(class_line.split("|")[4].split()[0])
+    slug_gap = float(class_line.split("|")[5].split()[0])  # after the noop column
     assert slug_gap == pytest.approx(by[("class", "slug")]["avg_gap_to_retrain"], abs=5e-4)
+    noop_cell = class_line.split("|")[4].strip()
+    assert float(noop_cell.split()[0]) == pytest.approx(by[("class", "noop")]["avg_gap_to_retrain"], abs=5e-4)
+    assert "×" not in noop_cell  # the no-op costs nothing: no speed-up is claimed for it
 
 
 def test_cli_writes_json_table_and_plot(tmp_path):

@@ -163,3 +163,31 @@ def test_upcore_prunes_representation_outliers_before_the_base_method():
     assert details["base_details"]  # the base method's own account is kept
     with pytest.raises(Exception, match="itself"):
         _run(upcore, tiny_task(), base="upcore")
+
+
+@pytest.mark.parametrize("every", [1, 8])
+def test_guard_checked_every_k_steps_rolls_back_to_the_last_passing_check(every):
+    """GA at a learning rate that wrecks the model within a few steps: checked every k steps, the guard trips
+    at a multiple of k (or a pass end) and restores the state of the last passing check, so the model kept
+    is one that passed — within the utility budget, never collapsed."""
+    from unlearnops.plugins.zoo_common import Target
+
+    passed: list[dict] = []
+    stop = Target.stop
+
+    def spy(self, model, step):
+        stopped = stop(self, model, step)
+        if self.guard_at is None:
+            passed.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return stopped
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Target, "stop", spy)
+        result, task = _run(GA(), lr=0.05, batch_size=4, check_every=every, stop_at_target=False)
+    d = result.details
+    assert d["utility_guard_stopped_at_step"] is not None and d["utility_guard_stopped_at_step"] > 0
+    per_pass = -(-len(task.inputs.forget.labels) // 4)  # steps in one pass over the forget set
+    assert d["utility_guard_stopped_at_step"] % every == 0 or d["utility_guard_stopped_at_step"] % per_pass == 0
+    assert d["holdout_accuracy_before"] - d["holdout_accuracy_after"] <= 0.1 * 0.8 + 1e-9
+    kept = result.model.state_dict()
+    assert passed and all(torch.equal(kept[k], passed[-1][k]) for k in kept)

@@ -193,3 +193,66 @@ def test_cached_and_uncached_search_agree(class_task):
     for a, b in zip(with_cache["candidates"], without["candidates"]):
         assert [e["step"] for e in a["trace"]] == [e["step"] for e in b["trace"]]
         assert np.allclose([e["utility_drop"] for e in a["trace"]], [e["utility_drop"] for e in b["trace"]])
+
+
+def test_class_without_held_out_samples_is_judged_on_the_forget_set(class_task):
+    """No held-out sample of the forgotten class: the class target is read on the forget set, and the
+    empty group is cached (and never evaluated) like any other."""
+    model, inputs = class_task
+    keep = inputs.holdout.labels != 2
+    no_class = UnlearnInputs(inputs.forget, inputs.retain,
+                             Samples(inputs.holdout.features[keep], inputs.holdout.labels[keep]),
+                             utility_max_drop=inputs.utility_max_drop)
+    method, config = _slug()
+    result = run_method(method, copy.deepcopy(model), no_class, config, torch.device("cpu"))
+    assert result.details["mode"] == "class"
+    assert all(c["cached_activations"] for c in result.details["candidates"])
+    assert result.details["target_reached"]
+    assert evaluate(result.model, inputs.forget.features, inputs.forget.labels).accuracy <= 1 / 3
+
+
+def test_rank_auc_equals_scikit_learn_with_ties():
+    from sklearn.metrics import roc_auc_score
+
+    from unlearnops.plugins.slug import _auc
+
+    rng = np.random.default_rng(0)
+    for n_pos, n_neg, levels in ((30, 70, 5), (200, 400, 1000), (1, 9, 2)):
+        pos, neg = rng.integers(0, levels, n_pos).astype(float), rng.integers(0, levels, n_neg).astype(float)
+        expected = roc_auc_score(np.r_[np.ones(n_pos), np.zeros(n_neg)], np.r_[pos, neg])
+        assert _auc(pos, neg) == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("factory", ["SmallCNN", "ResNetSmall"])
+def test_steps_along_a_direction_reproduce_the_edited_model(factory):
+    """For a convolution or linear layer the step W₀ + c·D is evaluated from z(W₀) + c·op(x, D) on the
+    cached input: the outputs must equal a whole forward pass with the weight actually moved."""
+    import unlearnops.model as models
+    from unlearnops.plugins.slug import _Tensors, _tails_for
+
+    seed_everything(0)
+    model = getattr(models, factory)().eval()
+    rng = np.random.default_rng(1)
+    data = _Tensors(Samples(rng.random((40, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 40)), "cpu")
+    names = [n for n, p in model.named_parameters() if p.dim() >= 2]
+    tails, outputs = _tails_for(model, names, [data], batch_size=16)
+    with torch.no_grad():
+        assert torch.allclose(outputs[id(data)], model(data.x), atol=1e-5)
+        linear = 0
+        for name, param in model.named_parameters():
+            if name not in tails:
+                continue
+            tail = tails[name]
+            assert tail is not None, name
+            direction = torch.randn_like(param)
+            direction /= direction.norm()
+            tail.use_direction(direction, batch_size=16)
+            linear += tail.linear is not None
+            original = param.detach().clone()
+            c = 0.2 * float(original.norm())
+            param.add_(c * direction)
+            cached = torch.cat([tail(data, s, s + 16, c) for s in range(0, 40, 16)])
+            assert torch.allclose(cached, model(data.x), atol=1e-4), name
+            param.copy_(original)
+            tail.use_direction(None, batch_size=16)
+        assert linear == len(names)  # every weight here is a conv or linear layer called once
