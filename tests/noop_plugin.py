@@ -1,5 +1,6 @@
 """'Unlearning' methods that do not forget: ``noop`` changes nothing, ``tiny-noise`` adds noise far below the
-weights' scale (every weight moves, the predictions do not). Every gate suite must refuse to certify either."""
+weights' scale (every weight moves, the predictions do not), ``fake-exact`` changes nothing but claims to be
+exact. Every gate suite must refuse to certify any of them."""
 
 import torch
 from pydantic import BaseModel
@@ -18,6 +19,13 @@ class NoOp:
 
     def unlearn(self, model, inputs, config, device):
         return UnlearnResult(model=model, method=self.name, changed_parameters={}, seconds=0.0)
+
+
+class FakeExact(NoOp):
+    """Claims to retrain (``exact``) and returns the parent: the flow must not take the claim."""
+
+    name = "fake-exact"
+    exact = True
 
 
 class TinyNoise:
@@ -45,3 +53,4 @@ class NoOpPlugin:
     def register_methods(self, register):
         register(NoOp())
         register(TinyNoise())
+        register(FakeExact())

@@ -86,7 +86,7 @@ def test_exact_methods_are_not_blocked_by_powerless_forgetting_gates():
     status, caveats = gates.overall_status(pending, SETTINGS, exact=True)
     assert status == "pass" and len(caveats) == 2 and all("by construction" in c for c in caveats)
     assert gates.overall_status([_result("utility", "inconclusive")], SETTINGS, exact=True)[0] == "inconclusive"
-    assert gates.overall_status([_result("forget_accuracy", "fail")], SETTINGS, exact=True)[0] == "fail"
+    assert gates.overall_status([_result("utility", "fail")], SETTINGS, exact=True)[0] == "fail"
 
 
 def test_forget_accuracy_gate_without_power_is_inconclusive():
@@ -189,7 +189,7 @@ def test_class_forgetting_gate_judges_removed_classes_against_chance():
     assert never_knew.status == "inconclusive" and never_knew.metrics["power"] is False
 
 
-def test_exact_methods_are_excused_over_forgetting_but_never_remaining_members():
+def test_exact_methods_are_excused_forgetting_failures_as_caveats_but_not_data_or_utility():
     over = _result("forget_accuracy", "fail")
     over.summary = gates.OVER_FORGETTING + ": forget accuracy significantly below held-out accuracy"
     data, utility = _result("data", "pass"), _result("utility", "pass")
@@ -198,7 +198,12 @@ def test_exact_methods_are_excused_over_forgetting_but_never_remaining_members()
     assert gates.overall_status([data, over, utility], SETTINGS, exact=False)[0] == "fail"
     member = _result("forget_accuracy", "fail")
     member.summary = "forget accuracy significantly above held-out accuracy"
-    assert gates.overall_status([data, member, utility], SETTINGS, exact=True)[0] == "fail"
+    status, caveats = gates.overall_status([data, member, utility], SETTINGS, exact=True)
+    assert status == "pass" and "never trained on these samples" in caveats[0]
+    assert gates.overall_status([data, member, utility], SETTINGS, exact=False)[0] == "fail"
+    broken = _result("utility", "fail")
+    assert gates.overall_status([data, member, broken], SETTINGS, exact=True)[0] == "fail"
+    assert gates.overall_status([_result("data", "fail"), over, utility], SETTINGS, exact=True)[0] == "fail"
     # A gate with nothing to judge is left out of the verdict, never counted as a pass.
     skipped = gates.not_applicable("class_forgetting", "no class was removed in full")
     assert gates.overall_status([data, skipped, utility], SETTINGS, exact=True)[0] == "pass"

@@ -36,7 +36,7 @@ def test_mislabeled_deletion_refuses_identity_and_tiny_noise_and_certifies_retra
 
     ws, flipped = mislabeled_workspace
     settings = ws.settings.model_copy(update={
-        "unlearn": ws.settings.unlearn.model_copy(update={"ladder": ["noop", "tiny-noise", "retrain"], "ladders": {}}),
+        "unlearn": ws.settings.unlearn.model_copy(update={"ladder": ["noop", "tiny-noise", "fake-exact", "retrain"], "ladders": {}}),
         "gates": ws.settings.gates.model_copy(update={"references": 3, "train_references": True}),
     })
     ws.write_settings(settings, ws.params)
@@ -47,8 +47,8 @@ def test_mislabeled_deletion_refuses_identity_and_tiny_noise_and_certifies_retra
     finally:
         unregister_plugin("identity-for-test")
     certificate = json.loads((ws.runs_dir / summary["run_id"] / "certificate.json").read_text())
-    first, noise, last = certificate["rungs"]
-    for rung, method in ((first, "noop"), (noise, "tiny-noise")):
+    first, noise, fake, last = certificate["rungs"]
+    for rung, method in ((first, "noop"), (noise, "tiny-noise"), (fake, "fake-exact")):
         assert rung["method"] == method and rung["status"] == "fail", rung
         assert rung["gates"]["retrain_equivalence"] == "fail", rung
     assert last["method"] == "retrain" and last["status"] == "pass"

@@ -159,7 +159,9 @@ def unlearn_rung(ws: Workspace, batch: Batch) -> Batch:
             method=method.name,
             method_version=method.version,
             source=source,
-            exact=bool(getattr(method, "exact", False)),
+            # A method that claims exactness but returns the parent's weights unchanged cannot have retrained
+            # anything: it is judged as approximate (and the evidence gates refuse it).
+            exact=bool(getattr(method, "exact", False)) and (bool(changed) or len(forget) == 0),
             changed_parameters=changed,
             seconds=seconds,
             n_forget_trained=len(forget),
