@@ -2,7 +2,6 @@
 `request show`; every channel validates with the one schema and stores nothing it refuses."""
 
 import json
-import socket
 import threading
 import time
 
@@ -120,18 +119,15 @@ def test_cli_import_and_show(fresh_workspace, tmp_path):
     assert refused.exit_code == 1 and json.loads(refused.stdout)[0]["status"] == "rejected"
 
 
-@pytest.fixture
-def intake_server(fresh_workspace):
-    """The intake app served by a real uvicorn server on a free port of 127.0.0.1."""
+def serve_intake(ws, token: str):
+    """The intake app of ``ws`` on a real uvicorn server on a free loopback port, in a thread; returns
+    ``(server, thread, url)`` (stop: ``server.should_exit = True; thread.join()``)."""
     import uvicorn
 
+    from unlearnops.servers import free_port
     from unlearnops.service import create_app
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    token = "t" * 8 + "0123456789abcdef"
-    server = uvicorn.Server(uvicorn.Config(create_app(fresh_workspace, token), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(ws, token), host="127.0.0.1", port=free_port(),
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -139,7 +135,15 @@ def intake_server(fresh_workspace):
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started
-    yield fresh_workspace, f"http://127.0.0.1:{port}", token
+    return server, thread, f"http://127.0.0.1:{server.config.port}"
+
+
+@pytest.fixture
+def intake_server(fresh_workspace):
+    """The intake app served by a real uvicorn server on a free port of 127.0.0.1."""
+    token = "t" * 8 + "0123456789abcdef"
+    server, thread, url = serve_intake(fresh_workspace, token)
+    yield fresh_workspace, url, token
     server.should_exit = True
     thread.join(10)
 

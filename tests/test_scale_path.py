@@ -291,21 +291,9 @@ def test_the_bootstrap_job_script_sets_up_a_workspace_on_the_servers(live, tmp_p
 
 def _intake(ws, token: str):
     """The intake app of ``ws`` on a real uvicorn server on a free loopback port, in a thread."""
-    import threading
+    from tests.test_intake import serve_intake
 
-    import uvicorn
-
-    from unlearnops.service import create_app
-
-    server = uvicorn.Server(uvicorn.Config(create_app(ws, token), host="127.0.0.1", port=servers.free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    return server, thread, f"http://127.0.0.1:{server.config.port}"
+    return serve_intake(ws, token)
 
 
 LOAD_REQUESTS = 50  # per workspace: 100 in all
