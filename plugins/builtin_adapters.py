@@ -5,12 +5,12 @@ the two demo datasets that ship inside installed wheels (MNIST 5k, scikit-learn 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from unlearnops._lazy import pd
 from unlearnops.plugin import (
     __version__,
     SourceData,
@@ -21,6 +21,10 @@ from unlearnops.plugin import (
     mnist_5k_planted,
     sklearn_digits,
 )
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import pandas as pd
 
 
 class _Options(BaseModel):

@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
+from unlearnops._lazy import nn
 from unlearnops.plugin import __version__, export_onnx, hookimpl
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    from torch import nn
 
 
 class OnnxExporter:

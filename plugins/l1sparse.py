@@ -14,14 +14,18 @@ after.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
+from unlearnops._lazy import torch
 from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.ft import finetune
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
 
 
 class L1SparseConfig(ClassicConfig):

@@ -15,13 +15,19 @@ with three task seeds: 104-123 % of the gap closed (forget 0.55-0.63 at held-out
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-from torch.nn import functional as F
+from typing import TYPE_CHECKING
 
+from pydantic import Field
+
+from unlearnops._lazy import torch, F
 from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.rl import RLConfig, random_label_finetune
 from unlearnops.plugins.zoo_common import ClassicMethod, Clock, Data
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
+    from torch.nn import functional as F
 
 
 class SalUnConfig(RLConfig):

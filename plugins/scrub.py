@@ -15,14 +15,18 @@ up to 10 epochs with 5 max-epochs. Stops at the held-out level and under the uti
 from __future__ import annotations
 
 import copy
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch.nn import functional as F
 
+from unlearnops._lazy import torch, F
 from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
+    from torch.nn import functional as F
 
 
 class SCRUBConfig(ClassicConfig):

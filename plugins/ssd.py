@@ -24,15 +24,19 @@ guard allows ends the search with the previous one (none: the model is left unch
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
-from torch.nn import functional as F
 
+from unlearnops._lazy import torch, nn, F, no_grad
 from unlearnops.plugin import UnlearnInputs, hookimpl
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, accuracy
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
 
 
 class SSDConfig(ClassicConfig):
@@ -122,7 +126,7 @@ class SSD(ClassicMethod):
                 "reference_batches": ref_batches, "forget_batches": forget_batches}, target
 
 
-@torch.no_grad()
+@no_grad
 def dampen(model, originals, imp_ref, imp_forget, alpha: float, dampening: float) -> dict[str, int]:
     """Set the weights to the originals dampened at this alpha; parameter name -> number selected."""
     selected = {}

@@ -23,13 +23,12 @@ Not a plugin: registers nothing. Gives each method the same notion of
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
+from unlearnops._lazy import torch, nn, no_grad
 from unlearnops.plugin import (
     Method,
     MethodConfig,
@@ -39,6 +38,11 @@ from unlearnops.plugin import (
     changed_parameters,
     parameter_snapshot,
 )
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
+    from torch import nn
 
 
 #: What the references do that every paper preset shares: a fixed number of epochs, no early stop at a
@@ -109,7 +113,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device) -> list
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-@torch.no_grad()
+@no_grad
 def accuracy(model: nn.Module, data: Data, batch_size: int = 1024) -> float:
     if len(data) == 0:
         return float("nan")

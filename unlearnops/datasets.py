@@ -15,10 +15,14 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
+
+from unlearnops._lazy import pd
+
+if TYPE_CHECKING:  # the real module; at run time it loads on first use (fast start-up)
+    import pandas as pd
 
 MANIFEST_COLUMNS = ["sample_id", "subject_id", "label", "content_sha256", "split"]
 SPLITS = ("train", "holdout", "test")

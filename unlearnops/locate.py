@@ -16,17 +16,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from unlearnops._lazy import pd
 from unlearnops import __version__
 from unlearnops.plugin_manager import PluginError, load_plugins
 from unlearnops.requests import DeletionRequest, RequestRejected
+
+if TYPE_CHECKING:  # the real module; at run time it loads on first use (fast start-up)
+    import pandas as pd
 
 #: exact locator name -> (request field, manifest column)
 EXACT_LOCATORS = {

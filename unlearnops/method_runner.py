@@ -12,14 +12,18 @@ import copy
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
+from unlearnops._lazy import torch, nn
 from unlearnops.plugin_manager import PluginError
+
+
+if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+    import torch
+    from torch import nn
 
 
 @dataclass
