@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from unlearnops._lazy import pd
 from unlearnops.plugin import (
     __version__,
     SourceData,
@@ -20,11 +19,14 @@ from unlearnops.plugin import (
     mnist_5k,
     mnist_5k_planted,
     sklearn_digits,
+    lazy_module,
 )
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import pandas as pd
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    pd = lazy_module("pandas")
 
 
 class _Options(BaseModel):

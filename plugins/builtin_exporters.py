@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from unlearnops._lazy import nn
-from unlearnops.plugin import __version__, export_onnx, hookimpl
+from unlearnops.plugin import __version__, export_onnx, hookimpl, lazy_module
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     from torch import nn
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    nn = lazy_module("torch.nn")
 
 
 class OnnxExporter:

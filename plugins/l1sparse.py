@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from unlearnops._lazy import torch
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module
 from unlearnops.plugins.ft import finetune
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
 
 
 class L1SparseConfig(ClassicConfig):

@@ -32,16 +32,18 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from unlearnops._lazy import torch, F
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module
 from unlearnops.plugins.zoo_common import (
     ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer, n_classes, random_wrong_labels,
 )
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
     from torch.nn import functional as F
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 
 class RLConfig(ClassicConfig):

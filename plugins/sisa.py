@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from unlearnops._lazy import torch, nn
 from unlearnops.plugin import (
     DEFAULT_TRAINING,
     Method,
@@ -45,13 +44,14 @@ from unlearnops.plugin import (
     UnlearnInputs,
     UnlearnResult,
     call_training,
+    epoch_progress,
     hookimpl,
     reinitialized,
     training_params,
+    lazy_module,
 )
-from unlearnops.progress import epoch_progress
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
     from torch import nn
 
@@ -60,6 +60,9 @@ if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast 
         n_shards: int
 
         def __init__(self, members: Sequence[nn.Module]) -> None: ...
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 #: Shards of the conformance task's ensemble.

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from unlearnops._lazy import torch, nn, no_grad
 from unlearnops.plugin import (
     Method,
     MethodConfig,
@@ -37,12 +36,17 @@ from unlearnops.plugin import (
     UnlearnResult,
     changed_parameters,
     parameter_snapshot,
+    lazy_module,
+    no_grad,
 )
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
     from torch import nn
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 #: What the references do that every paper preset shares: a fixed number of epochs, no early stop at a

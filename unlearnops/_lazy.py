@@ -1,10 +1,10 @@
 """Deferred imports of the heavy libraries (torch, pandas), for a fast start-up of the everyday commands.
 
-``from unlearnops._lazy import torch, nn, F, pd`` binds module proxies: the real module is imported on the
-first attribute access (``torch.zeros``, ``nn.Module``, ``F.cross_entropy``, ``pd.DataFrame``), so loading
-and listing plugins (``unlearnops plugins list``) imports none of them, while code that runs a method uses
-them exactly as the real modules. Type checkers see the real modules (``TYPE_CHECKING`` imports in the
-modules that use these). :func:`no_grad` is ``torch.no_grad()`` as a decorator, without importing torch at
+``torch = lazy_module("torch")`` binds a module proxy: the real module is imported on the first attribute
+access (``torch.zeros``, ``nn.Module``, ``F.cross_entropy``, ``pd.DataFrame``), so loading and listing
+plugins (``unlearnops plugins list``) imports none of them, while code that runs a method uses them
+exactly as the real modules. Type checkers see the real modules (``if TYPE_CHECKING: import torch``,
+``else: torch = lazy_module("torch")``). Plugin authors get both helpers from :mod:`unlearnops.plugin`. :func:`no_grad` is ``torch.no_grad()`` as a decorator, without importing torch at
 definition time.
 """
 
@@ -38,10 +38,11 @@ class LazyModule(ModuleType):
         return f"<lazy module {self.__dict__['_lazy_target']!r}>"
 
 
-torch = LazyModule("torch")
-nn = LazyModule("torch.nn")
-F = LazyModule("torch.nn.functional")
-pd = LazyModule("pandas")
+def lazy_module(name: str) -> ModuleType:
+    """Module ``name``, imported on first attribute access: ``torch = lazy_module("torch")`` at the top of
+    a plugin module keeps loading it (``unlearnops plugins list``) free of torch. Module-level code must
+    not touch it (a ``class X(nn.Module)`` or ``@torch.no_grad()`` there imports torch; see :func:`no_grad`)."""
+    return LazyModule(name)
 
 
 def no_grad(function: T) -> T:

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from unlearnops._lazy import pd
+from unlearnops._lazy import lazy_module
 
-if TYPE_CHECKING:  # the real module; at run time it loads on first use (fast start-up)
+if TYPE_CHECKING:
     import pandas as pd
-
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    pd = lazy_module("pandas")
 MANIFEST_COLUMNS = ["sample_id", "subject_id", "label", "content_sha256", "split"]
 SPLITS = ("train", "holdout", "test")
 

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from unlearnops._lazy import torch, nn
+from unlearnops._lazy import lazy_module
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
     from torch import nn
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 PARITY_BATCH_SIZES = (1, 7, 64)

@@ -17,13 +17,16 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from unlearnops._lazy import torch, nn
+from unlearnops._lazy import lazy_module
 from unlearnops.plugin_manager import PluginError
 
 
-if TYPE_CHECKING:  # the real modules; at run time they load on first use (fast start-up)
+if TYPE_CHECKING:
     import torch
     from torch import nn
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 @dataclass

@@ -18,6 +18,8 @@ from unlearnops import __version__
 from unlearnops.hookspecs import hookimpl
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is imported on first use
+    from unlearnops._lazy import lazy_module, no_grad
+    from unlearnops.progress import epoch_progress
     from unlearnops.datasets import MANIFEST_COLUMNS, SourceData, SourceError, mnist_5k, mnist_5k_planted, sklearn_digits
     from unlearnops.export import export_onnx
     from unlearnops.gates import (
@@ -71,6 +73,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
 #: module, and loading and listing plugins, imports neither torch nor pandas nor scipy: only what a name
 #: needs, when it is used (``from unlearnops.plugin import UnlearnResult`` imports the method contract only).
 _DEFINED_IN = {
+    "lazy_module": "unlearnops._lazy",
+    "no_grad": "unlearnops._lazy",
+    "epoch_progress": "unlearnops.progress",
     "MANIFEST_COLUMNS": "unlearnops.datasets",
     "SourceData": "unlearnops.datasets",
     "SourceError": "unlearnops.datasets",
@@ -152,6 +157,8 @@ __all__ = [
     "__version__",
     "hookimpl",
     "PluginError",
+    "lazy_module",
+    "no_grad",
     # methods (register_methods)
     "Method",
     "MethodConfig",
@@ -165,6 +172,7 @@ __all__ = [
     "call_training",
     "accepts_sample_ids",
     "training_params",
+    "epoch_progress",
     "reinitialized",
     "fresh_model",
     "penultimate_features",
