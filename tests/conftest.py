@@ -36,7 +36,7 @@ def prefect_harness(tmp_path_factory):
 
 
 #: What the everyday commands must not import (each costs seconds of start-up on a small machine, issue #20).
-HEAVY_MODULES = ("torch", "mlflow", "scipy", "sklearn", "pandas", "prefect", "dvc", "great_expectations", "onnx")
+HEAVY_MODULES = ("torch", "mlflow", "scipy", "sklearn", "prefect", "dvc", "great_expectations", "onnx")
 
 _IMPORTS_CODE = """
 import contextlib, io, json, sys

@@ -140,7 +140,7 @@ def test_cli_exports_the_public_key_and_verifies_a_file_with_it_alone(fresh_work
     # The everyday commands import only what they use (start-up under 1.5 s, issue #20): one process runs
     # each and names the heavy modules it pulled in. A regression guard, not a timing test.
     # (``certificate verify VERSION`` on a registered version: tests/test_certify.py.)
-    from conftest import heavy_imports
+    from conftest import HEAVY_MODULES, heavy_imports
 
     ws_args = ["--workspace", str(fresh_workspace.root)]
     commands = [["certificate", "verify", "--public-key", str(pem), str(tmp_path / "c.json")],
@@ -150,3 +150,6 @@ def test_cli_exports_the_public_key_and_verifies_a_file_with_it_alone(fresh_work
     assert result["exit"] == {"certificate verify": 0, "request list": 0, "status --json": 0, "plugins list": 0}
     assert result["imported"] == {"certificate verify": [], "request list": [], "status --json": [],
                                   "plugins list": []}
+    # Listing plugins imports no plugin's torch, pandas or scipy either (alone: status reads parquet).
+    alone = heavy_imports([["plugins", "list"]], heavy=(*HEAVY_MODULES, "pandas"))
+    assert alone == {"exit": {"plugins list": 0}, "imported": {"plugins list": []}}
