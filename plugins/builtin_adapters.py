@@ -5,10 +5,9 @@ the two demo datasets that ship inside installed wheels (MNIST 5k, scikit-learn 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from unlearnops.plugin import (
@@ -20,7 +19,14 @@ from unlearnops.plugin import (
     mnist_5k,
     mnist_5k_planted,
     sklearn_digits,
+    lazy_module,
 )
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    pd = lazy_module("pandas")
 
 
 class _Options(BaseModel):

@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pathlib import Path
 
 import numpy as np
-from torch import nn
 
-from unlearnops.plugin import __version__, export_onnx, hookimpl
+from unlearnops.plugin import __version__, export_onnx, hookimpl, lazy_module
+
+
+if TYPE_CHECKING:
+    from torch import nn
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    nn = lazy_module("torch.nn")
 
 
 class OnnxExporter:

@@ -7,7 +7,6 @@ import numpy as np
 
 from unlearnops.plugin import (
     __version__,
-    Evaluation,
     GateEvidence,
     GateResult,
     GateSettings,
@@ -122,6 +121,8 @@ class RetrainEquivalenceGate:
             return GateResult(name=self.name, status="inconclusive", summary=f"no reference models: {why}",
                               metrics={"n": int(keep.sum()), "references": 0, "power": False},
                               thresholds={})
+        from unlearnops.plugin import Evaluation
+
         refs = [Evaluation(r.correct[keep], r.loss[keep], r.phi[keep], r.predicted[keep])
                 for r in evidence.references]
         after, before = evidence.after["forget"], evidence.before["forget"]

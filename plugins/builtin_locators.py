@@ -26,7 +26,6 @@ from unlearnops.plugin import (
     hookimpl,
     matches_frame,
     normalize,
-    penultimate_features,
     phash,
 )
 
@@ -83,6 +82,8 @@ class EmbeddingLocator(_NearDuplicateLocator):
         if model is None or ctx.features is None:
             ctx.notes[self.name] = "skipped: no model to embed with (train and register one first)"
             return matches_frame([], [], [])
+        from unlearnops.plugin import penultimate_features
+
         embeddings = normalize(penultimate_features(model, ctx.features))
         q, rows, scores = cosine_search(embeddings[ctx.seeds["row"].to_numpy()], embeddings, ctx.min_score(self))
         return self._pairs(ctx, q, rows, scores)

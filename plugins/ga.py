@@ -10,14 +10,20 @@ target (or the utility guard) in tens of steps. ``optimizer=sgd`` gives the pape
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch.nn import functional as F
 
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, TrainLoop, make_optimizer
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch.nn import functional as F
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 
 class GAConfig(ClassicConfig):

@@ -14,14 +14,19 @@ after.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module
 from unlearnops.plugins.ft import finetune
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target
+
+
+if TYPE_CHECKING:
+    import torch
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
 
 
 class L1SparseConfig(ClassicConfig):

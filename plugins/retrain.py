@@ -14,11 +14,11 @@ from unlearnops.plugin import (
     UnlearnInputs,
     UnlearnResult,
     call_training,
+    epoch_progress,
     fresh_model,
     hookimpl,
     training_params,
 )
-from unlearnops.progress import epoch_progress
 
 
 class RetrainConfig(RetrainingConfig):

@@ -15,13 +15,21 @@ with three task seeds: 104-123 % of the gap closed (forget 0.55-0.63 at held-out
 
 from __future__ import annotations
 
-import torch
-from pydantic import Field
-from torch.nn import functional as F
+from typing import TYPE_CHECKING
 
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from pydantic import Field
+
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module
 from unlearnops.plugins.rl import RLConfig, random_label_finetune
 from unlearnops.plugins.zoo_common import ClassicMethod, Clock, Data
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch.nn import functional as F
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    F = lazy_module("torch.nn.functional")
 
 
 class SalUnConfig(RLConfig):

@@ -32,28 +32,38 @@ import copy
 import functools
 import hashlib
 import time
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
 from unlearnops.plugin import (
     DEFAULT_TRAINING,
-    ConformanceTask,
     Method,
     RetrainingConfig,
     Samples,
     UnlearnInputs,
     UnlearnResult,
     call_training,
-    conformance_mlp,
+    epoch_progress,
     hookimpl,
     reinitialized,
-    tiny_task,
     training_params,
+    lazy_module,
 )
-from unlearnops.progress import epoch_progress
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    class ShardedEnsemble(nn.Module):  # what type checkers see; the class itself is _ensemble_class()
+        members: nn.ModuleList
+        n_shards: int
+
+        def __init__(self, members: Sequence[nn.Module]) -> None: ...
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
+
 
 #: Shards of the conformance task's ensemble.
 CONFORMANCE_SHARDS = 4
@@ -69,30 +79,44 @@ def shard_assignment(sample_ids: Sequence[str], n_shards: int) -> np.ndarray:
     return np.fromiter((shard_of(s, n_shards) for s in sample_ids), dtype=np.int64, count=len(sample_ids))
 
 
-class ShardedEnsemble(nn.Module):
-    """S constituent networks; the output is log of the mean of their softmax outputs — valid logits
-    (softmax of the output is the averaged probability), so evaluation, gates and ONNX export work unchanged."""
+@functools.lru_cache(maxsize=None)
+def _ensemble_class() -> type:
+    """:class:`ShardedEnsemble`, defined on first use (it subclasses ``torch.nn.Module``: importing this module
+    must not import torch)."""
 
-    def __init__(self, members: Sequence[nn.Module]):
-        super().__init__()
-        if not members:
-            raise ValueError("a sharded ensemble needs at least one constituent")
-        self.members = nn.ModuleList(members)
+    class ShardedEnsemble(nn.Module):
+        """S constituent networks; the output is log of the mean of their softmax outputs — valid logits
+        (softmax of the output is the averaged probability), so evaluation, gates and ONNX export work unchanged."""
 
-    @property
-    def n_shards(self) -> int:
-        return len(self.members)
+        def __init__(self, members: Sequence[nn.Module]):
+            super().__init__()
+            if not members:
+                raise ValueError("a sharded ensemble needs at least one constituent")
+            self.members = nn.ModuleList(members)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
-        return torch.log(probs.clamp_min(1e-12))
+        @property
+        def n_shards(self) -> int:
+            return len(self.members)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            probs = torch.stack([torch.softmax(m(x), dim=1) for m in self.members]).mean(0)
+            return torch.log(probs.clamp_min(1e-12))
+
+    ShardedEnsemble.__module__, ShardedEnsemble.__qualname__ = __name__, "ShardedEnsemble"
+    return ShardedEnsemble
+
+
+def __getattr__(name: str):
+    if name == "ShardedEnsemble":
+        return _ensemble_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def ensemble_factory(member_factory: Callable[[], nn.Module], n_shards: int) -> Callable[[], ShardedEnsemble]:
     """A model factory for a workspace whose model is a SISA ensemble of ``member_factory`` networks."""
 
     def build() -> ShardedEnsemble:
-        return ShardedEnsemble([member_factory() for _ in range(n_shards)])
+        return _ensemble_class()([member_factory() for _ in range(n_shards)])
 
     return build
 
@@ -131,7 +155,7 @@ def sharded_training(member_train_function: Callable[..., nn.Module] | None = No
     def train_ensemble(model: ShardedEnsemble, features: np.ndarray, labels: np.ndarray, *,
                        sample_ids: Sequence[str], device: torch.device | str = "cpu", progress=None,
                        **params) -> ShardedEnsemble:
-        if not isinstance(model, ShardedEnsemble):
+        if not isinstance(model, _ensemble_class()):
             raise TypeError("SISA training needs a ShardedEnsemble (project.model_factory built with "
                             f"unlearnops.plugins.sisa.ensemble_factory), got {type(model).__name__}")
         samples = Samples(np.asarray(features), np.asarray(labels), [str(s) for s in sample_ids])
@@ -141,7 +165,7 @@ def sharded_training(member_train_function: Callable[..., nn.Module] | None = No
         shards = shard_assignment(samples.sample_ids, model.n_shards)
         members = [_train_member(k, samples, shards, model.members[k], member_train_function, params, device,
                                  progress) for k in range(model.n_shards)]
-        return ShardedEnsemble(members).to(device).eval()
+        return _ensemble_class()(members).to(device).eval()
 
     train_ensemble.member_train_function = member_train_function
     return train_ensemble
@@ -158,7 +182,7 @@ def train_sharded(factory: Callable[[], nn.Module], samples: Samples, n_shards: 
     """Train a SISA ensemble of ``n_shards`` constituents from ``factory`` (one network, or an
     :func:`ensemble_factory`) with ``train_function`` per constituent; see :func:`sharded_training`."""
     built = factory()
-    ensemble = built if isinstance(built, ShardedEnsemble) else ShardedEnsemble(
+    ensemble = built if isinstance(built, _ensemble_class()) else _ensemble_class()(
         [built] + [factory() for _ in range(n_shards - 1)])
     if ensemble.n_shards != n_shards:
         raise ValueError(f"the factory builds {ensemble.n_shards} constituents, not {n_shards}")
@@ -197,7 +221,7 @@ class SISA(Method):
         for k in affected:
             if inputs.model_factory is not None:
                 built = inputs.model_factory()
-                fresh = built.members[k] if isinstance(built, ShardedEnsemble) else built
+                fresh = built.members[k] if isinstance(built, _ensemble_class()) else built
             else:
                 fresh = reinitialized(model.members[k])
             with epoch_progress(int(params["epochs"]), f"sisa shard {k}") as report:
@@ -228,6 +252,8 @@ class SISA(Method):
 
 @functools.lru_cache(maxsize=2)
 def _sisa_task(seed: int):
+    from unlearnops.plugin import ConformanceTask, conformance_mlp, tiny_task
+
     base = tiny_task(seed)
     inputs = base.inputs
     train = Samples(np.concatenate([inputs.forget.features, inputs.retain.features]),

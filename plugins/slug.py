@@ -29,15 +29,22 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import nn
-from torch.nn import functional as F
 
-from unlearnops.plugin import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult, hookimpl
+from unlearnops.plugin import Method, MethodConfig, Samples, UnlearnInputs, UnlearnResult, hookimpl, lazy_module, no_grad
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
+    F = lazy_module("torch.nn.functional")
 
 
 class SlugConfig(MethodConfig):
@@ -132,7 +139,7 @@ def _logit_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, 
     return lp - torch.logsumexp(others, dim=1), logp.argmax(1) == y
 
 
-@torch.no_grad()
+@no_grad
 def _scores(model, data: _Tensors, batch_size: int, coefficient: float | None = None,
             logits: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Logit-scaled confidence of the true label, and correctness, per sample. ``model`` is the network or
@@ -187,7 +194,8 @@ def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-_LINEAR_OPS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _linear_ops() -> tuple[type, ...]:
+    return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _Tail:
@@ -223,7 +231,7 @@ class _Tail:
         self.layer, self.linear = None, None
         (seed,) = seeds if len(seeds) == 1 else (None,)
         if (seed is not None and seed.op == "call_module" and attr == "weight"
-                and isinstance(traced.get_submodule(owner), _LINEAR_OPS) and len(seed.args) == 1 and not seed.kwargs):
+                and isinstance(traced.get_submodule(owner), _linear_ops()) and len(seed.args) == 1 and not seed.kwargs):
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
@@ -251,7 +259,7 @@ class _Tail:
         env[node] = graph.get_attr(node.target)
         return env[node]
 
-    @torch.no_grad()
+    @no_grad
     def prepare(self, data: _Tensors, batch_size: int, recorded: dict | None = None) -> None:
         """Keep the boundary values for ``data`` (once per group and candidate layer): taken from
         ``recorded`` (one shared pass for every candidate, :func:`_record`) or computed here."""
@@ -263,7 +271,7 @@ class _Tail:
         self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
         self.direction_cache.pop(id(data), None)
 
-    @torch.no_grad()
+    @no_grad
     def use_direction(self, direction: torch.Tensor | None, batch_size: int,
                       datasets: list[_Tensors] | None = None) -> None:
         """Steps are W₀ + c·``direction`` from now on, on ``datasets`` (default: every prepared group; linear
@@ -305,7 +313,7 @@ def _fast_layout(value):
     return value
 
 
-@torch.no_grad()
+@no_grad
 def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
     """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
     output node), concatenated over batches."""

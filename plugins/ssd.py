@@ -24,15 +24,22 @@ guard allows ends the search with the previous one (none: the model is left unch
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
-from torch import nn
-from torch.nn import functional as F
 
-from unlearnops.plugin import UnlearnInputs, hookimpl
+from unlearnops.plugin import UnlearnInputs, hookimpl, lazy_module, no_grad
 from unlearnops.plugins.zoo_common import ClassicConfig, ClassicMethod, Clock, Data, Target, accuracy
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
+    F = lazy_module("torch.nn.functional")
 
 
 class SSDConfig(ClassicConfig):
@@ -122,7 +129,7 @@ class SSD(ClassicMethod):
                 "reference_batches": ref_batches, "forget_batches": forget_batches}, target
 
 
-@torch.no_grad()
+@no_grad
 def dampen(model, originals, imp_ref, imp_forget, alpha: float, dampening: float) -> dict[str, int]:
     """Set the weights to the originals dampened at this alpha; parameter name -> number selected."""
     selected = {}

@@ -27,7 +27,6 @@ from unlearnops.plugin import (
     hookimpl,
     load_plugins,
     parse_config,
-    penultimate_features,
 )
 
 
@@ -59,6 +58,8 @@ class Upcore(Method):
         forget = inputs.forget
         keep = np.ones(len(forget), dtype=bool)
         if len(forget) >= config.min_core:
+            from unlearnops.plugin import penultimate_features
+
             hidden = penultimate_features(model, forget.features)
             forest = IsolationForest(contamination=config.contamination, random_state=config.seed)
             keep = forest.fit_predict(hidden) == 1

@@ -23,12 +23,10 @@ Not a plugin: registers nothing. Gives each method the same notion of
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, model_validator
-from torch import nn
 
 from unlearnops.plugin import (
     Method,
@@ -38,7 +36,17 @@ from unlearnops.plugin import (
     UnlearnResult,
     changed_parameters,
     parameter_snapshot,
+    lazy_module,
+    no_grad,
 )
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # imported on first use: loading and listing plugins imports no torch nor pandas
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 #: What the references do that every paper preset shares: a fixed number of epochs, no early stop at a
@@ -109,7 +117,7 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device) -> list
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-@torch.no_grad()
+@no_grad
 def accuracy(model: nn.Module, data: Data, batch_size: int = 1024) -> float:
     if len(data) == 0:
         return float("nan")

@@ -35,6 +35,39 @@ def prefect_harness(tmp_path_factory):
         yield
 
 
+#: What the everyday commands must not import (each costs seconds of start-up on a small machine, issue #20).
+HEAVY_MODULES = ("torch", "mlflow", "scipy", "sklearn", "prefect", "dvc", "great_expectations", "onnx")
+
+_IMPORTS_CODE = """
+import contextlib, io, json, sys
+from unlearnops.cli import app
+heavy = tuple(json.loads(sys.argv[2]))
+seen, out = {}, {}
+for args in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            app(args)
+        except SystemExit as exc:
+            out[args[0] + " " + args[1]] = exc.code
+    seen[args[0] + " " + args[1]] = sorted(m for m in heavy if m in sys.modules)
+print(json.dumps({"imported": seen, "exit": out}))
+"""
+
+
+def heavy_imports(commands: list[list[str]], heavy: tuple[str, ...] = HEAVY_MODULES) -> dict:
+    """Run the CLI ``commands`` one after the other in one fresh process; per command (its first two
+    words), its exit code and which of ``heavy`` were imported by then (a regression guard for start-up,
+    not a timing test)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _IMPORTS_CODE, json.dumps(commands), json.dumps(heavy)],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def make_workspace(root: Path, limit: int = TEST_LIMIT, epochs: int = TEST_EPOCHS):
     from unlearnops.project import init_workspace
     from unlearnops.workspace import Params, Workspace

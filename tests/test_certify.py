@@ -51,6 +51,13 @@ def test_certified_version_verifies(processed):
     assert cli.exit_code == 0 and json.loads(cli.stdout)["ok"] is True
     missing = CliRunner().invoke(app, ["certificate", "verify", "99", "--workspace", str(ws.root)])
     assert missing.exit_code == 1
+    # The embedded registry is read without mlflow (start-up under 1.5 s, issue #20), with every check made.
+    from conftest import heavy_imports
+
+    fresh = heavy_imports([["certificate", "verify", "2", "--workspace", str(ws.root)]])
+    assert fresh == {"exit": {"certificate verify": 0}, "imported": {"certificate verify": []}}
+    missing = heavy_imports([["certificate", "verify", "99", "--workspace", str(ws.root)]])
+    assert missing == {"exit": {"certificate verify": 1}, "imported": {"certificate verify": []}}
 
 
 def test_tampered_onnx_fails(processed, tamper):

@@ -15,11 +15,16 @@ import gzip
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import pandas as pd
 
+from unlearnops._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    pd = lazy_module("pandas")
 MANIFEST_COLUMNS = ["sample_id", "subject_id", "label", "content_sha256", "split"]
 SPLITS = ("train", "holdout", "test")
 

@@ -8,13 +8,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
-from torch import nn
 
-from unlearnops.model import file_sha256, predict_logits
+from unlearnops._lazy import lazy_module
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
+
 
 PARITY_BATCH_SIZES = (1, 7, 64)
 #: The ONNX opset every export targets (pinned, not torch's moving default): ONNX Runtime 1.31 runs it.
@@ -110,7 +116,11 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: Path,
     for size in PARITY_BATCH_SIZES:
         idx = rng.integers(0, len(sample), size=size)
         x = np.ascontiguousarray(np.asarray(sample)[idx], dtype=np.float32)
+        from unlearnops.model import predict_logits
+
         expected = predict_logits(model, x).numpy()
         (got,) = session.run(["logits"], {"input": x})
         max_diff = max(max_diff, float(np.abs(got - expected).max()))
+    from unlearnops.model import file_sha256
+
     return OnnxExport(path, file_sha256(path), max_diff, session.get_providers(), PARITY_BATCH_SIZES)

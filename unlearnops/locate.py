@@ -16,18 +16,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from unlearnops._lazy import lazy_module
 from unlearnops import __version__
 from unlearnops.plugin_manager import PluginError, load_plugins
 from unlearnops.requests import DeletionRequest, RequestRejected
 
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    pd = lazy_module("pandas")
 #: exact locator name -> (request field, manifest column)
 EXACT_LOCATORS = {
     "sample_id": ("sample_ids", "sample_id"),

@@ -12,14 +12,21 @@ import copy
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from torch import nn
 
+from unlearnops._lazy import lazy_module
 from unlearnops.plugin_manager import PluginError
+
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+else:  # imported on first use (fast start-up: loading plugins imports no torch nor pandas)
+    torch = lazy_module("torch")
+    nn = lazy_module("torch.nn")
 
 
 @dataclass

@@ -42,6 +42,29 @@ def client(ws: Workspace):
     return MlflowClient(tracking_uri=ws.tracking_uri, registry_uri=ws.tracking_uri)
 
 
+def local_registry(ws: Workspace):
+    """The workspace's own embedded registry (sqlite in ``.unlearnops/``, file artifacts), read without
+    importing mlflow (:class:`unlearnops.registry_snapshot.LocalRegistry`); None with another tracking URI
+    (``UNLEARNOPS_TRACKING_URI``, a server) or a database this cannot read: then MLflow is asked."""
+    if ws.tracking_uri != f"sqlite:///{ws.mlflow_db}":
+        return None
+    from unlearnops.registry_snapshot import LocalRegistry
+
+    return LocalRegistry.open(ws.mlflow_db)
+
+
+def artifact_errors() -> tuple[type[Exception], ...]:
+    """What a missing version, run or artifact raises: OSError (and LookupError) from the local reader,
+    MlflowException once mlflow is loaded (it cannot have raised before). Evaluated in ``except`` clauses,
+    after the call that raised."""
+    import sys
+
+    from unlearnops.registry_snapshot import VersionNotFound
+
+    mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+    return (OSError, VersionNotFound) + ((mlflow_exceptions.MlflowException,) if mlflow_exceptions else ())
+
+
 def is_server(tracking_uri: str) -> bool:
     """True when ``tracking_uri`` names an MLflow tracking server (http/https) rather than a database."""
     return tracking_uri.split("://", 1)[0].lower() in ("http", "https")
@@ -179,6 +202,24 @@ def _logged_onnx_sha256(model_location: str, tmp: Path) -> str:
                                                                 dst_path=str(tmp / "logged"))))
 
 
+def get_version(ws: Workspace, version: str):
+    """Version number ``version`` of the workspace's model: read from the embedded registry without mlflow
+    (:class:`unlearnops.registry_snapshot.LocalModelVersion`) or MLflow's ``ModelVersion`` (both have
+    ``name``, ``version``, ``run_id``, ``tags``). None missing: :func:`artifact_errors`."""
+    local = local_registry(ws)
+    if local is not None:
+        return local.model_version(ws.settings.project.model_name, version)
+    return client(ws).get_model_version(ws.settings.project.model_name, version)
+
+
+def version_download_uri(ws: Workspace, model_version) -> str:
+    """The artifact location of the MLflow model a version registers (``get_model_version_download_uri``)."""
+    uri = getattr(model_version, "download_uri", None)
+    if uri is None:
+        uri = client(ws).get_model_version_download_uri(model_version.name, model_version.version)
+    return uri.rstrip("/")
+
+
 def model_version(ws: Workspace, alias_or_version: str):
     """The MLflow ``ModelVersion`` named by an alias (``champion``) or a version number."""
     mlflow_client = client(ws)
@@ -195,15 +236,13 @@ def signed_record(ws: Workspace, run_id: str, artifact: str, kind: str | None = 
     import json
     import tempfile
 
-    from mlflow.exceptions import MlflowException
-
     from unlearnops.certificate import CertificateError, verify
     from unlearnops.keys import public_key
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = download_run_artifact(ws, run_id, artifact, Path(tmp))
-        except (MlflowException, OSError):
+        except artifact_errors():
             return None
         try:
             record = json.loads(path.read_bytes())
@@ -223,14 +262,12 @@ def verified_artifact(ws: Workspace, run_id: str, artifact: str, sha256: str | N
     import hashlib
     import tempfile
 
-    from mlflow.exceptions import MlflowException
-
     if not sha256:
         raise IntegrityError(f"no signed sha256 for {artifact} of run {run_id}")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             data = download_run_artifact(ws, run_id, artifact, Path(tmp)).read_bytes()
-        except (MlflowException, OSError) as exc:
+        except artifact_errors() as exc:
             raise IntegrityError(f"{artifact} of run {run_id} is missing: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != sha256:
         raise IntegrityError(f"{artifact} of run {run_id} differs from the signed sha256")
@@ -319,8 +356,25 @@ def batch_parent(ws: Workspace) -> str | None:
 
 
 def download_run_artifact(ws: Workspace, run_id: str, path: str, destination: Path) -> Path:
+    """Run artifact ``path`` of ``run_id``, copied under ``destination``."""
+    return download_artifact(ws, f"runs:/{run_id}/{path}", destination)
+
+
+def download_artifact(ws: Workspace, uri: str, destination: Path) -> Path:
+    """The artifact at ``uri`` (``runs:/RUN_ID/PATH`` or an artifact location), copied under ``destination``:
+    straight from the file store of the workspace's embedded registry (no mlflow import), else by MLflow.
+    A missing artifact is an OSError (local) or MlflowException."""
+    destination.mkdir(parents=True, exist_ok=True)
+    local = local_registry(ws)
+    source = local.artifact_path(uri) if local is not None else None
+    if source is not None:
+        import shutil
+
+        return Path(shutil.copyfile(source, destination / source.name))
     import mlflow
 
     client(ws)
-    destination.mkdir(parents=True, exist_ok=True)
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/"):].partition("/")
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(destination)))
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(destination)))

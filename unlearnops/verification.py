@@ -94,15 +94,12 @@ def verify_version(ws: Workspace, version: str, files: bool = True) -> Verificat
     files (the run's and the MLflow model's) and every lineage tag the registry holds are the ones it
     certifies. Only signed records decide: a version counts as purged only with a signed purge record.
     ``files=False`` checks signature, purge record and tags only (no weight download)."""
-    from mlflow.exceptions import MlflowException
-
     result = Verification(version=version)
-    client = model_registry.client(ws)
     name = ws.settings.project.model_name
     try:
-        model_version = client.get_model_version(name, version)
-    except MlflowException as exc:
-        result.problems.append(f"no version {version} of {name}: {exc.message}")
+        model_version = model_registry.get_version(ws, version)
+    except model_registry.artifact_errors() as exc:
+        result.problems.append(f"no version {version} of {name}: {getattr(exc, 'message', exc)}")
         return result
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
@@ -111,7 +108,7 @@ def verify_version(ws: Workspace, version: str, files: bool = True) -> Verificat
             certificate = json.loads(cert_path.read_text())
             if not isinstance(certificate, dict):
                 raise ValueError("not a JSON object")
-        except (MlflowException, OSError, ValueError) as exc:
+        except (*model_registry.artifact_errors(), ValueError) as exc:
             result.problems.append(f"certificate missing or unreadable: {exc}")
             return result
         result.status = certificate.get("status")
@@ -136,8 +133,6 @@ def verify_version(ws: Workspace, version: str, files: bool = True) -> Verificat
 
 def _check_weights(ws: Workspace, model_version, certificate: dict, tmp_path: Path,
                    result: Verification) -> None:
-    from mlflow.exceptions import MlflowException
-
     run_id = model_version.run_id
     try:
         record = model_registry.signed_record(ws, run_id, model_registry.WEIGHTS_RECORD,
@@ -171,10 +166,8 @@ def _check_weights(ws: Workspace, model_version, certificate: dict, tmp_path: Pa
         try:
             if not uri:
                 raise OSError("the certificate names no file")
-            import mlflow
-
-            path = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / str(index))))
-        except (MlflowException, OSError) as exc:
+            path = model_registry.download_artifact(ws, uri, tmp_path / str(index))
+        except model_registry.artifact_errors() as exc:
             result.problems.append(f"{label} missing: {exc}")
             continue
         if file_sha256(path) == certified_sha:
@@ -185,8 +178,7 @@ def _check_weights(ws: Workspace, model_version, certificate: dict, tmp_path: Pa
 
 def ws_model_location(ws: Workspace, model_version) -> str:
     """The artifact location of the MLflow model a version registers."""
-    return model_registry.client(ws).get_model_version_download_uri(
-        model_version.name, model_version.version).rstrip("/")
+    return model_registry.version_download_uri(ws, model_version)
 
 
 def _check_tags(model_version, certificate: dict, result: Verification) -> None:
