@@ -196,7 +196,6 @@ def _logged_onnx_sha256(model_location: str, tmp: Path) -> str:
     import mlflow
 
     from unlearnops.durable import file_sha256
-    from unlearnops.run_metrics import dataset_input
 
     return file_sha256(Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model_location.rstrip('/')}/model.onnx",
                                                                 dst_path=str(tmp / "logged"))))
