@@ -233,22 +233,12 @@ def stale_references(ws: Workspace, train_ids: set[str] | None = None) -> list[P
             for path in (ref.path, ref.path.with_suffix(".json"))]
 
 
-def prune_references(ws: Workspace, train_ids: set[str]) -> list[str]:
-    """Delete every cached reference model trained on a sample not in ``train_ids``; returns the weights'
-    paths. ``unlearnops purge`` removes the same files (:func:`stale_references`)."""
+def prune_references(ws: Workspace, train_ids: set[str] | None = None) -> list[str]:
+    """Delete every cached reference model trained on a sample not in ``train_ids`` (default: the current
+    dataset's training split, read only when references are cached); returns the weights' paths.
+    ``unlearnops purge`` removes the same files (:func:`stale_references`)."""
     removed = []
     for path in stale_references(ws, train_ids):
-        path.unlink(missing_ok=True)
-        if path.suffix == ".pt":
-            removed.append(str(path.relative_to(ws.root)))
-    return removed
-
-
-def prune_stale(ws: Workspace) -> list[str]:
-    """Delete the references that trained on a sample the current dataset no longer holds (the batch that
-    deleted it has had its gates); returns the weights' paths."""
-    removed = []
-    for path in stale_references(ws):  # reads the dataset only when references are cached
         path.unlink(missing_ok=True)
         if path.suffix == ".pt":
             removed.append(str(path.relative_to(ws.root)))
@@ -348,7 +338,7 @@ def gate_references(ws: Workspace, forget_ids: list[str], forget_features: np.nd
     Valid references never saw any forgotten sample (out for all). A reference made stale by *this* batch
     (its training ids are all in the current data plus the forget set) still never saw the forgotten
     samples outside its parts: it serves as an "out" model for those only, and is deleted once the batch is
-    finalized (:func:`prune_stale`; ``purge`` deletes it too). References stale from an earlier deletion are
+    finalized (:func:`prune_references`; ``purge`` deletes it too). References stale from an earlier deletion are
     deleted now. With ``train_missing`` the indices with no valid model are trained first (on today's data,
     out for all)."""
     from unlearnops.model import evaluate, load_weights, pick_device

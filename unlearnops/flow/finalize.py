@@ -33,11 +33,11 @@ def finalize(ws: Workspace, batch: Batch) -> Batch:
         store.mark_uncertified(batch.request_ids, rev, batch.registered_version, gate_reasons(batch))
     batch.save(ws)
     delete_unneeded_forget_copies(ws, finished=batch)
-    from unlearnops.audit import prune_stale
+    from unlearnops.audit import prune_references
 
     # References that trained on this batch's samples served its gates as "out" models for the others only;
     # they hold deleted data, so they go now (the pool is topped up between batches: `references train`).
-    pruned = prune_stale(ws)
+    pruned = prune_references(ws)
     if pruned:
         print(f"finalize: {len(pruned)} stale reference model(s) deleted", file=sys.stderr, flush=True)
     return batch
