@@ -32,14 +32,12 @@ FLIPPED_SHARE = 0.01
 
 def _mislabeled_arrays(seed: int = 0):
     """The demo digits with ``FLIPPED_SHARE`` of the training labels moved to another class; the flipped ids."""
+    from unlearnops.bench.harness import flip_labels
     from unlearnops.datasets import SourceData, mnist_5k
 
     features, manifest = mnist_5k()
-    labels = manifest["label"].to_numpy().copy()
     train = np.flatnonzero(manifest["split"].to_numpy() == "train")
-    rng = np.random.default_rng(seed)
-    flipped = rng.choice(train, size=max(1, round(len(train) * FLIPPED_SHARE)), replace=False)
-    labels[flipped] = (labels[flipped] + rng.integers(1, 10, size=len(flipped))) % 10
+    labels, flipped = flip_labels(manifest["label"].to_numpy(), train, FLIPPED_SHARE, np.random.default_rng(seed))
     arrays = SourceData(features, labels, manifest["sample_id"].tolist(), manifest["subject_id"].tolist(),
                         manifest["split"].tolist())
     return arrays, sorted(manifest["sample_id"].to_numpy()[flipped].astype(str))
