@@ -616,8 +616,9 @@ def bench(
     quick: bool = typer.Option(False, help="Fewer epochs, the MLP only, three seeds (under 10 min on 2 cores)."),
     methods: str = typer.Option("slug,retrain", help="Comma-separated methods, each optionally NAME:paper for its reference preset; retrain is always the reference."),
     models: Optional[str] = typer.Option(None, help="Comma-separated: cnn,resnet,mlp [quick: mlp]."),
-    scenarios: str = typer.Option("random_1pct,random_10pct,subjects_10,class,memorized_10pct",
-                                  help="Comma-separated; memorized_10pct is the worst case."),
+    scenarios: str = typer.Option("random_1pct,random_10pct,subjects_10,class,memorized_10pct,mislabeled,subjects_distinct",
+                                  help="Comma-separated; the worst cases, in a table of their own: memorized_10pct, "
+                                       "mislabeled (its parent trained with 4 % of the labels flipped), subjects_distinct."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds [default: 0,1,2]."),
     device: Optional[str] = typer.Option(None, help="torch device; default: CUDA when usable, else CPU."),
     as_json: bool = JsonOption,
