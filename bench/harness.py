@@ -57,7 +57,8 @@ from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k, sklearn_digits
 from unlearnops.gates import class_matched_auc
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
-from unlearnops.model import ResNetSmall, SmallCNN, TabularMLP, evaluate, pick_device, train_model
+from unlearnops.model import (ResNetSmall, SmallCNN, TabularMLP, evaluate, pick_device, seed_everything,
+                              train_model)
 from unlearnops.plugin_manager import load_plugins
 from unlearnops.progress import epoch_progress, step_progress
 
@@ -274,6 +275,9 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
     epochs = spec.quick_epochs if quick else spec.epochs
 
     def fit(samples: Samples, seed: int):
+        # Seeded before the network is built, so its initial weights follow from the seed alone, not from what
+        # ran before it (the scenarios and methods of a run, which may draw from the global generator).
+        seed_everything(seed)
         with epoch_progress(epochs, f"{model_name} train") as report:
             return train_model(spec.factory(), samples.features, samples.labels, epochs=epochs,
                                batch_size=spec.batch_size, lr=spec.lr, seed=seed, device=torch_device,
