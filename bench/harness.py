@@ -32,7 +32,7 @@ random forget set of these digits the parent is already nearly a retrained model
   that never saw them finds hardest. Only subjects with at least the median number of training samples per
   subject are eligible, so that one subject's mean is not a single sample's score (the digits' subjects
   have about 7 training samples each: 1–14 on the 8×8 digits, 1–18 on MNIST; 10 subjects are about 90
-  samples, as many as ``subjects_10``'s 70–80). The subject ids of these datasets are a seeded random
+  samples, about as many as ``subjects_10``'s 70–85). The subject ids of these datasets are a seeded random
   grouping of the digits (``unlearnops.datasets``), not real writers, so "style" here is what a held-out
   model finds atypical, concentrated on 10 whole subjects: the no-op's gap (MLP, ``--quick``, 3 seeds) is
   0.040, against 0.011 on ``random_10pct`` and 0.014 on ``subjects_10``, but below ``memorized_10pct``'s
