@@ -241,7 +241,7 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
-        self.probe_seconds = 0.0  # what one forward of the tail took on the probe (set by _tails_for)
+        self.flops = 0  # of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
@@ -371,27 +371,29 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
         for tail in tails.values():
             if tail:
                 tail.prepare(data, batch_size, recorded)
+    from torch.utils.flop_counter import FlopCounterMode
+
     probe = datasets[0]
     stop = min(len(probe), probe_size)
     with torch.no_grad():
         expected = model(probe.x[:stop]) if stop else None
         for name, tail in tails.items():
             try:
-                if tail and stop:
-                    started = time.perf_counter()
-                    agrees = torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5)
-                    tail.probe_seconds = time.perf_counter() - started
-                    if not agrees:
-                        tails[name] = None
+                if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
+                    tails[name] = None
+                elif tail and stop:
+                    with FlopCounterMode(display=False) as counter:
+                        tail(probe, 0, 1)
+                    tail.flops = counter.get_total_flops()
             except Exception:
                 tails[name] = None
     return tails, outputs
 
 
 def _cheapest_first(names: list[str], tails: dict[str, "_Tail | None"]) -> list[str]:
-    """Candidate layers by the time their tail took on the probe (layers without a tail, evaluated by whole
-    forward passes, last); ties keep the given order."""
-    return sorted(names, key=lambda n: (tails[n].probe_seconds if tails.get(n) else float("inf"), names.index(n)))
+    """Candidate layers by the floating-point operations of their tail per sample (layers without a tail,
+    evaluated by whole forward passes, last); ties keep the given order."""
+    return sorted(names, key=lambda n: (tails[n].flops if tails.get(n) else float("inf"), names.index(n)))
 
 
 def _tail_for(model: nn.Module, parameter: str, datasets: list[_Tensors], batch_size: int):
@@ -521,10 +523,10 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     utility intact, else the largest λ with utility intact), the whole trace, and whether the search stopped
     because the layer cannot beat ``bar``. Leaves W at W₀.
 
-    The doubling grid λ₀·2^k is probed by bisection over k for the first step that reaches the target or
-    breaks utility (with criteria that grow with λ that is the step a sequential doubling stops at, found in
-    about log₂ of the grid's evaluations, most of them cheap early rejections); the bracket below it is then
-    bisected ``bisect_steps`` times."""
+    Against a bar the middle of the doubling grid is scored completely first: where it breaks utility
+    without reaching the target, what the layer can achieve below it is bounded, and the search stops there
+    if that cannot beat the bar; otherwise it tells on which side of it the doubling has to go (criteria
+    that grow with λ assumed, as by the bisection)."""
     scale = original.norm()
     trace: list[dict] = []
 
@@ -539,6 +541,9 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     def stops(result: dict) -> bool:
         return result["reached"] or not result["utility_ok"]
 
+    def beyond_reach(result: dict) -> bool:
+        return bar is not None and not result["utility_ok"] and bar.out_of_reach(result)
+
     if config.search == "log-grid":
         return _grid_search(try_step, param, original, config), trace, False
     grid, step = [], config.initial_step
@@ -547,23 +552,27 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
         step *= 2
     judge.budget = bar.budget(judge) if bar else judge.allowed_drop
     probed: dict[int, dict] = {}
-    lo, hi, pruned = 0, len(grid), False
-    while lo < hi and not pruned:
-        mid = (lo + hi) // 2
-        # Against a bar every probe is scored completely: a step that breaks utility without reaching the
-        # target bounds what the layer can achieve below it, and may show it cannot win.
-        probed[mid] = try_step(grid[mid], complete=bar is not None)
-        if stops(probed[mid]):
-            hi = mid
-            pruned = bar is not None and not probed[mid]["utility_ok"] and bar.out_of_reach(probed[mid])
-        else:
-            lo = mid + 1
-    best = probed.get(lo - 1) if lo else None
-    low, high = (grid[lo - 1] if lo else 0.0), None
-    if lo < len(grid) and not pruned:
-        high, first_stop = grid[lo], probed[lo]
-        if first_stop["reached"] and first_stop["utility_ok"]:
-            best = first_stop
+    first, checked, pruned = 0, None, False
+    if bar is not None and grid:
+        checked = len(grid) // 2
+        probed[checked] = try_step(grid[checked], complete=True)
+        pruned = beyond_reach(probed[checked])
+        if not stops(probed[checked]):
+            first = checked + 1
+    k = first
+    while not pruned and k < len(grid):
+        probed[k] = probed.get(k) or try_step(grid[k])
+        if stops(probed[k]):
+            break
+        k += 1
+    best = probed.get(k - 1) if k else None
+    low, high = (grid[k - 1] if k else 0.0), None
+    if k < len(grid) and not pruned:
+        high = grid[k]
+        if probed[k]["reached"] and probed[k]["utility_ok"]:
+            best = probed[k]
+        elif bar is not None and k != checked and not probed[k]["reached"]:
+            pruned = beyond_reach(try_step(grid[k], complete=True))
     if high is not None and not pruned:
         for _ in range(config.bisect_steps):
             mid = (low + high) / 2
@@ -715,7 +724,8 @@ class Slug(Method):
         searched, leader = {}, None  # leader: (rank, position in ``names``) of the best layer so far
         for name in _cheapest_first(names, tails) if config.prune_candidates else names:
             position = names.index(name)
-            bar = _Bar(leader[0], ties_win=position < leader[1]) if leader and leader[0][0] < 2 else None
+            bar = (_Bar(leader[0], ties_win=position < leader[1])
+                   if config.prune_candidates and leader and leader[0][0] < 2 else None)
             entry = self._search(name, params, g_forget, tails, judge, config, model, bar)
             searched[name] = {"layer": name, "importance": importance[name], "alignment": alignment[name], **entry}
             if leader is None or (_rank(entry), position) < leader:
