@@ -11,7 +11,11 @@ retain sample). The search then runs on cached activations: the model is traced 
 recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
 outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
 is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
-(image-shaped activations are kept channels-last, where CPU pooling is several times faster).
+(image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
+are searched cheapest tail first (FLOPs per sample), and once one has a result the others must beat it: a
+candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
+breaks utility without reaching the target shows it cannot (criteria that grow with λ assumed, as by the
+bisection; ``prune_candidates = false`` searches every candidate in full, for the same choice).
 
 Targets:
 
