@@ -9,7 +9,8 @@
 rotations by ±8°, ±15°, ±22°; the held-out and test digits stay the originals, so no variant of a held-out
 digit is trained on) to ≥ 50 000 training samples, and a wider CNN (:class:`WideCNN`, 32/64 channels and
 256 hidden units: about 4× the small CNN's compute). Every size gets its own original model; slug and
-retraining are timed side by side at a 1 % forget share.
+retraining are timed side by side at a 1 % forget share, or with ``--forget-count N`` for a request of N
+samples at every size (where the ratio to retraining grows with the training set).
 
 Retraining grows with the data it retrains on; the fast path computes one gradient over the forget set and a
 retain sample of fixed size, then searches a step with forward passes over the forget and held-out sets, so
@@ -76,8 +77,9 @@ def augment(features: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def run_augmented(sizes=(3500, 14000, 52500), epochs: int = 3, device: str | None = None,
-                  progress=print) -> list[dict[str, Any]]:
-    """Slug against retraining on the augmented digits (see the module docstring), one row per size."""
+                  progress=print, forget_count: int | None = None) -> list[dict[str, Any]]:
+    """Slug against retraining on the augmented digits (see the module docstring), one row per size: a 1 %
+    forget share, or ``forget_count`` samples whatever the size (a request of fixed size)."""
     from dataclasses import replace
 
     spec = replace(MODELS["cnn"], name="wide-cnn", factory=WideCNN)
@@ -98,10 +100,10 @@ def run_augmented(sizes=(3500, 14000, 52500), epochs: int = 3, device: str | Non
         train_seconds = time.perf_counter() - started
         rng = np.random.default_rng(n)
         mask = np.zeros(len(y), dtype=bool)
-        mask[rng.choice(len(y), size=max(1, len(y) // 100), replace=False)] = True
+        mask[rng.choice(len(y), size=forget_count or max(1, len(y) // 100), replace=False)] = True
         slug_s, retrain_s, evals = _timed_pair(original, spec, epochs, Samples(x[mask], y[mask]),
                                                Samples(x[~mask], y[~mask]), holdout, torch_device)
-        rows.append({"axis": "augmented_size", "model": "wide-cnn", "n_train": len(y), "n_forget": int(mask.sum()),
+        rows.append({"axis": "augmented_fixed_request" if forget_count else "augmented_size", "model": "wide-cnn", "n_train": len(y), "n_forget": int(mask.sum()),
                      "slug_seconds": slug_s, "retrain_seconds": retrain_s, "ratio": retrain_s / slug_s,
                      "slug_evaluations": evals, "original_train_seconds": train_seconds, "epochs": epochs,
                      "device": str(torch_device), **conditions()})
@@ -195,9 +197,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="the digits extended by augmentation to ≥ 50 000 training samples, a wider CNN")
     parser.add_argument("--epochs", type=int, default=3, help="with --augmented: training epochs")
     parser.add_argument("--sizes", default="3500,14000,52500", help="with --augmented: training-set sizes")
+    parser.add_argument("--forget-count", type=int, default=None,
+                        help="with --augmented: forget this many samples at every size instead of 1 %%")
     args = parser.parse_args(argv)
     if args.augmented:
-        rows = run_augmented(tuple(int(n) for n in args.sizes.split(",")), args.epochs, args.device)
+        rows = run_augmented(tuple(int(n) for n in args.sizes.split(",")), args.epochs, args.device,
+                             forget_count=args.forget_count)
     else:
         rows = run(quick=args.quick, device=args.device)
     print(write_results(rows, args.out, markdown))

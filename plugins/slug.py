@@ -11,7 +11,11 @@ retain sample). The search then runs on cached activations: the model is traced 
 recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
 outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
 is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
-(image-shaped activations are kept channels-last, where CPU pooling is several times faster).
+(image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
+are searched cheapest tail first (FLOPs per sample), and once one has a result the others must beat it: a
+candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
+breaks utility without reaching the target shows it cannot (criteria that grow with λ assumed, as by the
+bisection; ``prune_candidates = false`` searches every candidate in full, for the same choice).
 
 Targets:
 
@@ -83,6 +87,12 @@ class SlugConfig(MethodConfig):
         "layer is computed once, in one recording pass for all candidates (torch.fx), and a linear or "
         "convolutional layer's output along the step direction once per candidate, so a step costs only the "
         "layers above the edited one. Falls back to whole forward passes for models torch.fx cannot trace.",
+    )
+    prune_candidates: bool = Field(
+        True,
+        description="Search the cheapest candidate layers first and stop a candidate's search as soon as it "
+        "cannot beat the best candidate so far (assumes, as 'double-bisect' does, that the criteria grow with "
+        "λ; the chosen layer and step are the same as without it then).",
     )
     batch_size: int = Field(1024, ge=1)
 
@@ -235,6 +245,7 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
+        self.flops = 0  # of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
@@ -364,6 +375,8 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
         for tail in tails.values():
             if tail:
                 tail.prepare(data, batch_size, recorded)
+    from torch.utils.flop_counter import FlopCounterMode
+
     probe = datasets[0]
     stop = min(len(probe), probe_size)
     with torch.no_grad():
@@ -372,9 +385,19 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
             try:
                 if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
                     tails[name] = None
+                elif tail and stop:
+                    with FlopCounterMode(display=False) as counter:
+                        tail(probe, 0, 1)
+                    tail.flops = counter.get_total_flops()
             except Exception:
                 tails[name] = None
     return tails, outputs
+
+
+def _cheapest_first(names: list[str], tails: dict[str, "_Tail | None"]) -> list[str]:
+    """Candidate layers by the floating-point operations of their tail per sample (layers without a tail,
+    evaluated by whole forward passes, last); ties keep the given order."""
+    return sorted(names, key=lambda n: (tails[n].flops if tails.get(n) else float("inf"), names.index(n)))
 
 
 def _tail_for(model: nn.Module, parameter: str, datasets: list[_Tensors], batch_size: int):
@@ -392,6 +415,7 @@ class _Judge:
         self.coefficient = None  # with a _Tail along a direction: the current step's c = λ·‖W₀‖
         self.mode = mode
         self.allowed_drop = utility_max_drop * config.utility_budget
+        self.budget = self.allowed_drop  # the drop a step may cost; tightened while a candidate must beat a bar
         if mode == "class":
             forgotten = int(forget.y[0])
             in_class = (holdout.y == forgotten).cpu().numpy()
@@ -414,10 +438,10 @@ class _Judge:
         """The sample groups every evaluation reads."""
         return [self.forget, self.utility_set] + ([self.target_set] if self.mode == "class" else [])
 
-    def _utility(self) -> tuple[np.ndarray, float, bool]:
+    def _utility(self, complete: bool = False) -> tuple[np.ndarray, float, bool]:
         """Scores on the utility set in chunks, stopping as soon as enough samples are wrong that the step
         cannot keep utility whatever the rest give (then the drop returned is that lower bound): the
-        decision is the same as after a full pass."""
+        decision is the same as after a full pass. ``complete``: never stop early."""
         data, n, c = self.utility_set, len(self.utility_set), self.coefficient
         chunk = min(self.config.batch_size, UTILITY_CHUNK)
         phis, wrong = [], 0
@@ -427,16 +451,18 @@ class _Judge:
             phis.append(phi)
             wrong += int((~correct).sum())
             best_possible = (n - wrong) / n
-            if self.base_utility - best_possible > self.allowed_drop and start + chunk < n:
+            if not complete and self.base_utility - best_possible > self.budget and start + chunk < n:
                 return np.concatenate(phis), self.base_utility - best_possible, True
         correct_share = (n - wrong) / n if n else float("nan")
         return (np.concatenate(phis) if phis else np.zeros(0)), self.base_utility - correct_share, False
 
-    def __call__(self) -> dict:
+    def __call__(self, complete: bool = False) -> dict:
+        """The step's utility drop and whether it reached the target. A step that breaks utility is not
+        measured against the target unless ``complete`` (then every score is computed)."""
         size, c = self.config.batch_size, self.coefficient
-        utility_phi, drop, cut_short = self._utility()
-        result = {"utility_drop": drop, "utility_ok": drop <= self.allowed_drop}
-        if not result["utility_ok"]:
+        utility_phi, drop, cut_short = self._utility(complete)
+        result = {"utility_drop": drop, "utility_ok": drop <= self.budget}
+        if not result["utility_ok"] and not complete:
             # Utility broken: the search's decision does not depend on the target, which is not measured.
             result.update({"reached": False, "early_rejected": cut_short,
                            ("class_accuracy" if self.mode == "class" else "auc"): float("nan")})
@@ -462,36 +488,96 @@ class _Judge:
                                  and result["forget_accuracy"] <= self.holdout_accuracy + self.config.accuracy_tolerance)
         return result
 
+    def unit(self) -> float:
+        """One utility sample's share of the utility set (drops are whole multiples of it)."""
+        return 1.0 / max(len(self.utility_set), 1)
+
+
+class _Bar:
+    """What a candidate layer must beat: the best candidate searched so far (its :func:`_rank`), and whether
+    a tie is enough (the candidate comes before it in the importance order, which breaks ties)."""
+
+    def __init__(self, rank: tuple, ties_win: bool):
+        self.rank, self.ties_win = rank, ties_win
+
+    def budget(self, judge: _Judge) -> float:
+        """The utility drop the candidate may cost and still win: below the best's when that reached the
+        target (drops are whole multiples of one utility sample)."""
+        kind, drop = self.rank
+        if kind != 0:
+            return judge.allowed_drop
+        return min(judge.allowed_drop, drop if self.ties_win else drop - judge.unit() / 2)
+
+    def out_of_reach(self, result: dict) -> bool:
+        """True when a completely evaluated step that did not reach the target shows the candidate cannot
+        win at any smaller step: with criteria that grow with λ it will not reach the target below, and its
+        attack AUC / class accuracy there is at least this step's."""
+        if result["reached"]:
+            return False
+        kind, value = self.rank
+        if kind == 0:
+            return True
+        metric = result.get("auc", result.get("class_accuracy"))
+        return kind == 1 and (metric > value or (metric == value and not self.ties_win))
+
 
 def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.Tensor, judge: _Judge,
-                 config: SlugConfig) -> tuple[dict | None, list[dict]]:
+                 config: SlugConfig, bar: _Bar | None = None) -> tuple[dict | None, list[dict], bool]:
     """Doubling then bisection over λ; returns the chosen evaluation (smallest λ reaching the target with
-    utility intact, else the largest λ with utility intact) and the whole trace. Leaves W at W₀."""
+    utility intact, else the largest λ with utility intact), the whole trace, and whether the search stopped
+    because the layer cannot beat ``bar``. Leaves W at W₀.
+
+    Against a bar the middle of the doubling grid is scored completely first: where it breaks utility
+    without reaching the target, what the layer can achieve below it is bounded, and the search stops there
+    if that cannot beat the bar; otherwise it tells on which side of it the doubling has to go (criteria
+    that grow with λ assumed, as by the bisection)."""
     scale = original.norm()
     trace: list[dict] = []
 
-    def try_step(step: float) -> dict:
+    def try_step(step: float, complete: bool = False) -> dict:
         with torch.no_grad():
             param.copy_(original + step * scale * direction)
         judge.coefficient = float(step * scale)
-        result = {"step": step, **judge()}
+        result = {"step": step, **judge(complete)}
         trace.append(result)
         return result
 
+    def stops(result: dict) -> bool:
+        return result["reached"] or not result["utility_ok"]
+
+    def beyond_reach(result: dict) -> bool:
+        return bar is not None and not result["utility_ok"] and bar.out_of_reach(result)
+
     if config.search == "log-grid":
-        return _grid_search(try_step, param, original, config), trace
-    best, low, high = None, 0.0, None
-    step = config.initial_step
+        return _grid_search(try_step, param, original, config), trace, False
+    grid, step = [], config.initial_step
     while step <= config.max_step:
-        result = try_step(step)
-        if result["reached"] or not result["utility_ok"]:
-            high = step
-            if result["reached"] and result["utility_ok"]:
-                best = result
-            break
-        low, best = step, result
+        grid.append(step)
         step *= 2
-    if high is not None:
+    judge.budget = bar.budget(judge) if bar else judge.allowed_drop
+    probed: dict[int, dict] = {}
+    first, checked, pruned = 0, None, False
+    if bar is not None and grid:
+        checked = len(grid) // 2
+        probed[checked] = try_step(grid[checked], complete=True)
+        pruned = beyond_reach(probed[checked])
+        if not stops(probed[checked]):
+            first = checked + 1
+    k = first
+    while not pruned and k < len(grid):
+        probed[k] = probed.get(k) or try_step(grid[k])
+        if stops(probed[k]):
+            break
+        k += 1
+    best = probed.get(k - 1) if k else None
+    low, high = (grid[k - 1] if k else 0.0), None
+    if k < len(grid) and not pruned:
+        high = grid[k]
+        if probed[k]["reached"] and probed[k]["utility_ok"]:
+            best = probed[k]
+        elif bar is not None and k != checked and not probed[k]["reached"]:
+            pruned = beyond_reach(try_step(grid[k], complete=True))
+    if high is not None and not pruned:
         for _ in range(config.bisect_steps):
             mid = (low + high) / 2
             result = try_step(mid)
@@ -503,9 +589,10 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
                 low = mid
                 if best is None or not best["reached"]:
                     best = result
+    judge.budget = judge.allowed_drop
     with torch.no_grad():
         param.copy_(original)
-    return best, trace
+    return best, trace, pruned
 
 
 def _grid_search(try_step, param, original, config: SlugConfig) -> dict | None:
@@ -594,9 +681,9 @@ class Slug(Method):
                              seconds=time.perf_counter() - started, details=details)
 
     @staticmethod
-    def _search(name, params, g_forget, tails, judge: _Judge, config: SlugConfig, model) -> dict:
+    def _search(name, params, g_forget, tails, judge: _Judge, config: SlugConfig, model, bar: _Bar | None) -> dict:
         """The step search of one candidate layer with ``judge`` (on cached activations where its tail
-        exists); leaves the layer at W₀."""
+        exists), stopped once it cannot beat ``bar``; leaves the layer at W₀."""
         started = time.perf_counter()
         original = params[name].detach().clone()
         direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
@@ -604,13 +691,14 @@ class Slug(Method):
         if tail is not None:
             tail.use_direction(direction, config.batch_size, judge.datasets)
         judge.forward = tail or model
-        chosen, trace = _search_step(params[name], original, direction, judge, config)
+        chosen, trace, pruned = _search_step(params[name], original, direction, judge, config, bar)
         judge.forward, judge.coefficient = model, None
         if tail is not None:
             tail.use_direction(None, config.batch_size)
         return {"layer": name, "evaluations": len(trace), "cached_activations": tail is not None,
                 "linear_in_step": bool(tail is not None and tail.linear is not None),
-                "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace}
+                "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace,
+                "stopped_early": pruned}
 
     @staticmethod
     def _mode(inputs: UnlearnInputs, config: SlugConfig) -> str:
@@ -637,10 +725,16 @@ class Slug(Method):
         if config.cache_activations:  # one trace and one recording pass for every candidate
             tails, outputs = _tails_for(model, names, judge.datasets, config.batch_size)
         judge.calibrate(outputs)
-        tried = []
-        for name in names:
-            entry = self._search(name, params, g_forget, tails, judge, config, model)
-            tried.append({"layer": name, "importance": importance[name], "alignment": alignment[name], **entry})
+        searched, leader = {}, None  # leader: (rank, position in ``names``) of the best layer so far
+        for name in _cheapest_first(names, tails) if config.prune_candidates else names:
+            position = names.index(name)
+            bar = (_Bar(leader[0], ties_win=position < leader[1])
+                   if config.prune_candidates and leader and leader[0][0] < 2 else None)
+            entry = self._search(name, params, g_forget, tails, judge, config, model, bar)
+            searched[name] = {"layer": name, "importance": importance[name], "alignment": alignment[name], **entry}
+            if leader is None or (_rank(entry), position) < leader:
+                leader = (_rank(entry), position)
+        tried = [searched[name] for name in names]  # reported in importance order, which also breaks ties
         best = min(tried, key=_rank) if tried else None
         update = None
         if best and best["chosen"]:

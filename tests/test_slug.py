@@ -58,16 +58,23 @@ def test_class_forgetting_reaches_chance_and_keeps_the_other_classes(class_task)
 
 
 def test_step_search_is_bounded_and_doubles_then_narrows(class_task):
+    """λ doubles along the grid λ₀·2^k (after one probe of the grid's middle when a candidate has a best
+    layer to beat), then the bracket below the first stopping point is bisected; every step stays within
+    (0, max_step] and the chosen step is the smallest that reached the target with utility intact."""
     model, inputs = class_task
     method, config = _slug(max_step=2.0, bisect_steps=4)
     result = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
     (group,) = result.details["groups"]
-    for candidate in group["candidates"]:
+    grid_points = int(np.log2(config.max_step / config.initial_step)) + 1
+    for position, candidate in enumerate(group["candidates"]):
         steps = [e["step"] for e in candidate["trace"]]
         assert all(0 < s <= config.max_step for s in steps)
-        doubling = [s for s in steps if np.isclose(np.log2(s / config.initial_step) % 1, 0)]
+        on_grid = [s for s in steps if np.isclose(np.log2(s / config.initial_step) % 1, 0)]
+        middle = config.initial_step * 2 ** (grid_points // 2)
+        doubling = on_grid[1:] if on_grid and np.isclose(on_grid[0], middle) else on_grid
+        doubling = [s for i, s in enumerate(doubling) if i == 0 or s != doubling[i - 1]]  # a re-scored step once
         assert doubling == sorted(doubling)
-        assert len(steps) <= int(np.log2(config.max_step / config.initial_step)) + 1 + config.bisect_steps
+        assert len(steps) <= grid_points + 2 + config.bisect_steps
         chosen = candidate["chosen"]
         if chosen is not None and chosen["reached"]:
             # The chosen step is the smallest traced step that reached the target with utility intact.
@@ -183,8 +190,8 @@ def test_cached_activations_reproduce_the_edited_model_exactly(factory, shape):
 def test_cached_and_uncached_search_agree(class_task):
     model, inputs = class_task
     results = {}
-    for cache in (True, False):
-        method, config = _slug(cache_activations=cache)
+    for cache in (True, False):  # every candidate searched in full, so that the traces can be compared
+        method, config = _slug(cache_activations=cache, prune_candidates=False)
         result = run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
         results[cache] = result
         assert all(c["cached_activations"] is cache for c in result.details["candidates"])
@@ -256,3 +263,26 @@ def test_steps_along_a_direction_reproduce_the_edited_model(factory):
             param.copy_(original)
             tail.use_direction(None, batch_size=16)
         assert linear == len(names)  # every weight here is a conv or linear layer called once
+
+
+@pytest.mark.parametrize("task", ["class_task", "two_requests"])
+def test_candidates_that_cannot_win_stop_early_without_changing_the_choice(task, request):
+    """Cheapest candidate first, and a candidate's search stops once a completely scored step shows it
+    cannot beat the best layer so far: the same layer and step as searching every candidate in full (the
+    saving is in the expensive layers' evaluations; on the CNN see README "Fast path against its floor")."""
+    model, inputs = request.getfixturevalue(task)
+    method, full = _slug(prune_candidates=False, max_step=16)
+    _, pruned = _slug(max_step=16)
+    results = {name: run_method(method, copy.deepcopy(model), inputs, config, torch.device("cpu"))
+               for name, config in (("full", full), ("pruned", pruned))}
+    for a, b in zip(results["full"].details["groups"], results["pruned"].details["groups"]):
+        assert a["chosen_layer"] == b["chosen_layer"]
+        chosen = {g["layer"]: (g["chosen"] or {}).get("step") for g in (a, b) for g in g["candidates"]
+                  if g["layer"] == a["chosen_layer"]}
+        assert len(set(chosen.values())) == 1
+    for (name, p_full), (_, p_pruned) in zip(results["full"].model.named_parameters(),
+                                             results["pruned"].model.named_parameters()):
+        assert torch.equal(p_full, p_pruned), name
+    assert not any(c["stopped_early"] for g in results["full"].details["groups"] for c in g["candidates"])
+    if task == "class_task":  # the first layer is out of reach after one completely scored step
+        assert any(c["stopped_early"] for g in results["pruned"].details["groups"] for c in g["candidates"])
