@@ -88,7 +88,7 @@ from unlearnops.bench.harness import (
 from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
-from unlearnops.model import _ResidualBlock, evaluate, pick_device, predict_logits, train_model
+from unlearnops.model import _ResidualBlock, evaluate, pick_device, predict_logits, seed_everything, train_model
 from unlearnops.plugin_manager import load_plugins
 
 #: The forget sets, in the harness's spelling (and its seeds: ``seed * 1000 + SCENARIOS.index(scenario)``).
@@ -415,6 +415,7 @@ class GpuBench:
                 "eval_tflops": eval_ips * self.base["forward_gflops_per_sample"] / 1e3}
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> nn.Module:
+        seed_everything(self.seed)  # the same initial weights for the parent and every retraining
         return train_model(self.factory(), x, y, epochs=self.sizes.epochs, batch_size=self.sizes.batch_size,
                            lr=self.sizes.lr, seed=self.seed, device=self.device)
 
