@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean bench-gpu
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The GPU rows (bench/gpu.py): on a CUDA machine, inside 10 minutes.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m unlearnops.bench.gpu --device cuda --out bench/results/gpu.json
 
 clean:
 	rm -rf $(VENV) workspace
