@@ -12,7 +12,7 @@ recording pass over the forget and held-out sets keeps every candidate layer's i
 outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
 is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
 (image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
-are searched cheapest tail first (FLOPs per sample), and once one has a result the others must beat it: a
+are searched cheapest tail first (multiply-adds per sample), and once one has a result the others must beat it: a
 candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
 breaks utility without reaching the target shows it cannot (criteria that grow with λ assumed, as by the
 bisection; ``prune_candidates = false`` searches every candidate in full, for the same choice).
@@ -245,7 +245,7 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
-        self.flops = 0  # of one sample through the tail (counted by _tails_for)
+        self.flops = 0  # multiply-adds of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
@@ -375,8 +375,6 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
         for tail in tails.values():
             if tail:
                 tail.prepare(data, batch_size, recorded)
-    from torch.utils.flop_counter import FlopCounterMode
-
     probe = datasets[0]
     stop = min(len(probe), probe_size)
     with torch.no_grad():
@@ -386,17 +384,36 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
                 if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
                     tails[name] = None
                 elif tail and stop:
-                    with FlopCounterMode(display=False) as counter:
-                        tail(probe, 0, 1)
-                    tail.flops = counter.get_total_flops()
+                    tail.flops = _multiply_adds(tail.module, [value[:1] for value in tail.cache[id(probe)]])
             except Exception:
                 tails[name] = None
     return tails, outputs
 
 
+@no_grad
+def _multiply_adds(module: torch.fx.GraphModule, inputs: list) -> int:
+    """Multiply-adds of the linear layers and convolutions ``module`` calls, for ``inputs`` (one sample):
+    what ranks candidate tails by cost (other operations are not counted)."""
+    total = 0
+
+    class Counter(torch.fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            nonlocal total
+            out = super().call_module(target, args, kwargs)
+            layer = self.module.get_submodule(target)
+            if isinstance(layer, nn.Linear):
+                total += out.numel() * layer.in_features
+            elif isinstance(layer, _linear_ops()):
+                total += out.numel() * (layer.in_channels // layer.groups) * int(np.prod(layer.kernel_size))
+            return out
+
+    Counter(module).run(*inputs)
+    return total
+
+
 def _cheapest_first(names: list[str], tails: dict[str, "_Tail | None"]) -> list[str]:
-    """Candidate layers by the floating-point operations of their tail per sample (layers without a tail,
-    evaluated by whole forward passes, last); ties keep the given order."""
+    """Candidate layers by the multiply-adds of their tail per sample (layers without a tail, evaluated by
+    whole forward passes, last); ties keep the given order."""
     return sorted(names, key=lambda n: (tails[n].flops if tails.get(n) else float("inf"), names.index(n)))
 
 
