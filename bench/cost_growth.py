@@ -169,10 +169,10 @@ def run(sizes=(1000, 2500, 5000), forget_sizes=(10, 50, 200, 800), quick: bool =
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| axis | n train | n forget | slug s | retrain s | retrain / slug | slug evaluations | load 1m |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| axis | n train | epochs | n forget | slug s | retrain s | retrain / slug | slug evaluations | load 1m |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['axis']} | {r['n_train']} | {r['n_forget']} | {r['slug_seconds']:.2f} | "
+        lines.append(f"| {r['axis']} | {r['n_train']} | {r.get('epochs', '')} | {r['n_forget']} | {r['slug_seconds']:.2f} | "
                      f"{r['retrain_seconds']:.1f} | {r['ratio']:.1f}× | {r['slug_evaluations']} | "
                      f"{r.get('load_average_1m', float('nan')):.1f} |")
     conditions = conditions_line(rows)
