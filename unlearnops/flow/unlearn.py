@@ -101,7 +101,8 @@ def unlearn(ws: Workspace, batch: Batch) -> Batch:
 
 
 def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
-    """The record of the rung just run: method, config, verdict, each gate's status and summary, time."""
+    """The record of the rung just run: method, config, verdict, each gate's status and summary, time
+    (``seconds``: the whole rung, method and gates; ``method_seconds``: the method's own ``unlearn`` call)."""
     record = batch.unlearn
     return {
         "method": batch.method,
@@ -113,6 +114,7 @@ def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
         "changed_parameters": len(record.changed_parameters) if record else 0,
         "details": record.details if record else None,
         "seconds": round(seconds, 3),
+        "method_seconds": round(record.seconds, 3) if record else 0.0,
     }
 
 
