@@ -144,13 +144,24 @@ def install_probe() -> None:
              before=lambda self, *a, **k: mark("prefect_server.launch" if not self.running else "prefect_server.reuse"))
         wrap(server, "stop", "prefect_server.stop")
 
+    def servers_hook(module):  # the server the command starts ahead of the flow (unlearnops.cli.temporary_prefect)
+        server = module.TemporaryPrefectServer
+        wrap(server, "start", "temporary_prefect.launch")
+        wrap(server, "wait_ready", "temporary_prefect.wait")
+        wrap(server, "stop", "prefect_server.stop")
+
+    def cli_hook(module):
+        if hasattr(module, "_import_ahead"):
+            wrap(module, "_import_ahead", "import_ahead")
+
     def onnx_hook(module):
         wrap(module, "export_onnx")
         wrap(module, "inference_session")
 
     hooks = {"unlearnops.api": api_hook, "unlearnops.flow.unlearn": unlearn_hook, "unlearnops.flow.run": run_hook,
              "prefect.server.api.server": server_hook, "unlearnops.export": onnx_hook,
-             "unlearnops.cli": lambda m: None, "unlearnops.pipelines.deletion": lambda m: None,
+             "unlearnops.servers": servers_hook, "unlearnops.cli": cli_hook,
+             "unlearnops.pipelines.deletion": lambda m: None,
              "mlflow": lambda m: None}
     sys.meta_path.insert(0, _PostImport(hooks, mark))
 
@@ -186,33 +197,33 @@ def _total(spans) -> float:
 def breakdown(marks: list[tuple[str, float]], spawned: float, exited: float, batch: dict[str, Any]) -> dict[str, Any]:
     """Seconds per phase of one CLI run from the probe's marks (monotonic, comparable across processes) and
     the batch record (``step_seconds``, rung records). The phases add up to the wall time."""
-    at = lambda name: _first(marks, name)  # noqa: E731
+    interpreter, atexit_at = _first(marks, "interpreter"), _first(marks, "atexit")
     run_in, run_out = _spans(marks, "api.run")[0]
-    ladder_check = _spans(marks, "validated_ladder")[0]
+    ladder_out = next(b for a, b in _spans(marks, "validated_ladder") if a >= run_in)  # api.run's check
     pending_in, pending_out = _spans(marks, "process_pending")[0]
-    deletion_import = _spans(marks, "import:unlearnops.pipelines.deletion")
-    server_starts = [s for s in _spans(marks, "prefect_server.start")]
-    launches = sum(1 for n, _ in marks if n == "prefect_server.launch")
-    server_stops = _spans(marks, "prefect_server.stop")
-    steps = {}
-    locate = _spans(marks, "open_or_resume")
-    steps["locate"] = _total(locate)
+    # The server: Prefect's own temporary server, started by its client when the flow begins
+    # (SubprocessASGIServer.start), or the one `unlearnops run` starts ahead (TemporaryPrefectServer).
+    own_start = _spans(marks, "prefect_server.start")
+    ahead_launch, ahead_wait = _spans(marks, "temporary_prefect.launch"), _spans(marks, "temporary_prefect.wait")
+    imported_ahead = _total(_spans(marks, "import_ahead"))
+    stops = _spans(marks, "prefect_server.stop")
+    before_run = run_in - interpreter
+    server_wait = _total(own_start) + _total(ahead_launch) + _total(ahead_wait) - imported_ahead
+    steps = {"locate": _total(_spans(marks, "open_or_resume"))}
     for name in ("dataset_version", "unlearn", "export", "register", "finalize"):
         steps[name] = _total(_spans(marks, f"step:{name}"))
-    in_steps = sum(steps.values())
     method = sum(float(r.get("method_seconds", 0.0)) for r in batch["rungs"])
     gates = float(batch["step_seconds"].get("gates", 0.0))
-    # Prefect's ephemeral server starts on the flow's first client call, after the flow module's import
-    before_flow = pending_in - ladder_check[1]
-    server = _total(server_starts)
-    prefect_import = _total(deletion_import)
+    prefect_import = _total(_spans(marks, "import:unlearnops.pipelines.deletion"))
+    ladder_check_in_cli = sum(b - a for a, b in _spans(marks, "validated_ladder") if b <= run_in)
     parts = {
-        "python_start": at("interpreter") - spawned,
-        "cli_imports_and_parsing": run_in - at("interpreter"),
-        "plugins_and_ladder_check": ladder_check[1] - run_in,
+        "python_start": interpreter - spawned,
+        "cli_imports_and_parsing": before_run - _total(ahead_launch) - _total(ahead_wait) - ladder_check_in_cli,
+        "plugins_and_ladder_check": ladder_check_in_cli + ladder_out - run_in,
+        "imports_ahead": imported_ahead,
         "prefect_and_flow_import": prefect_import,
-        "prefect_server_start": server,
-        "flow_run_start": before_flow - prefect_import - server,
+        "prefect_server_start": server_wait,
+        "flow_run_start": pending_in - ladder_out - prefect_import - _total(own_start),
         "locate": steps["locate"],
         "dataset_version": steps["dataset_version"],
         "unlearn_method": method,
@@ -221,19 +232,20 @@ def breakdown(marks: list[tuple[str, float]], spawned: float, exited: float, bat
         "export": steps["export"],
         "register": steps["register"],
         "finalize": steps["finalize"],
-        "prefect_tasks": (pending_out - pending_in) - in_steps,
+        "prefect_tasks": (pending_out - pending_in) - sum(steps.values()),
         "flow_run_end": run_out - pending_out,
-        "exit_handlers": (server_stops[0][0] if server_stops else at("atexit")) - run_out,
-        "prefect_server_stop": _total(server_stops),
-        "interpreter_exit": exited - (server_stops[-1][1] if server_stops else at("atexit")),
+        "exit_handlers": (atexit_at - run_out) - _total(stops),
+        "prefect_server_stop": _total(stops),
+        "interpreter_exit": exited - atexit_at,
     }
-    parts = {k: round(v, 2) for k, v in parts.items()}
-    return {"parts": parts, "prefect_server_launches": launches,
-            "prefect_server_start_calls": len(server_starts),
+    boot = [b - a for (a, _), (_, b) in zip(ahead_launch, ahead_wait)] or [b - a for a, b in own_start[:1]]
+    return {"parts": {k: round(v, 2) for k, v in parts.items()},
+            "prefect_server": "started ahead by the CLI" if ahead_launch else "started by Prefect's client",
+            "prefect_server_boot_seconds": round(boot[0], 2) if boot else None,
+            "prefect_server_launches": sum(1 for n, _ in marks if n in ("prefect_server.launch",
+                                                                         "temporary_prefect.launch:enter")),
             "onnx_exports": len(_spans(marks, "export_onnx")),
-            "onnx_sessions": len(_spans(marks, "inference_session")),
-            "modules": {"unlearnops.cli": round(_total(_spans(marks, "import:unlearnops.cli")), 2),
-                        "mlflow": round(_total(_spans(marks, "import:mlflow")), 2)}}
+            "onnx_sessions": len(_spans(marks, "inference_session"))}
 
 
 def cli_command(method: str | None) -> list[str]:
@@ -319,8 +331,9 @@ PART_LABELS = {
     "python_start": "process start (interpreter, site)",
     "cli_imports_and_parsing": "CLI imports, options, workspace",
     "plugins_and_ladder_check": "plugins loaded, ladder validated",
+    "imports_ahead": "imports ahead, while the server boots",
     "prefect_and_flow_import": "import of Prefect and the flow",
-    "prefect_server_start": "Prefect temporary server start-up",
+    "prefect_server_start": "waiting for Prefect's temporary server",
     "flow_run_start": "flow run created and started",
     "locate": "step locate",
     "dataset_version": "step dataset_version",
