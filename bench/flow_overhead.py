@@ -275,9 +275,10 @@ def time_cli_run(workspace: Path, env: dict[str, str], method: str | None, probe
 
 def measure(workspace: Path, epochs: int = 15, scenarios=DEFAULT_SCENARIOS, method: str | None = None,
             env: dict[str, str] | None = None, progress=print) -> list[dict[str, Any]]:
-    """Build (or reuse) the ladder bench's workspace, then one CLI batch per scenario; one row each."""
+    """Build (or reuse) the ladder bench's workspace; then one ``unlearnops run --json`` with nothing pending
+    (the workspace's first Prefect run creates Prefect's database: that cost is this row's, not a batch's)
+    and one CLI batch per scenario; one row each."""
     from unlearnops import api
-    from unlearnops.bench.harness import conditions
     from unlearnops.bench.ladder import _mislabeled_arrays, _scenario_request
     import numpy as np
 
@@ -289,42 +290,63 @@ def measure(workspace: Path, epochs: int = 15, scenarios=DEFAULT_SCENARIOS, meth
     api.train(ws)
     progress(f"base model ready in {time.perf_counter() - started:.0f} s")
     rng = np.random.default_rng(0)
-    rows = []
+    rows = [cli_row(ws, NOTHING_PENDING, env, method, epochs)]
+    progress(json.dumps(_short(rows[-1])))
     for scenario in scenarios:
         request = _scenario_request(ws, scenario, rng, flipped)
         api.submit(ws, reason=f"bench flow overhead: {scenario}", **request)
-        load_before = os.getloadavg()[0]
-        run = time_cli_run(ws.root, env, method, ws.state_dir / "bench-flow-overhead", scenario)
-        result = run["result"]
-        batch = json.loads((ws.runs_dir / result["run_id"] / "batch.json").read_text())
-        wall = run["exited"] - run["spawned"]
-        detail = breakdown(run["marks"], run["spawned"], run["exited"], batch)
-        method_seconds = detail["parts"]["unlearn_method"]
-        row = {
-            "scenario": scenario,
-            "command": " ".join(["unlearnops", *cli_command(method)[1:]]),
-            "ladder": "--method " + method if method else "default ladder",
-            "rungs": result["rungs"],
-            "status": result["certificate_status"],
-            "n_forget_trained": result["forget_samples_trained"],
-            "wall_seconds": round(wall, 2),
-            "method_seconds": round(method_seconds, 2),
-            "method_seconds_by_rung": {r["method"]: r.get("method_seconds") for r in batch["rungs"]},
-            "overhead_seconds": round(wall - method_seconds, 2),
-            "target_seconds": TARGET_SECONDS,
-            "within_target": wall - method_seconds <= TARGET_SECONDS,
-            "step_seconds": result["step_seconds"],
-            **detail,
-            "exit_code": run["exit_code"],
-            "epochs": epochs,
-            "load_before": round(load_before, 2),
-            **conditions(),
-            "omp_threads": env.get("OMP_NUM_THREADS", ""),
-        }
-        rows.append(row)
-        progress(json.dumps({k: row[k] for k in ("scenario", "wall_seconds", "method_seconds", "overhead_seconds",
-                                                "load_before", "load_average_1m")}))
+        rows.append(cli_row(ws, scenario, env, method, epochs))
+        progress(json.dumps(_short(rows[-1])))
     return rows
+
+
+#: The row of the run with no pending request.
+NOTHING_PENDING = "nothing pending"
+
+
+def _short(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("scenario", "wall_seconds", "method_seconds", "overhead_seconds", "load_before",
+                                "load_average_1m")}
+
+
+def cli_row(ws, scenario: str, env: dict[str, str], method: str | None, epochs: int) -> dict[str, Any]:
+    """Time one ``unlearnops run --json`` in ``ws`` (its pending requests are one batch) and return its row."""
+    from unlearnops.bench.harness import conditions
+
+    database_existed = (ws.prefect_home / "prefect.db").exists()
+    load_before = os.getloadavg()[0]
+    run = time_cli_run(ws.root, env, method, ws.state_dir / "bench-flow-overhead", scenario.replace(" ", "-"))
+    result = run["result"]
+    batch = (json.loads((ws.runs_dir / result["run_id"] / "batch.json").read_text()) if "run_id" in result
+             else {"rungs": [], "step_seconds": {}})
+    wall = run["exited"] - run["spawned"]
+    detail = breakdown(run["marks"], run["spawned"], run["exited"], batch)
+    method_seconds = detail["parts"]["unlearn_method"]
+    overhead = wall - method_seconds
+    return {
+        "scenario": scenario,
+        "command": " ".join(["unlearnops", *cli_command(method)[1:]]),
+        "ladder": "--method " + method if method else "default ladder",
+        "rungs": result.get("rungs", []),
+        "status": result.get("certificate_status", result.get("result")),
+        "n_forget_trained": result.get("forget_samples_trained"),
+        "wall_seconds": round(wall, 2),
+        "method_seconds": round(method_seconds, 2),
+        "method_seconds_by_rung": [[r["method"], r.get("method_seconds")] for r in batch["rungs"]],
+        "overhead_seconds": round(overhead, 2),
+        "gates_seconds": detail["parts"]["unlearn_gates"],
+        "overhead_without_gates_seconds": round(overhead - detail["parts"]["unlearn_gates"], 2),
+        "target_seconds": TARGET_SECONDS,
+        "within_target": overhead <= TARGET_SECONDS,
+        "prefect_database_existed": database_existed,
+        "step_seconds": result.get("step_seconds", {}),
+        **detail,
+        "exit_code": run["exit_code"],
+        "epochs": epochs,
+        "load_before": round(load_before, 2),
+        **conditions(),
+        "omp_threads": env.get("OMP_NUM_THREADS", ""),
+    }
 
 
 PART_LABELS = {
@@ -352,14 +374,16 @@ PART_LABELS = {
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| scenario | command | rungs | wall s | method compute s | overhead s | ≤ 15 s | Prefect server "
-             "launches | ONNX exports | load before/after |",
+    lines = ["| run | rungs | wall s | method compute s | overhead s | of which gates s | ≤ 15 s | Prefect server "
+             "| ONNX exports | load before/after |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scenario']} | `{r['command']}` | {', '.join(r['rungs'])} | {r['wall_seconds']:.1f} | "
-                     f"{r['method_seconds']:.1f} | **{r['overhead_seconds']:.1f}** | "
-                     f"{'yes' if r['within_target'] else 'no'} | {r['prefect_server_launches']} | "
-                     f"{r['onnx_exports']} | {r['load_before']:.1f}/{r['load_average_1m']:.1f} |")
+        server = f"{r['prefect_server_launches']} launch, {r['prefect_server']}" + (
+            "" if r["prefect_database_existed"] else " (database created)")
+        lines.append(f"| {r['scenario']} | {', '.join(r['rungs']) or '—'} | {r['wall_seconds']:.1f} | "
+                     f"{r['method_seconds']:.1f} | **{r['overhead_seconds']:.1f}** | {r['gates_seconds']:.1f} | "
+                     f"{'yes' if r['within_target'] else 'no'} | {server} | {r['onnx_exports']} | "
+                     f"{r['load_before']:.1f}/{r['load_average_1m']:.1f} |")
     lines += ["", "| phase (seconds) | " + " | ".join(r["scenario"] for r in rows) + " |",
               "|---|" + "---|" * len(rows)]
     for key, label in PART_LABELS.items():
@@ -368,7 +392,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines.append("| **overhead (wall − method)** | " + " | ".join(f"**{r['overhead_seconds']:.2f}**" for r in rows)
                  + " |")
     r0 = rows[0] if rows else {}
-    lines += ["", f"{r0.get('cpu_count')} CPU cores, OMP_NUM_THREADS={r0.get('omp_threads') or 'unset'}, "
+    lines += ["", f"Command `{r0.get('command')}` ({r0.get('ladder')}) from the workspace directory, a fresh process "
+              f"per row; {r0.get('cpu_count')} CPU cores, OMP_NUM_THREADS={r0.get('omp_threads') or 'unset'}, "
               f"{r0.get('epochs')} epochs; load = 1-minute load average before the run / after it."]
     return "\n".join(lines) + "\n"
 
