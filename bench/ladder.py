@@ -8,6 +8,10 @@ labels flipped to another class before training (label noise the base model memo
 request one after another, each as its own request and batch; the dataset shrinks by each scenario's samples,
 in this order: random 1 % of the training samples, 10 subjects, the mislabeled samples, the 1 % most memorized
 samples (highest loss under a model trained on the other half of the data), one whole class.
+
+The flow runs in-process here (``api.run(prefect=False)``): no CLI start-up, no Prefect. The same workspace
+through ``unlearnops run --json`` as a fresh process per batch, Prefect server included, with the overhead
+beyond the method's compute broken down: :mod:`unlearnops.bench.flow_overhead`.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ def test_ladder_tries_the_fast_path_first_and_escalates_only_on_failure(processe
     assert first["method"] == "slug" and first["changed_parameters"] == 1  # one layer only
     for rung in batch.rungs[:-1]:
         assert rung["status"] != "pass"
+    for rung in batch.rungs:  # the method's own call is part of the rung's time (method + gates)
+        assert 0 < rung["method_seconds"] <= rung["seconds"]
     assert batch.rungs[-1]["method"] == batch.method == summary["method"]
     assert (batch.rungs[-1]["status"] == "pass") == (summary["certificate_status"] == "certified")
     # Whatever rung won, the forget set moved away from its memorized state.

@@ -147,6 +147,113 @@ def running(*servers: LocalServer, timeout: float = 300.0) -> Iterator[tuple[str
             server.stop()
 
 
+#: What Prefect 3.8's ``SubprocessASGIServer`` (``prefect/server/api/server.py``) sets for its temporary server.
+PREFECT_TEMPORARY_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+#: The start of the error Prefect raises when its temporary server did not answer in time (kept word for word:
+#: ``unlearnops.cli.PREFECT_START_FAILED`` turns it into one line and exit 2).
+PREFECT_START_FAILED = "Timed out while attempting to connect to ephemeral Prefect API server"
+_FALSE = ("0", "false", "f", "no", "n", "off")
+
+
+def temporary_prefect_wanted(cwd: Path | None = None) -> bool:
+    """True when Prefect would start its temporary server for this process: no ``PREFECT_API_URL``, ephemeral
+    mode not switched off, and nothing that could name a server (a profile, ``prefect.toml``, ``.env`` or
+    ``[tool.prefect]`` in the working directory). Decided from the environment and files alone, without
+    importing Prefect; when in doubt False (Prefect then decides as always). Also False once Prefect is
+    imported in this process: its settings are read then, and a later ``PREFECT_API_URL`` would not count."""
+    if "prefect" in sys.modules:
+        return False
+    env = os.environ
+    if env.get("PREFECT_API_URL") or env.get("PREFECT_PROFILE") or env.get("PREFECT_PROFILES_PATH"):
+        return False
+    if any(env.get(key, "").strip().lower() in _FALSE
+           for key in ("PREFECT_SERVER_EPHEMERAL_ENABLED", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE")):
+        return False
+    home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    if (home / "profiles.toml").exists() or (cwd / "prefect.toml").exists():
+        return False
+    for name, marker in ((".env", "PREFECT_"), ("pyproject.toml", "tool.prefect")):
+        try:
+            if marker in (cwd / name).read_text(errors="replace"):
+                return False
+        except OSError:
+            pass
+    return True
+
+
+class TemporaryPrefectServer:
+    """Prefect's temporary API server, started by the command ahead of the flow instead of by Prefect's client
+    when the flow begins: the same process ``SubprocessASGIServer`` starts (uvicorn on Prefect's
+    ``create_app``, UI off, ephemeral settings, this process's environment and its ``PREFECT_HOME``), on a
+    free 127.0.0.1 port. It boots in its own process while this one goes on (importing, validating); the
+    command then points ``PREFECT_API_URL`` at it, so the process neither imports Prefect's server package
+    nor starts a second server. :meth:`wait_ready` keeps Prefect's start-up budget and its error."""
+
+    def __init__(self) -> None:
+        self.port: int | None = None
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> subprocess.Popen:
+        import importlib.util
+
+        app_dir = Path(importlib.util.find_spec("prefect").origin).parent.parent  # no import of prefect
+        command = [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory",
+                   "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                   "--log-level", "error", "--lifespan", "on"]
+        return subprocess.Popen(command, env={**os.environ, **PREFECT_TEMPORARY_ENV})
+
+    def start(self) -> None:
+        """Spawn the server; it is stopped at exit (registered now, as Prefect does, so the handlers Prefect's
+        log and event workers register later still deliver to it before it stops)."""
+        import atexit
+
+        self.port = free_port()
+        self.process = self._spawn()
+        atexit.register(self.stop)
+
+    def wait_ready(self, timeout: float, meanwhile=()) -> None:
+        """Wait until the server answers its health check, as Prefect does (``timeout`` counts the 0.1 s
+        pauses between checks; an exit code 3, port taken, restarts it on another port); each of the
+        ``meanwhile`` callables runs in place of a pause while the server is not up yet. ``RuntimeError``
+        with Prefect's message when it did not answer."""
+        pending = list(meanwhile)
+        elapsed = 0.0
+        while elapsed < timeout:
+            if self.process.poll() == 3:
+                self.port = free_port()
+                self.process = self._spawn()
+                continue
+            if answers(f"{self.api_url}/health", timeout=5.0):
+                return
+            if pending:
+                pending.pop(0)()
+                continue
+            time.sleep(0.1)
+            elapsed += 0.1
+        message = f"{PREFECT_START_FAILED}."
+        if self.process.poll() is not None:
+            message += f" Ephemeral server process exited with code {self.process.returncode}."
+        raise RuntimeError(message)
+
+    def stop(self) -> None:
+        """Terminate the server (kill it after 5 s), as Prefect stops its temporary server at exit."""
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self.process = None
+
+
 def prefect_worker(pool: str, api_url: str, log: Path, env: dict[str, str] | None = None) -> LocalServer:
     """``prefect worker start --pool POOL --type process`` against ``api_url``, with its health check on a
     free loopback port (what a Kubernetes liveness probe asks in production). ``env`` reaches the flow runs

@@ -96,7 +96,8 @@ class Batch(BaseModel):
     #: The rung being (or last) run, and its validated config.
     method: str
     method_config: dict[str, Any] = Field(default_factory=dict)
-    #: One record per rung tried: method, config, status, gates, gate_summaries, caveats, seconds, ...
+    #: One record per rung tried: method, config, status, gates, gate_summaries, caveats, seconds (method and
+    #: gates), method_seconds (the method's own call), ...
     rungs: list[dict[str, Any]] = Field(default_factory=list)
     #: The device the run asked for (``--device``; None: the GPU when there is one), and the one used.
     requested_device: str | None = None

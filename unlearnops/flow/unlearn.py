@@ -54,12 +54,13 @@ def rung_config(ws: Workspace, method: str, requested: dict | None) -> dict[str,
     return {**ws.settings.unlearn.rung_config.get(method, {}), **(requested or {})}
 
 
-def method_and_config(ws: Workspace, name: str, overrides: dict | None):
-    """The loaded plugins, the method called ``name`` and its validated config (workspace seed by default)."""
+def method_and_config(ws: Workspace, name: str, overrides: dict | None, plugins=None):
+    """The loaded plugins (``plugins``, else loaded now), the method called ``name`` and its validated config
+    (workspace seed by default)."""
     from unlearnops.method_runner import parse_config
     from unlearnops.plugin_manager import load_plugins
 
-    plugins = load_plugins()
+    plugins = load_plugins() if plugins is None else plugins
     method = plugins.get(name)
     return plugins, method, parse_config(method, {"seed": ws.settings.unlearn.seed, **(overrides or {})})
 
@@ -70,11 +71,14 @@ def validated_ladder(ws: Workspace, kind: str | None, method: str | None = None,
     loaded and its config validated (``method_config`` applies to the first rung). ``kind=None`` checks the
     ladders of every request kind (what ``unlearnops run`` does before it knows the kind). Raises
     :class:`~unlearnops.plugin.PluginError` for a missing method or an invalid config."""
+    from unlearnops.plugin_manager import load_plugins
+
     kinds = REQUEST_KINDS if kind is None else (kind,)
     ladders = [[method] if method else ladder_for(ws, k) for k in kinds]
+    plugins = load_plugins()  # once for every rung of every ladder (each load rebuilds the plugin manager)
     for ladder in ladders:
         for index, name in enumerate(ladder):
-            method_and_config(ws, name, rung_config(ws, name, method_config if index == 0 else None))
+            method_and_config(ws, name, rung_config(ws, name, method_config if index == 0 else None), plugins)
     return ladders[0]
 
 
@@ -101,7 +105,8 @@ def unlearn(ws: Workspace, batch: Batch) -> Batch:
 
 
 def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
-    """The record of the rung just run: method, config, verdict, each gate's status and summary, time."""
+    """The record of the rung just run: method, config, verdict, each gate's status and summary, time
+    (``seconds``: the whole rung, method and gates; ``method_seconds``: the method's own ``unlearn`` call)."""
     record = batch.unlearn
     return {
         "method": batch.method,
@@ -113,6 +118,7 @@ def rung_record(batch: Batch, seconds: float) -> dict[str, Any]:
         "changed_parameters": len(record.changed_parameters) if record else 0,
         "details": record.details if record else None,
         "seconds": round(seconds, 3),
+        "method_seconds": round(record.seconds, 3) if record else 0.0,
     }
 
 
