@@ -91,8 +91,12 @@ def fail(message: str, code: int = ExitCode.ERROR, as_json: bool = False) -> Non
     raise typer.Exit(code)
 
 
-#: The start of the error Prefect raises when its temporary (ephemeral) server did not answer in time.
-PREFECT_START_FAILED = "Timed out while attempting to connect to ephemeral Prefect API server"
+def prefect_startup_seconds() -> float:
+    """The start-up budget of Prefect's temporary server: its environment variable (the workspace sets it
+    from ``[locations] prefect_startup_seconds``), else Prefect's default of 20 s."""
+    from unlearnops.workspace import PREFECT_STARTUP_ENV
+
+    return float(os.environ.get(PREFECT_STARTUP_ENV, "20"))
 
 
 @contextmanager
@@ -100,6 +104,7 @@ def orchestration_errors(as_json: bool):
     """Prefect's temporary server that did not start, or a workspace lock held too long: one line (or one
     JSON document) and exit 2 instead of a traceback. Put it outside :func:`stdout_to_stderr`."""
     from unlearnops.durable import WorkspaceBusy
+    from unlearnops.servers import PREFECT_START_FAILED
     from unlearnops.workspace import PREFECT_STARTUP_ENV
 
     try:
@@ -109,7 +114,7 @@ def orchestration_errors(as_json: bool):
     except RuntimeError as exc:
         if PREFECT_START_FAILED not in str(exc):
             raise
-        fail(f"Prefect's temporary server did not start within {os.environ.get(PREFECT_STARTUP_ENV, '20')} s; "
+        fail(f"Prefect's temporary server did not start within {prefect_startup_seconds():g} s; "
              "the flow did not start and no request was touched. Raise [locations] prefect_startup_seconds "
              f"(or {PREFECT_STARTUP_ENV}), set PREFECT_API_URL to a running server, or use --no-prefect",
              ExitCode.ERROR, as_json)
@@ -598,13 +603,12 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
         yield
         return
     from unlearnops.flow.unlearn import validated_ladder
-    from unlearnops.workspace import PREFECT_STARTUP_ENV
 
     server = servers.TemporaryPrefectServer()
     server.start()
     try:
         validated_ladder(ws, None, method, overrides or None)
-        server.wait_ready(float(os.environ.get(PREFECT_STARTUP_ENV, "20")),
+        server.wait_ready(prefect_startup_seconds(),
                           meanwhile=[lambda m=m: _import_ahead(m) for m in IMPORT_AHEAD])
     except BaseException:
         server.stop()

@@ -150,7 +150,7 @@ def running(*servers: LocalServer, timeout: float = 300.0) -> Iterator[tuple[str
 #: What Prefect 3.8's ``SubprocessASGIServer`` (``prefect/server/api/server.py``) sets for its temporary server.
 PREFECT_TEMPORARY_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
 #: The start of the error Prefect raises when its temporary server did not answer in time (kept word for word:
-#: ``unlearnops.cli.PREFECT_START_FAILED`` turns it into one line and exit 2).
+#: :func:`unlearnops.cli.orchestration_errors` turns it into one line and exit 2, whichever server raised it).
 PREFECT_START_FAILED = "Timed out while attempting to connect to ephemeral Prefect API server"
 _FALSE = ("0", "false", "f", "no", "n", "off")
 
