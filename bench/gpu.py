@@ -88,7 +88,8 @@ from unlearnops.bench.harness import (
 from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
-from unlearnops.model import _ResidualBlock, evaluate, pick_device, predict_logits, seed_everything, train_model
+from unlearnops.model import (_ResidualBlock, evaluate, multiply_adds, pick_device, predict_logits, seed_everything,
+                              train_model)
 from unlearnops.plugin_manager import load_plugins
 
 #: The forget sets, in the harness's spelling (and its seeds: ``seed * 1000 + SCENARIOS.index(scenario)``).
@@ -133,25 +134,7 @@ class ResNet18(nn.Module):
 def forward_flops(model: nn.Module, shape: tuple[int, ...] = (1, 1, 28, 28)) -> int:
     """FLOPs of one forward pass of one sample: 2 × the multiply-accumulates of the convolutions and linear
     layers (normalisation, activations, pooling and additions left out). ``model`` is not changed."""
-    model = copy.deepcopy(model).to("cpu").eval()
-    total = 0
-
-    def count(module, _inputs, output):
-        nonlocal total
-        if isinstance(module, nn.Conv2d):
-            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
-            total += 2 * output[0].numel() * kernel
-        else:
-            total += 2 * module.in_features * module.out_features
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(shape))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
+    return 2 * multiply_adds(copy.deepcopy(model).to("cpu").eval(), torch.zeros(shape))
 
 
 @dataclass(frozen=True)

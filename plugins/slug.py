@@ -375,6 +375,8 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
         for tail in tails.values():
             if tail:
                 tail.prepare(data, batch_size, recorded)
+    from unlearnops.plugin import multiply_adds  # here: the name imports torch, which loading plugins must not
+
     probe = datasets[0]
     stop = min(len(probe), probe_size)
     with torch.no_grad():
@@ -384,31 +386,10 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
                 if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
                     tails[name] = None
                 elif tail and stop:
-                    tail.flops = _multiply_adds(tail.module, [value[:1] for value in tail.cache[id(probe)]])
+                    tail.flops = multiply_adds(tail.module, *[value[:1] for value in tail.cache[id(probe)]])
             except Exception:
                 tails[name] = None
     return tails, outputs
-
-
-@no_grad
-def _multiply_adds(module: torch.fx.GraphModule, inputs: list) -> int:
-    """Multiply-adds of the linear layers and convolutions ``module`` calls, for ``inputs`` (one sample):
-    what ranks candidate tails by cost (other operations are not counted)."""
-    total = 0
-
-    class Counter(torch.fx.Interpreter):
-        def call_module(self, target, args, kwargs):
-            nonlocal total
-            out = super().call_module(target, args, kwargs)
-            layer = self.module.get_submodule(target)
-            if isinstance(layer, nn.Linear):
-                total += out.numel() * layer.in_features
-            elif isinstance(layer, _linear_ops()):
-                total += out.numel() * (layer.in_channels // layer.groups) * int(np.prod(layer.kernel_size))
-            return out
-
-    Counter(module).run(*inputs)
-    return total
 
 
 def _cheapest_first(names: list[str], tails: dict[str, "_Tail | None"]) -> list[str]:

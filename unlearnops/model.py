@@ -242,6 +242,30 @@ class TabularMLP(nn.Module):
 
 
 @torch.no_grad()
+def multiply_adds(model: nn.Module, *inputs) -> int:
+    """Multiply-accumulates of the linear layers and convolutions that one call of ``model`` on ``inputs``
+    runs (normalisation, activations, pooling and additions left out; with a batch of one, per sample).
+    Counted by forward hooks, without gradients; ``model`` is left as it was."""
+    total = 0
+
+    def count(module: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += output.numel() * module.in_features
+        else:
+            total += output.numel() * (module.in_channels // module.groups) * int(np.prod(module.kernel_size))
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    hooks = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
 def penultimate_features(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The representation the model's classifier sees: the input of its last ``nn.Linear`` layer (or what
     ``model.penultimate(x)`` returns, when the model defines it), one float32 row per sample."""

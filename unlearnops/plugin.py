@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         run_method,
         training_params,
     )
-    from unlearnops.model import Evaluation, penultimate_features
+    from unlearnops.model import Evaluation, multiply_adds, penultimate_features
     from unlearnops.neardup import HASH_SIZE, as_images, cosine_search, hamming_search, normalize, phash
     from unlearnops.plugin_manager import PluginError, PluginSet, load_plugins
     from unlearnops.requests import DeletionRequest
@@ -119,6 +119,7 @@ _DEFINED_IN = {
     "training_params": "unlearnops.method_runner",
     "Evaluation": "unlearnops.model",
     "penultimate_features": "unlearnops.model",
+    "multiply_adds": "unlearnops.model",
     "HASH_SIZE": "unlearnops.neardup",
     "as_images": "unlearnops.neardup",
     "cosine_search": "unlearnops.neardup",
@@ -176,6 +177,7 @@ __all__ = [
     "reinitialized",
     "fresh_model",
     "penultimate_features",
+    "multiply_adds",
     # methods built on other methods
     "PluginSet",
     "load_plugins",
