@@ -241,7 +241,6 @@ class TabularMLP(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-@torch.no_grad()
 def multiply_adds(model: nn.Module, *inputs) -> int:
     """Multiply-accumulates of the linear layers and convolutions that one call of ``model`` on ``inputs``
     runs (normalisation, activations, pooling and additions left out; with a batch of one, per sample).
@@ -266,6 +265,7 @@ def multiply_adds(model: nn.Module, *inputs) -> int:
     return total
 
 
+@torch.no_grad()
 def penultimate_features(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
     """The representation the model's classifier sees: the input of its last ``nn.Linear`` layer (or what
     ``model.penultimate(x)`` returns, when the model defines it), one float32 row per sample."""
