@@ -38,3 +38,31 @@ def test_onnx_opset_is_pinned_and_metadata_written(tmp_path):
     assert props["unlearnops_version"] == unlearnops.__version__
     assert (props["model_name"], props["unlearnops_run"], props["method"]) == ("digits", "run-1", "slug")
     inference_session(tmp_path / "m.onnx").run(None, {"input": sample[:3]})
+
+
+def test_plain_networks_take_the_fast_exporter_and_a_wrong_trace_hands_over_to_torch_export(tmp_path):
+    """A trace records one path through the model; where that path depends on the batch (here: whether
+    its size is even), the traced file misses parity at another batch size and torch.export's file is kept."""
+    from torch import nn
+
+    class BatchParityDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            even = x.new_tensor([x.shape[0] % 2 == 0]).float().item()  # a number to the trace, fixed
+            return self.fc(x) - self.fc(x).mean(0, keepdim=True) * even
+
+    seed_everything(0)
+    model = BatchParityDependent()
+    tabular = np.random.default_rng(2).random((64, 4), dtype=np.float32)
+    odd = export_onnx(model, tabular, tmp_path / "odd.onnx")
+    assert odd.exporter == "dynamo" and odd.max_abs_diff <= 1e-4
+    session = inference_session(tmp_path / "odd.onnx")
+    for size in (4, 5):
+        (out,) = session.run(None, {"input": tabular[:size]})
+        np.testing.assert_allclose(out, predict_logits(model, tabular[:size]).numpy(), rtol=1e-4, atol=1e-5)
+    plain = export_onnx(SmallCNN(), np.random.default_rng(3).random((16, 1, 28, 28), dtype=np.float32),
+                        tmp_path / "cnn.onnx")
+    assert plain.exporter == "torchscript" and plain.to_dict()["exporter"] == "torchscript"

@@ -18,10 +18,9 @@ import numpy as np
 from unlearnops import model_registry
 from unlearnops.certificate import CertificateError
 from unlearnops.durable import workspace_lock
+from unlearnops.export import PARITY_TOLERANCE
 from unlearnops.verification import verify_version
 from unlearnops.workspace import Workspace
-
-PARITY_TOLERANCE = 1e-4
 
 
 class PromotionError(RuntimeError):
