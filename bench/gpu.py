@@ -84,6 +84,7 @@ from unlearnops.bench.harness import (
     forget_mask,
     markdown_table,
     measure,
+    synchronize,
 )
 from unlearnops.data import Dataset
 from unlearnops.datasets import mnist_5k
@@ -190,11 +191,6 @@ class _Watchdog:
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def device_name(device: torch.device) -> str:
@@ -379,11 +375,11 @@ class GpuBench:
 
         for _ in range(self.sizes.warmup_steps):
             step()
-        _sync(self.device)
+        synchronize(self.device)
         timed = time.perf_counter()
         for _ in range(self.sizes.probe_steps):
             step()
-        _sync(self.device)
+        synchronize(self.device)
         train_ips = self.sizes.probe_steps * bs / (time.perf_counter() - timed)
         model.eval()
         xe = self.x[: min(self.sizes.probe_eval, self.n_train)]
@@ -405,7 +401,7 @@ class GpuBench:
     def _train_parent(self) -> dict[str, Any]:
         started = time.perf_counter()
         self.parent = self._fit(self.x, self.y)
-        _sync(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - started
         return {"wall_seconds": seconds, "n_train": self.n_train,
                 "train_samples_per_s": self.n_train * self.sizes.epochs / seconds,
@@ -421,7 +417,7 @@ class GpuBench:
         forgotten_class = int(forget.labels[0]) if scenario == "class" else None
         started = time.perf_counter()
         retrained = self._fit(retain.features, retain.labels)
-        _sync(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - started
         reference = measure(retrained, forget, retain, self.holdout, self.test, forgotten_class)
         del retrained
@@ -464,7 +460,7 @@ class GpuBench:
         config = parse_config(method, overrides)
         started = time.perf_counter()
         result = run_method(method, copy.deepcopy(self.parent), self.scenario["inputs"], config, self.device)
-        _sync(self.device)
+        synchronize(self.device)
         seconds = time.perf_counter() - started
         floor, retrain_seconds = self.scenario["base"]["floor_seconds"], self.scenario["retrain_seconds"]
         extra = {}

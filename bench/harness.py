@@ -223,6 +223,12 @@ def measure(model, forget: Samples, retain: Samples, holdout: Samples, test: Sam
     }
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously) before a clock is read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def floor_seconds(model: torch.nn.Module, inputs: UnlearnInputs, device, batch_size: int = 1024,
                   repeats: int = 3) -> float:
     """One forward + backward pass of ``model`` (eval mode, a copy) over the forget set and the retain
@@ -239,8 +245,7 @@ def floor_seconds(model: torch.nn.Module, inputs: UnlearnInputs, device, batch_s
             loss = torch.nn.functional.cross_entropy(model(x[start : start + batch_size]),
                                                      y[start : start + batch_size], reduction="sum") / len(y)
             loss.backward()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize()
+        synchronize(torch.device(device))
         timings.append(time.perf_counter() - started)
         model.zero_grad(set_to_none=True)
     return statistics.median(timings)

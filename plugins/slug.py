@@ -733,7 +733,7 @@ class Slug(Method):
             if leader is None or (_rank(entry), position) < leader:
                 leader = (_rank(entry), position)
         tried = [searched[name] for name in names]  # reported in importance order, which also breaks ties
-        best = min(tried, key=_rank) if tried else None
+        best = searched[names[leader[1]]] if leader else None
         update = None
         if best and best["chosen"]:
             w0 = params[best["layer"]].detach()
