@@ -426,10 +426,9 @@ def _metrics(member, member_labels, nonmember, nonmember_labels, settings, rng) 
     """Class-matched AUC and TPR at 0.1 % / 1 % FPR, each with a stratified bootstrap CI."""
     auc = gates.class_matched_auc(member, member_labels, nonmember, nonmember_labels)
     boot = {"auc": [], **{f"tpr_at_{f}": [] for f in FPRS}}
-    for _ in range(settings.bootstrap):
-        mi = gates._stratified_resample(member_labels, rng)
-        ni = gates._stratified_resample(nonmember_labels, rng)
-        boot["auc"].append(gates.class_matched_auc(member[mi], member_labels[mi], nonmember[ni], nonmember_labels[ni]))
+    for resampled_auc, mi, ni in gates.stratified_bootstrap(member, member_labels, nonmember, nonmember_labels,
+                                                            settings.bootstrap, rng):
+        boot["auc"].append(resampled_auc)
         for f in FPRS:
             boot[f"tpr_at_{f}"].append(gates.tpr_at_fpr(member[mi], nonmember[ni], f))
     alpha = 1 - settings.confidence

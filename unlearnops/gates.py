@@ -15,7 +15,7 @@ A gate judges a :class:`GateEvidence` and answers a :class:`GateResult` (see ``r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -369,29 +369,50 @@ def data_gate(
 def class_matched_auc(member_scores, member_labels, nonmember_scores, nonmember_labels) -> float:
     """ROC AUC of "member" vs "non-member" where pairs are compared only within the same class,
     weighted by the members per class: the non-members are matched to the members' class mix."""
-    from scipy.stats import rankdata
+    member_scores, nonmember_scores = np.asarray(member_scores), np.asarray(nonmember_scores)
+    return _matched_auc(member_scores, _class_groups(np.asarray(member_labels)),
+                        nonmember_scores, _class_groups(np.asarray(nonmember_labels)))
 
+
+def _class_groups(labels: np.ndarray) -> list[tuple[Any, np.ndarray]]:
+    """(label, indices of the samples with that label), in label order."""
+    return [(label, np.flatnonzero(labels == label)) for label in np.unique(labels)]
+
+
+def _matched_auc(member_scores: np.ndarray, member_groups, nonmember_scores: np.ndarray, nonmember_groups) -> float:
+    """:func:`class_matched_auc` over class groups: ``(label, indices into the scores)`` pairs."""
+    nonmembers_of = dict(nonmember_groups)
     total, weight = 0.0, 0
-    for label in np.unique(member_labels):
-        m = member_scores[member_labels == label]
-        n = nonmember_scores[nonmember_labels == label]
-        if len(n) == 0:
+    for label, member_idx in member_groups:
+        nonmember_idx = nonmembers_of.get(label)
+        if nonmember_idx is None or len(nonmember_idx) == 0:
             continue
-        # P(score_member > score_nonmember) + 0.5 P(tie), via ranks (Mann-Whitney U).
-        combined = np.r_[m, n]
-        ranks = rankdata(combined)
-        u = ranks[: len(m)].sum() - len(m) * (len(m) + 1) / 2
+        m, n = member_scores[member_idx], np.sort(nonmember_scores[nonmember_idx])
+        if np.isnan(m).any() or np.isnan(n).any():
+            return float("nan")
+        # Mann-Whitney U: pairs in which the member scores higher, ties counting half (as rank sums count them).
+        below = np.searchsorted(n, m, side="left")
+        not_above = np.searchsorted(n, m, side="right")
+        u = float(below.sum()) + 0.5 * float((not_above - below).sum())
         total += u / (len(m) * len(n)) * len(m)
         weight += len(m)
     return total / weight if weight else float("nan")
 
 
-def _stratified_resample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    idx = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        idx.append(rng.choice(members, size=len(members), replace=True))
-    return np.concatenate(idx)
+def stratified_bootstrap(member_scores, member_labels, nonmember_scores, nonmember_labels, resamples: int,
+                         rng: np.random.Generator) -> Iterator[tuple[float, np.ndarray, np.ndarray]]:
+    """``resamples`` bootstrap resamples stratified by class: each class's members, then each class's
+    non-members, drawn with replacement within the class (label order). Yields the resample's class-matched
+    AUC with its member and non-member indices."""
+    member_scores, nonmember_scores = np.asarray(member_scores), np.asarray(nonmember_scores)
+    member_groups = _class_groups(np.asarray(member_labels))
+    nonmember_groups = _class_groups(np.asarray(nonmember_labels))
+    for _ in range(resamples):
+        drawn_members = [(label, rng.choice(idx, size=len(idx), replace=True)) for label, idx in member_groups]
+        drawn_nonmembers = [(label, rng.choice(idx, size=len(idx), replace=True)) for label, idx in nonmember_groups]
+        auc = _matched_auc(member_scores, drawn_members, nonmember_scores, drawn_nonmembers)
+        yield (auc, np.concatenate([idx for _, idx in drawn_members]),
+               np.concatenate([idx for _, idx in drawn_nonmembers]))
 
 
 def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: float) -> float:
@@ -405,10 +426,9 @@ def tpr_at_fpr(member_scores: np.ndarray, nonmember_scores: np.ndarray, fpr: flo
 def _auc_with_ci(member_phi, member_labels, nonmember_phi, nonmember_labels, settings, rng):
     auc = class_matched_auc(member_phi, member_labels, nonmember_phi, nonmember_labels)
     aucs, tprs = [], []
-    for _ in range(settings.bootstrap):
-        fi = _stratified_resample(member_labels, rng)
-        hi = _stratified_resample(nonmember_labels, rng)
-        aucs.append(class_matched_auc(member_phi[fi], member_labels[fi], nonmember_phi[hi], nonmember_labels[hi]))
+    for resampled_auc, fi, hi in stratified_bootstrap(member_phi, member_labels, nonmember_phi, nonmember_labels,
+                                                      settings.bootstrap, rng):
+        aucs.append(resampled_auc)
         tprs.append(tpr_at_fpr(member_phi[fi], nonmember_phi[hi], 0.01))
     alpha = 1 - settings.confidence
     ci = [float(v) for v in np.nanquantile(aucs, [alpha / 2, 1 - alpha / 2])]
