@@ -16,6 +16,18 @@ def test_class_matched_auc_equals_roc_auc_within_one_class():
     assert gates.class_matched_auc(m, np.zeros(50), n, np.zeros(80)) == pytest.approx(expected)
 
 
+def test_class_matched_auc_is_the_member_weighted_mean_of_per_class_roc_auc_with_ties_and_a_nan():
+    rng = np.random.default_rng(4)
+    m_labels, n_labels = rng.integers(0, 4, 90), rng.integers(0, 5, 300)  # class 4 has no members
+    m, n = np.round(rng.normal(0.5, 1, 90), 1), np.round(rng.normal(0, 1, 300), 1)  # many tied scores
+    per_class = [(roc_auc_score(np.r_[np.ones((m_labels == c).sum()), np.zeros((n_labels == c).sum())],
+                                np.r_[m[m_labels == c], n[n_labels == c]]), (m_labels == c).sum()) for c in range(4)]
+    expected = sum(auc * count for auc, count in per_class) / sum(count for _, count in per_class)
+    assert gates.class_matched_auc(m, m_labels, n, n_labels) == pytest.approx(expected, abs=1e-12)
+    m[3] = np.nan
+    assert np.isnan(gates.class_matched_auc(m, m_labels, n, n_labels))
+
+
 def test_class_matching_removes_class_mix_confound():
     # Class 1 is easier (higher scores) for everyone; members are mostly class 1. Unmatched AUC is high,
     # class-matched AUC is at chance because within a class members and non-members look the same.
