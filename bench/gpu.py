@@ -185,12 +185,17 @@ class _Watchdog:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
     def __enter__(self):
+        self._previous = None
         if threading.current_thread() is threading.main_thread():
+            # Python's own handler (KeyboardInterrupt), whatever a library installed before: the stop must land.
+            self._previous = signal.signal(signal.SIGINT, signal.default_int_handler)
             self._timer.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._timer.cancel()
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def device_name(device: torch.device) -> str:
