@@ -19,13 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from unlearnops.bench.harness import (
-    METRICS,
     MODELS,
     SCENARIOS,
     _samples,
     conditions,
     forget_mask,
+    gaps_to_retrain,
     measure,
+    retain_sample,
 )
 
 from unlearnops.data import Dataset
@@ -53,9 +54,8 @@ def run(methods=("ft", "ga"), ks=(1, 4, 8, 16), seeds=(0, 1), scenarios=("random
             forget, retain = _samples(train.select(mask)), _samples(train.select(~mask))
             forgotten_class = int(forget.labels[0]) if scenario == "class" else None
             reference = measure(fit(retain, seed), forget, retain, holdout, test, forgotten_class)
-            idx = np.random.default_rng(seed).choice(len(retain), size=min(512, len(retain)), replace=False)
-            inputs = UnlearnInputs(forget=forget, retain=Samples(retain.features[idx], retain.labels[idx]),
-                                   holdout=holdout, utility_max_drop=0.02)
+            inputs = UnlearnInputs(forget=forget, retain=retain_sample(retain, seed), holdout=holdout,
+                                   utility_max_drop=0.02)
             for name in methods:
                 method = registry.get(name)
                 for k in ks:
@@ -66,7 +66,7 @@ def run(methods=("ft", "ga"), ks=(1, 4, 8, 16), seeds=(0, 1), scenarios=("random
                     got = measure(result.model, forget, retain, holdout, test, forgotten_class)
                     rows.append({"model": model, "seed": seed, "scenario": scenario, "method": name, "k": k,
                                  "seconds": seconds,
-                                 "avg_gap_to_retrain": float(np.mean([abs(got[m] - reference[m]) for m in METRICS])),
+                                 "avg_gap_to_retrain": gaps_to_retrain(got, reference)["avg_gap_to_retrain"],
                                  "steps": result.details.get("steps"), **conditions()})
                     progress(json.dumps(rows[-1]))
     return rows

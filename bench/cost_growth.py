@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from unlearnops.bench.harness import MODELS, _samples, conditions, conditions_line
+from unlearnops.bench.harness import MODELS, _samples, conditions, conditions_line, retain_sample
 from unlearnops.data import Dataset
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
 from unlearnops.model import pick_device, train_model
@@ -114,9 +114,7 @@ def run_augmented(sizes=(3500, 14000, 52500), epochs: int = 3, device: str | Non
 def _timed_pair(original, spec, epochs, forget: Samples, retain: Samples, holdout: Samples, device, seed=0):
     """Seconds of slug and of retraining for one forget set."""
     method = load_plugins().get("slug")
-    idx = np.random.default_rng(seed).choice(len(retain), size=min(512, len(retain)), replace=False)
-    inputs = UnlearnInputs(forget=forget, retain=Samples(retain.features[idx], retain.labels[idx]),
-                           holdout=holdout, utility_max_drop=0.02)
+    inputs = UnlearnInputs(forget=forget, retain=retain_sample(retain, seed), holdout=holdout, utility_max_drop=0.02)
     started = time.perf_counter()
     result = run_method(method, copy.deepcopy(original), inputs, parse_config(method, {"seed": seed}), device)
     slug_seconds = time.perf_counter() - started

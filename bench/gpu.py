@@ -82,8 +82,10 @@ from unlearnops.bench.harness import (
     conditions,
     floor_seconds,
     forget_mask,
+    gaps_to_retrain,
     markdown_table,
     measure,
+    retain_sample,
     synchronize,
 )
 from unlearnops.data import Dataset
@@ -426,10 +428,8 @@ class GpuBench:
         seconds = time.perf_counter() - started
         reference = measure(retrained, forget, retain, self.holdout, self.test, forgotten_class)
         del retrained
-        idx = np.random.default_rng(self.seed).choice(len(retain), size=min(self.sizes.retain_sample, len(retain)),
-                                                       replace=False)
         inputs = UnlearnInputs(
-            forget=forget, retain=Samples(retain.features[idx], retain.labels[idx]), holdout=self.holdout,
+            forget=forget, retain=retain_sample(retain, self.seed, self.sizes.retain_sample), holdout=self.holdout,
             utility_max_drop=0.02, retain_full=retain, model_factory=self.factory,
             train_params={"epochs": self.sizes.epochs, "batch_size": self.sizes.batch_size, "lr": self.sizes.lr,
                           "seed": self.seed})
@@ -447,8 +447,7 @@ class GpuBench:
         s = self.scenario
         inputs = s["inputs"]
         measured = measure(model, inputs.forget, inputs.retain_full, self.holdout, self.test, s["forgotten_class"])
-        gaps = {f"gap_to_retrain_{k}": abs(measured[k] - s["reference"][k]) for k in METRICS}
-        return {**measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values())))}
+        return {**measured, **gaps_to_retrain(measured, s["reference"])}
 
     def _noop(self, scenario: str) -> dict[str, Any]:
         assert self.scenario["name"] == scenario

@@ -223,6 +223,18 @@ def measure(model, forget: Samples, retain: Samples, holdout: Samples, test: Sam
     }
 
 
+def retain_sample(retain: Samples, seed: int, size: int = 512) -> Samples:
+    """The ``size`` retained samples (all of them when fewer) a method gets, drawn from ``seed``."""
+    idx = np.random.default_rng(seed).choice(len(retain), size=min(size, len(retain)), replace=False)
+    return Samples(retain.features[idx], retain.labels[idx])
+
+
+def gaps_to_retrain(measured: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """The absolute gap of each of :data:`METRICS` to the retrained model's, and their mean."""
+    gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
+    return {**gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values())))}
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for the work queued on ``device`` (CUDA runs asynchronously) before a clock is read."""
     if device.type == "cuda":
@@ -330,10 +342,9 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
                          "time_ratio_to_retrain": 1.0, **reference,
                          **{f"gap_to_retrain_{k}": 0.0 for k in METRICS}, "avg_gap_to_retrain": 0.0})
 
-            idx = np.random.default_rng(seed).choice(len(retain), size=min(512, len(retain)), replace=False)
             inputs = UnlearnInputs(
                 forget=forget,
-                retain=Samples(retain.features[idx], retain.labels[idx]),
+                retain=retain_sample(retain, seed),
                 holdout=holdout,
                 utility_max_drop=0.02,
                 retain_full=retain,
@@ -345,10 +356,9 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
             rows[-1]["floor_seconds"] = floor
             rows[-1]["floor_ratio"] = retrain_seconds / floor
             measured = measure(original, forget, retain, holdout, test, forgotten_class)
-            gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
             rows.append({**base, "method": NOOP, "wall_seconds": 0.0, "time_ratio_to_retrain": None,
-                         "floor_ratio": 0.0, **measured, **gaps,
-                         "avg_gap_to_retrain": float(np.mean(list(gaps.values()))), "changed_parameters": 0})
+                         "floor_ratio": 0.0, **measured, **gaps_to_retrain(measured, reference),
+                         "changed_parameters": 0})
             for spec_name in methods:
                 name, _, preset = spec_name.partition(":")
                 method = registry.get(name)
@@ -365,11 +375,10 @@ def _bench_model(model_name: str, scenarios: list[str], methods: list[str], seed
                 result = run_method(method, copy.deepcopy(parent), inputs, config, torch_device)
                 seconds = time.perf_counter() - started
                 measured = measure(result.model, forget, retain, holdout, test, forgotten_class)
-                gaps = {f"gap_to_retrain_{k}": abs(measured[k] - reference[k]) for k in METRICS}
                 rows.append({**base, "method": spec_name, "wall_seconds": seconds,
                              "time_ratio_to_retrain": retrain_seconds / seconds if seconds else float("inf"),
                              "floor_ratio": seconds / floor,
-                             **measured, **gaps, "avg_gap_to_retrain": float(np.mean(list(gaps.values()))),
+                             **measured, **gaps_to_retrain(measured, reference),
                              "changed_parameters": len(result.changed_parameters), **extra})
             done(f"{model_name} seed {seed} {scenario}: {len(methods)} method(s) beside retraining")
 
