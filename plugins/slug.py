@@ -245,7 +245,7 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
-        self.flops = 0  # multiply-adds of one sample through the tail (counted by _tails_for)
+        self.sample_multiply_adds = 0  # of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
@@ -386,7 +386,8 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
                 if tail and stop and not torch.allclose(tail(probe, 0, stop), expected, rtol=1e-4, atol=1e-5):
                     tails[name] = None
                 elif tail and stop:
-                    tail.flops = multiply_adds(tail.module, *[value[:1] for value in tail.cache[id(probe)]])
+                    one_sample = [value[:1] for value in tail.cache[id(probe)]]
+                    tail.sample_multiply_adds = multiply_adds(tail.module, *one_sample)
             except Exception:
                 tails[name] = None
     return tails, outputs
@@ -395,7 +396,10 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
 def _cheapest_first(names: list[str], tails: dict[str, "_Tail | None"]) -> list[str]:
     """Candidate layers by the multiply-adds of their tail per sample (layers without a tail, evaluated by
     whole forward passes, last); ties keep the given order."""
-    return sorted(names, key=lambda n: (tails[n].flops if tails.get(n) else float("inf"), names.index(n)))
+    def cost(name: str) -> tuple[float, int]:
+        return (tails[name].sample_multiply_adds if tails.get(name) else float("inf"), names.index(name))
+
+    return sorted(names, key=cost)
 
 
 def _tail_for(model: nn.Module, parameter: str, datasets: list[_Tensors], batch_size: int):
