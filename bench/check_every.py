@@ -31,7 +31,7 @@ from unlearnops.bench.harness import (
 
 from unlearnops.data import Dataset
 from unlearnops.method_runner import Samples, UnlearnInputs, parse_config, run_method
-from unlearnops.model import train_model
+from unlearnops.model import seed_everything, train_model
 from unlearnops.plugin_manager import load_plugins
 
 
@@ -43,6 +43,7 @@ def run(methods=("ft", "ga"), ks=(1, 4, 8, 16), seeds=(0, 1), scenarios=("random
     registry = load_plugins()
 
     def fit(samples: Samples, seed: int):
+        seed_everything(seed)  # before the network is built, as the harness's fit does
         return train_model(spec.factory(), samples.features, samples.labels, epochs=spec.quick_epochs,
                            batch_size=spec.batch_size, lr=spec.lr, seed=seed)
 

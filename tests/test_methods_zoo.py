@@ -93,6 +93,22 @@ def test_ssd_only_dampens():
         assert torch.all((new == 0) | (torch.sign(new) == torch.sign(old))), name
 
 
+def test_ssd_search_bisects_to_the_edge_of_the_utility_budget():
+    """Short of the target, SSD keeps the least selective alpha within the utility budget, found between the
+    grid's last good alpha and the first bad one (not one grid step ×0.8 away from it)."""
+    result, _ = _run(SSD())
+    trace, alpha = result.details["search"], result.details["alpha"]
+    kept = next(e for e in trace if e["alpha"] == alpha)
+    assert kept["utility_ok"] and not any(e["reached"] for e in trace)
+    broke = [e["alpha"] for e in trace if not e["utility_ok"]]
+    assert broke and all(a < alpha for a in broke)
+    assert not [e for e in trace if e["alpha"] < alpha and e["utility_ok"]]
+    assert max(broke) / alpha > 0.8 ** (1 / 2 ** 3)  # four bisections: within a 16th of a grid step
+    coarse, _ = _run(SSD(), bisect_steps=0)
+    assert coarse.details["alpha"] > alpha
+    assert coarse.details["selected_weights"] < result.details["selected_weights"]
+
+
 def test_ga_stops_at_the_held_out_level_or_the_utility_guard():
     result, _ = _run(GA())
     d = result.details

@@ -27,6 +27,8 @@ PARITY_BATCH_SIZES = (1, 7, 64)
 ONNX_OPSET = 18
 #: The largest |ONNX Runtime - torch| logit difference an export may have (promotion refuses more).
 PARITY_TOLERANCE = 1e-4
+
+_log = logging.getLogger(__name__)
 _metadata: ContextVar[dict[str, str]] = ContextVar("unlearnops_onnx_metadata", default={})
 
 
@@ -99,8 +101,11 @@ def export_onnx(model: nn.Module, sample: np.ndarray, path: Path,
         result = _checked(model, sample, path, "torchscript")
         if result.max_abs_diff <= PARITY_TOLERANCE:
             return result
-    except Exception:  # noqa: BLE001 - any failure of the trace-based exporter hands over to the other one
-        pass
+        _log.debug("TorchScript export of %s missed parity (%.3g > %g); using the torch.export-based exporter",
+                   type(model).__name__, result.max_abs_diff, PARITY_TOLERANCE)
+    except Exception as error:  # noqa: BLE001 - any failure of the trace-based exporter hands over to the other one
+        _log.debug("TorchScript export of %s failed (%s); using the torch.export-based exporter",
+                   type(model).__name__, error, exc_info=True)
     _write_onnx(model, example, path, metadata, dynamo=True)
     return _checked(model, sample, path, "dynamo")
 
