@@ -134,7 +134,7 @@ def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh
     import pandas as pd
 
     from unlearnops.flow.batch import NothingToDo
-    from unlearnops.flow.locate import locate as locate_pending
+    from unlearnops.flow.locate import batch_waiting, locate as locate_pending
 
     ws = fresh_workspace
     subjects = sorted(pd.read_parquet(ws.data_dir / "manifest.parquet").subject_id.unique())
@@ -149,8 +149,10 @@ def test_the_flow_rejects_vanished_targets_and_closes_already_deleted_ones(fresh
     _remove_subject(ws, subjects[0])
     _remove_subject(ws, subjects[1])
 
+    assert batch_waiting(ws)  # what `unlearnops run` asks before importing the batch's stack ahead
     with pytest.raises(NothingToDo):
         locate_pending(ws)
+    assert not batch_waiting(ws) and not batch_waiting(ws, "retrain")
     gone = store.get(vanished.id)
     assert gone.state == "rejected" and f"unknown subject id: {subjects[0]}" in gone.rejection_reason
     again = store.get(later.id)

@@ -602,14 +602,17 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
     if not prefect or not servers.temporary_prefect_wanted():
         yield
         return
+    from unlearnops.flow.locate import batch_waiting
     from unlearnops.flow.unlearn import validated_ladder
 
     server = servers.TemporaryPrefectServer()
     server.start()
     try:
         validated_ladder(ws, None, method, overrides or None)
-        server.wait_ready(prefect_startup_seconds(),
-                          meanwhile=[lambda m=m: _import_ahead(m) for m in IMPORT_AHEAD])
+        # With no batch to run, the batch's stack is not imported ahead: it would only hold up the server's
+        # boot on the other core (a request submitted meanwhile is still run, its imports then done in turn).
+        ahead = IMPORT_AHEAD if batch_waiting(ws, method) else ()
+        server.wait_ready(prefect_startup_seconds(), meanwhile=[lambda m=m: _import_ahead(m) for m in ahead])
     except BaseException:
         server.stop()
         raise

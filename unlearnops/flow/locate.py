@@ -15,13 +15,26 @@ from typing import Any
 
 from unlearnops import data, model_registry
 from unlearnops.clock import utc_now
-from unlearnops.flow.batch import Batch, LocateRecord, NothingToDo
+from unlearnops.flow.batch import Batch, LocateRecord, NothingToDo, open_batches
 from unlearnops.flow.unlearn import validated_ladder
 from unlearnops.keys import keyed_hash, subject_key
 from unlearnops.locate import LocateContext, configured_locators, locate_requests, read_manifest
 from unlearnops.plugin_manager import PluginError
 from unlearnops.requests import CARRIED_STATES, HASHED_PREFIX, RequestStore
 from unlearnops.workspace import Workspace
+
+
+def batch_waiting(ws: Workspace, method: str | None = None) -> bool:
+    """Whether a run has a batch to work on: an unfinished one, pending requests, or requests cut but not
+    certified when a method is asked for (what :func:`locate` opens a batch over)."""
+    if open_batches(ws):
+        return True
+    store = RequestStore(ws.requests_db)
+    return bool(store.pending()) or bool(method and _carried(store))
+
+
+def _carried(store: RequestStore) -> list:
+    return [r for r in store.list(CARRIED_STATES) if r.located_sample_ids]
 
 
 def locate(ws: Workspace, method: str | None = None, method_config: dict | None = None) -> Batch:
@@ -33,7 +46,7 @@ def locate(ws: Workspace, method: str | None = None, method_config: dict | None 
     started = time.perf_counter()
     store = RequestStore(ws.requests_db)
     pending = store.pending()
-    carried = [r for r in store.list(CARRIED_STATES) if r.located_sample_ids]
+    carried = _carried(store)
     if not pending and not (carried and method):
         raise NothingToDo("no pending deletion requests" + (
             f" ({len(carried)} cut but not certified: retry them with `unlearnops run --method METHOD`)"
