@@ -316,3 +316,19 @@ def test_approximate_methods_need_retrain_equivalence_evidence():
     assert "behaves like models that never saw the data" in gates.certification_grounds(evidence, "pass", False)
     refused = proxies + [_verdict("retrain_equivalence", "fail")]
     assert gates.overall_status(refused, SETTINGS)[0] == "fail"
+
+
+def test_report_roc_points_are_scikit_learns_with_ties_and_infinities():
+    from sklearn.metrics import roc_curve
+
+    from unlearnops.report import roc_points
+
+    rng = np.random.default_rng(7)
+    for m, n in [(rng.normal(1, 1, 40), rng.normal(0, 1, 70)),
+                 (np.round(rng.normal(0.5, 1, 60), 1), np.round(rng.normal(0, 1, 90), 1)),  # many ties
+                 (np.r_[np.inf, 3.0, -np.inf, 0.0], np.r_[-np.inf, 0.0, 0.0, 1.0, np.inf])]:
+        fpr, tpr = roc_points(m, n)
+        finite = np.clip(np.r_[m, n], -1e300, 1e300)  # the same order; scikit-learn refuses infinities
+        want_fpr, want_tpr, _ = roc_curve(np.r_[np.ones(len(m)), np.zeros(len(n))], finite, drop_intermediate=False)
+        np.testing.assert_allclose(fpr, want_fpr, rtol=0, atol=1e-15)
+        np.testing.assert_allclose(tpr, want_tpr, rtol=0, atol=1e-15)

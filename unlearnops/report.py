@@ -29,12 +29,27 @@ def _png(fig) -> str:
     return _data_uri(_png_bytes(fig))
 
 
+def roc_points(positive, negative) -> tuple[np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate) of ``positive`` against ``negative`` scores at every distinct
+    threshold, from (0, 0) up to (1, 1): the points of scikit-learn's ``roc_curve(drop_intermediate=False)``,
+    without importing scikit-learn (2.3 s in a fresh process, for this alone)."""
+    positive, negative = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    scores = np.r_[positive, negative]
+    truth = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    order = np.argsort(-scores, kind="mergesort")
+    scores, truth = scores[order], truth[order]
+    last_of_each = np.r_[np.flatnonzero(scores[1:] != scores[:-1]), len(scores) - 1]  # of each distinct score
+    true_positives = np.r_[0.0, np.cumsum(truth)[last_of_each]]
+    false_positives = np.r_[0.0, last_of_each + 1 - true_positives[1:]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return false_positives / len(negative), true_positives / len(positive)
+
+
 def _roc_plot(scores: dict[str, np.ndarray]) -> str | None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from sklearn.metrics import roc_curve
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     drawn = False
@@ -42,8 +57,7 @@ def _roc_plot(scores: dict[str, np.ndarray]) -> str | None:
         members, nonmembers = scores.get(f"forget_phi_{tag}"), scores.get(f"holdout_phi_{tag}")
         if members is None or len(members) == 0:
             continue
-        truth = np.r_[np.ones(len(members)), np.zeros(len(nonmembers))]
-        fpr, tpr, _ = roc_curve(truth, np.r_[members, nonmembers])
+        fpr, tpr = roc_points(members, nonmembers)
         ax.plot(fpr, tpr, label=f"{tag} unlearning")
         drawn = True
     if not drawn:
@@ -182,18 +196,16 @@ def _audit_roc_plot(record: dict[str, Any]) -> str | None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from sklearn.metrics import roc_curve
 
     forget, nonmembers = record["per_example"]["forget"], record["per_example"]["nonmembers"]
     if not forget or not nonmembers:
         return None
     attacks = list(record["attacks"])
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.5 * len(attacks), 4.2), squeeze=False)
-    truth = np.r_[np.ones(len(forget)), np.zeros(len(nonmembers))]
     for ax, attack in zip(axes[0], attacks):
         for tag, style in (("parent", "--"), ("candidate", "-")):
             key = f"{attack}_{tag}"
-            fpr, tpr, _ = roc_curve(truth, np.r_[[r[key] for r in forget], [r[key] for r in nonmembers]])
+            fpr, tpr = roc_points([r[key] for r in forget], [r[key] for r in nonmembers])
             ax.plot(fpr, tpr, style, label=f"{tag} (AUC {record['attacks'][attack][tag]['auc']:.3f})")
         ax.plot([1e-3, 1], [1e-3, 1], "k:", label="chance")
         ax.set(xscale="log", yscale="log", xlim=(1e-3, 1), ylim=(1e-3, 1.05), xlabel="false positive rate",
