@@ -171,7 +171,12 @@ def _scores(model, data: _Tensors, batch_size: int, coefficient: float | None = 
         correct.append(right)
     if not phis:
         return np.zeros(0), np.zeros(0, dtype=bool)
-    return torch.cat(phis).cpu().numpy(), torch.cat(correct).cpu().numpy()
+    return _joined(phis).cpu().numpy(), _joined(correct).cpu().numpy()
+
+
+def _joined(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks concatenated; a single chunk as it is (``torch.cat`` would copy it)."""
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
 
 #: Utility-set samples per chunk of an evaluation (the unit of early rejection).
@@ -245,6 +250,8 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
+        #: The edited layer's output at W₀ per group (linear tails), when the recording pass kept it.
+        self.layer_output: dict[int, torch.Tensor] = {}
         self.sample_multiply_adds = 0  # of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -270,6 +277,11 @@ class _Tail:
         env[node] = graph.get_attr(node.target)
         return env[node]
 
+    @property
+    def recorded_nodes(self) -> set:
+        """The values a recording pass keeps for this tail: its boundary, and the edited layer's output."""
+        return set(self.boundary) | ({self.layer_node} if self.linear is not None else set())
+
     @no_grad
     def prepare(self, data: _Tensors, batch_size: int, recorded: dict | None = None) -> None:
         """Keep the boundary values for ``data`` (once per group and candidate layer): taken from
@@ -277,9 +289,11 @@ class _Tail:
         if id(data) in self.cache:
             return
         if recorded is None:
-            recorded = _record(self.traced, set(self.boundary), data, batch_size)
+            recorded = _record(self.traced, self.recorded_nodes, data, batch_size)
         # an empty group (no held-out sample of a class) records nothing and is never evaluated
         self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
+        if self.linear is not None and recorded.get(self.layer_node) is not None:
+            self.layer_output[id(data)] = _fast_layout(recorded[self.layer_node])
         self.direction_cache.pop(id(data), None)
 
     @no_grad
@@ -298,15 +312,18 @@ class _Tail:
             x = self.cache[key][position[source]]
             if x is None:
                 continue
+            recorded_base = self.layer_output.get(key)
             base, along = [], []
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
-                base.append(self.layer(chunk))
+                if recorded_base is None:
+                    base.append(self.layer(chunk))
                 if isinstance(self.layer, nn.Linear):
                     along.append(F.linear(chunk, direction))
                 else:
                     along.append(self.layer._conv_forward(chunk, direction, None))
-            self.direction_cache[key] = (_fast_layout(torch.cat(base)), _fast_layout(torch.cat(along)))
+            base = recorded_base if recorded_base is not None else _fast_layout(_joined(base))
+            self.direction_cache[key] = (base, _fast_layout(_joined(along)))
 
     def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
         values = [value[start:stop] for value in self.cache[id(data)]]
@@ -341,9 +358,9 @@ def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_siz
     outputs = []
     for start in range(0, len(data), batch_size):
         outputs.append(Recorder(traced).run(data.x[start : start + batch_size]))
-    recorded = {n: torch.cat(c) for n, c in chunks.items() if c}
+    recorded = {n: _joined(c) for n, c in chunks.items() if c}
     if outputs and isinstance(outputs[0], torch.Tensor):
-        recorded[output] = torch.cat(outputs)
+        recorded[output] = _joined(outputs)
     return recorded
 
 
@@ -362,7 +379,7 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
             tails[name] = _Tail(traced, name)
         except Exception:
             tails[name] = None
-    wanted = {n for tail in tails.values() if tail for n in tail.boundary}
+    wanted = {n for tail in tails.values() if tail for n in tail.recorded_nodes}
     output = next(n for n in traced.graph.nodes if n.op == "output")
     outputs: dict[int, torch.Tensor] = {}
     for data in datasets:
