@@ -10,11 +10,13 @@ Cost: the two gradients are the method's floor (one forward + backward pass over
 retain sample). The search then runs on cached activations: the model is traced once (torch.fx), one
 recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
 outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
-is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D), so each evaluation runs only the layers above it
-(image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
+is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D) (z(W₀) kept from the recording pass, op(x, D) computed
+once per candidate), so each evaluation runs only the layers above it (image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
 are searched cheapest tail first (multiply-adds per sample), and once one has a result the others must beat it: a
 candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
-breaks utility without reaching the target shows it cannot (criteria that grow with λ assumed, as by the
+breaks utility without reaching the target shows it cannot; against a bar that reached the target, a
+bisection step that breaks utility while the cheap part of the target (forget-set accuracy, or the class's
+held-out accuracy) is still missed ends it too (criteria that grow with λ assumed, as by the
 bisection; ``prune_candidates = false`` searches every candidate in full, for the same choice).
 
 Targets:
@@ -507,6 +509,21 @@ class _Judge:
                                  and result["forget_accuracy"] <= self.holdout_accuracy + self.config.accuracy_tolerance)
         return result
 
+    def short_of_target(self, result: dict) -> bool:
+        """Whether the current step (judged in ``result``) certainly misses the target, from its cheap part
+        alone, which is added to ``result``: the class's held-out accuracy (class mode: the target itself),
+        or the forget set's accuracy against the held-out level (sample mode; the attack AUC would need
+        every utility score)."""
+        size, c = self.config.batch_size, self.coefficient
+        if self.mode == "class":
+            data = self.target_set if len(self.target_set) else self.forget
+            _, correct = _scores(self.forward, data, size, c)
+            result["class_accuracy"] = float(correct.mean())
+            return result["class_accuracy"] > self.chance + self.config.class_tolerance
+        _, correct = _scores(self.forward, self.forget, size, c)
+        result["forget_accuracy"] = float(correct.mean())
+        return result["forget_accuracy"] > self.holdout_accuracy + self.config.accuracy_tolerance
+
     def unit(self) -> float:
         """One utility sample's share of the utility set (drops are whole multiples of it)."""
         return 1.0 / max(len(self.utility_set), 1)
@@ -548,8 +565,10 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
 
     Against a bar the middle of the doubling grid is scored completely first: where it breaks utility
     without reaching the target, what the layer can achieve below it is bounded, and the search stops there
-    if that cannot beat the bar; otherwise it tells on which side of it the doubling has to go (criteria
-    that grow with λ assumed, as by the bisection)."""
+    if that cannot beat the bar; otherwise it tells on which side of it the doubling has to go. Every
+    doubling step is then scored completely, and against a bar that reached the target a bisection step that
+    breaks utility short of the target's cheap part (:meth:`_Judge.short_of_target`) stops the search
+    (criteria that grow with λ assumed, as by the bisection)."""
     scale = original.norm()
     trace: list[dict] = []
 
@@ -584,7 +603,9 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
             first = checked + 1
     k = first
     while not pruned and k < len(grid):
-        probed[k] = probed.get(k) or try_step(grid[k])
+        # Against a bar every doubling step is scored completely: a step that keeps utility is anyway, and
+        # the one that breaks it is what the bar is checked against (scored once, not twice).
+        probed[k] = probed.get(k) or try_step(grid[k], complete=bar is not None)
         if stops(probed[k]):
             break
         k += 1
@@ -594,12 +615,18 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
         high = grid[k]
         if probed[k]["reached"] and probed[k]["utility_ok"]:
             best = probed[k]
-        elif bar is not None and k != checked and not probed[k]["reached"]:
-            pruned = beyond_reach(try_step(grid[k], complete=True))
+        elif bar is not None:
+            pruned = beyond_reach(probed[k])
+    must_reach = bar is not None and bar.rank[0] == 0
     if high is not None and not pruned:
         for _ in range(config.bisect_steps):
             mid = (low + high) / 2
             result = try_step(mid)
+            if must_reach and not result["utility_ok"] and judge.short_of_target(result):
+                # Utility broken short of the target: with criteria that grow with λ the layer reaches the
+                # target nowhere within its utility budget, so it cannot beat a bar that reached it.
+                result["short_of_target"] = pruned = True
+                break
             if result["reached"] and result["utility_ok"]:
                 high, best = mid, result
             elif result["reached"] or not result["utility_ok"]:
