@@ -11,7 +11,8 @@ retain sample). The search then runs on cached activations: the model is traced 
 recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
 outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
 is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D) (z(W₀) kept from the recording pass, op(x, D) computed
-once per candidate), so each evaluation runs only the layers above it (image-shaped activations are kept channels-last, where CPU pooling is several times faster). Candidates
+once per candidate), so each evaluation runs only the layers above it (image-shaped activations are kept
+channels-last, where CPU pooling is several times faster). Candidates
 are searched cheapest tail first (multiply-adds per sample), and once one has a result the others must beat it: a
 candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
 breaks utility without reaching the target shows it cannot; against a bar that reached the target, a
@@ -252,7 +253,7 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(owner), seed
             self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
         self.cache: dict[int, list[torch.Tensor]] = {}
-        #: The edited layer's output at W₀ per group (linear tails), when the recording pass kept it.
+        #: The edited layer's output at W₀ per non-empty group (linear tails), kept by the recording pass.
         self.layer_output: dict[int, torch.Tensor] = {}
         self.sample_multiply_adds = 0  # of one sample through the tail (counted by _tails_for)
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -294,7 +295,7 @@ class _Tail:
             recorded = _record(self.traced, self.recorded_nodes, data, batch_size)
         # an empty group (no held-out sample of a class) records nothing and is never evaluated
         self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
-        if self.linear is not None and recorded.get(self.layer_node) is not None:
+        if self.linear is not None and self.layer_node in recorded:
             self.layer_output[id(data)] = _fast_layout(recorded[self.layer_node])
         self.direction_cache.pop(id(data), None)
 
@@ -314,18 +315,14 @@ class _Tail:
             x = self.cache[key][position[source]]
             if x is None:
                 continue
-            recorded_base = self.layer_output.get(key)
-            base, along = [], []
+            along = []
             for start in range(0, len(x), batch_size):
                 chunk = x[start : start + batch_size]
-                if recorded_base is None:
-                    base.append(self.layer(chunk))
                 if isinstance(self.layer, nn.Linear):
                     along.append(F.linear(chunk, direction))
                 else:
                     along.append(self.layer._conv_forward(chunk, direction, None))
-            base = recorded_base if recorded_base is not None else _fast_layout(_joined(base))
-            self.direction_cache[key] = (base, _fast_layout(_joined(along)))
+            self.direction_cache[key] = (self.layer_output[key], _fast_layout(_joined(along)))
 
     def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
         values = [value[start:stop] for value in self.cache[id(data)]]
