@@ -161,7 +161,7 @@ def install_probe() -> None:
     hooks = {"unlearnops.api": api_hook, "unlearnops.flow.unlearn": unlearn_hook, "unlearnops.flow.run": run_hook,
              "prefect.server.api.server": server_hook, "unlearnops.export": onnx_hook,
              "unlearnops.servers": servers_hook, "unlearnops.cli": cli_hook,
-             "unlearnops.pipelines.deletion": lambda m: None,
+             "unlearnops.pipelines.deletion": lambda m: None, "prefect": lambda m: None,
              "mlflow": lambda m: None}
     sys.meta_path.insert(0, _PostImport(hooks, mark))
 
@@ -194,6 +194,17 @@ def _total(spans) -> float:
     return sum(b - a for a, b in spans)
 
 
+def _union_within(spans, start: float, end: float) -> float:
+    """Seconds covered by the (possibly nested) spans inside ``[start, end]``."""
+    covered, reached = 0.0, start
+    for a, b in sorted(spans):
+        a, b = max(a, reached), min(b, end)
+        if b > a:
+            covered += b - a
+            reached = b
+    return covered
+
+
 def breakdown(marks: list[tuple[str, float]], spawned: float, exited: float, batch: dict[str, Any]) -> dict[str, Any]:
     """Seconds per phase of one CLI run from the probe's marks (monotonic, comparable across processes) and
     the batch record (``step_seconds``, rung records). The phases add up to the wall time."""
@@ -214,16 +225,22 @@ def breakdown(marks: list[tuple[str, float]], spawned: float, exited: float, bat
         steps[name] = _total(_spans(marks, f"step:{name}"))
     method = sum(float(r.get("method_seconds", 0.0)) for r in batch["rungs"])
     gates = float(batch["step_seconds"].get("gates", 0.0))
-    prefect_import = _total(_spans(marks, "import:unlearnops.pipelines.deletion"))
+    # Prefect is imported by the flow's module, or earlier by the CLI when it configures Prefect's settings
+    # for its own server: either way it is counted as Prefect's import, not as the phase it fell in.
+    prefect_spans = _spans(marks, "import:unlearnops.pipelines.deletion") + _spans(marks, "import:prefect")
+    prefect_import_in_cli = _union_within(prefect_spans, interpreter, run_in)
+    prefect_import_in_run = _union_within(prefect_spans, run_in, pending_in)
+    prefect_import = prefect_import_in_cli + prefect_import_in_run
     ladder_check_in_cli = sum(b - a for a, b in _spans(marks, "validated_ladder") if b <= run_in)
     parts = {
         "python_start": interpreter - spawned,
-        "cli_imports_and_parsing": before_run - _total(ahead_launch) - _total(ahead_wait) - ladder_check_in_cli,
+        "cli_imports_and_parsing": (before_run - _total(ahead_launch) - _total(ahead_wait) - ladder_check_in_cli
+                                    - prefect_import_in_cli),
         "plugins_and_ladder_check": ladder_check_in_cli + ladder_out - run_in,
         "imports_ahead": imported_ahead,
         "prefect_and_flow_import": prefect_import,
         "prefect_server_start": server_wait,
-        "flow_run_start": pending_in - ladder_out - prefect_import - _total(own_start),
+        "flow_run_start": pending_in - ladder_out - prefect_import_in_run - _total(own_start),
         "locate": steps["locate"],
         "dataset_version": steps["dataset_version"],
         "unlearn_method": method,

@@ -48,6 +48,23 @@ def test_phases_add_up_to_the_wall_time_and_only_the_method_is_not_overhead():
     assert detail["prefect_server_boot_seconds"] == pytest.approx(4.2) and detail["onnx_exports"] == 1
 
 
+
+def test_prefect_imported_by_the_cli_before_the_run_counts_as_prefects_import():
+    # The CLI imports Prefect (to set its settings) between its server's wait and the run; the flow's module
+    # then imports in 0.2 s.
+    marks = [m for m in NEW_PATH if not m[0].startswith("import:unlearnops.pipelines.deletion")]
+    marks = [("temporary_prefect.wait:exit", 4.5) if n == "temporary_prefect.wait:exit" else (n, t) for n, t in marks]
+    marks += _marks([("import:prefect:start", 4.5), ("import:prefect:end", 5.0),
+                     ("import:unlearnops.pipelines.deletion:start", 5.1),
+                     ("import:unlearnops.pipelines.deletion:end", 5.3)])
+    parts = breakdown(sorted(marks, key=lambda m: m[1]), spawned=0.0, exited=26.5, batch=BATCH)["parts"]
+    reference = breakdown(NEW_PATH, spawned=0.0, exited=26.5, batch=BATCH)["parts"]
+    assert sum(parts.values()) == pytest.approx(26.5, abs=0.05)
+    assert parts["prefect_and_flow_import"] == pytest.approx(0.7)
+    assert parts["cli_imports_and_parsing"] == pytest.approx(reference["cli_imports_and_parsing"])
+    assert parts["prefect_server_start"] == pytest.approx(reference["prefect_server_start"] - 0.5)
+    assert parts["flow_run_start"] == pytest.approx(reference["flow_run_start"] + 0.8)
+
 def test_prefects_own_server_start_is_accounted_as_waiting():
     old = _marks([
         ("interpreter", 0.1), ("api.run:enter", 1.0), ("validated_ladder:enter", 1.0), ("validated_ladder:exit", 1.2),
@@ -113,3 +130,17 @@ def test_temporary_server_answers_and_keeps_prefects_timeout_error(tmp_path, mon
     finally:
         server.stop()
     assert not servers.answers(f"{server.api_url}/health", timeout=1)
+
+
+
+def test_heartbeats_are_off_under_the_commands_own_server_unless_the_user_set_a_frequency():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    from unlearnops.cli import _no_heartbeats_unless_asked
+
+    default = get_current_settings().flows.heartbeat_frequency
+    with _no_heartbeats_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == default
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}), _no_heartbeats_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency == 45

@@ -618,9 +618,24 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
         raise
     os.environ["PREFECT_API_URL"] = server.api_url
     try:
-        yield
+        with _no_heartbeats_unless_asked():
+            yield
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+
+
+@contextmanager
+def _no_heartbeats_unless_asked():
+    """Flow-run heartbeats off while the flow reports to this command's own temporary server, unless the
+    user configured a frequency: that server lives and dies with the process, so no automation can watch
+    for missed beats, and joining the heartbeat thread at the flow's end costs about half a second."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:  # environment, profile or toml
+        yield
+        return
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 @contextmanager
