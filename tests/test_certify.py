@@ -187,6 +187,28 @@ def test_identity_is_refused_on_the_default_demo_data(demo_batch):
     assert identity.status == "fail"
 
 
+
+def test_rungs_of_one_ladder_compute_the_parents_side_once_and_alike(demo_batch, monkeypatch):
+    from noop_plugin import NoOpPlugin
+    from unlearnops import model_registry
+    from unlearnops.flow.gates import ladder_evidence
+    from unlearnops.plugin_manager import register_plugin, unregister_plugin
+
+    ws, batch = demo_batch
+    register_plugin(NoOpPlugin(), "noop-plugin")
+    try:
+        alone = _gates_for(ws, batch, "noop")
+        loads, load = [], model_registry.load_model
+        monkeypatch.setattr(model_registry, "load_model", lambda *a, **k: loads.append(1) or load(*a, **k))
+        with ladder_evidence():
+            rungs = [_gates_for(ws, batch, "noop") for _ in range(2)]
+    finally:
+        unregister_plugin("noop-plugin")
+    assert len(loads) == 3  # the parent for each rung's method, once for the gates
+    for rung in rungs:
+        assert rung.metrics == alone.metrics and rung.status == alone.status
+        assert [g.model_dump() for g in rung.gates] == [g.model_dump() for g in alone.gates]
+
 def test_retraining_is_certified_on_the_default_demo_data(demo_batch):
     ws, batch = demo_batch
     retrained = _gates_for(ws, batch, "retrain")

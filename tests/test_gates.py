@@ -179,6 +179,27 @@ def test_data_gate_with_great_expectations():
     assert skew.status == "fail" and skew.metrics["failed"] == ["expect_column_kl_divergence_to_be_less_than"]
 
 
+
+def test_data_gate_validates_the_same_inputs_once_and_hands_out_copies(monkeypatch):
+    before = _manifest(120)
+    removed = before.iloc[:6]
+    after = before.iloc[6:].reset_index(drop=True)
+    ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()
+    runs = []
+    validate = gates._validated_manifest
+    monkeypatch.setattr(gates, "_validated_manifest", lambda *a: runs.append(1) or validate(*a))
+    first, validation = gates.data_gate(before, after, ids, hashes, SETTINGS)
+    first.metrics["failed"].append("tampered by a caller")
+    validation["success"] = False
+    again, validation_again = gates.data_gate(before, after.copy(), list(ids), list(hashes), SETTINGS)
+    assert runs == [1] and again.status == "pass" and again.metrics["failed"] == []
+    assert validation_again["success"] is True
+    changed = after.copy()
+    changed.loc[0, "label"] = (changed.loc[0, "label"] + 1) % 3  # same shape, other content: validated anew
+    gates.data_gate(before, changed, ids, hashes, SETTINGS)
+    gates.data_gate(before, after, ids, hashes, SETTINGS.model_copy(update={"label_kl_max": 0.5}))
+    assert runs == [1, 1, 1]
+
 def test_atypical_forget_sets_are_inconclusive_not_over_forgotten():
     """Samples the parent never fit (e.g. labels no other sample supports) sit below unseen data before
     any unlearning: that is no evidence of over-forgetting, and no evidence of forgetting either."""

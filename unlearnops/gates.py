@@ -304,10 +304,38 @@ def retrain_equivalence_gate(candidate: Evaluation, parent: Evaluation, referenc
 # -- data gate --------------------------------------------------------------------------------------
 
 
+#: The last data gates run in this process, by a digest of their inputs: a batch's later rungs validate the
+#: same dataset version against the same deletion, so its GX validation is run once per batch.
+_data_gate_memo: dict[str, tuple[GateResult, dict]] = {}
+
+
 def data_gate(
     before: pd.DataFrame, after: pd.DataFrame, removed_ids: list[str], removed_hashes: list[str], settings: GateSettings
 ) -> tuple[GateResult, dict]:
-    """Validate the new manifest with a GX suite; returns the gate result and GX's full validation JSON."""
+    """Validate the new manifest with a GX suite; returns the gate result and GX's full validation JSON.
+    The same inputs (compared by content) get a copy of the same answer without running GX again."""
+    import copy
+    import hashlib
+
+    import pandas as pd
+
+    digest = hashlib.sha256()
+    for frame in (before, after):
+        digest.update(repr((list(frame.columns), [str(t) for t in frame.dtypes], len(frame))).encode())
+        digest.update(pd.util.hash_pandas_object(frame, index=True).to_numpy().tobytes())
+    digest.update(repr((list(map(str, removed_ids)), list(map(str, removed_hashes)))).encode())
+    digest.update(settings.model_dump_json().encode())
+    key = digest.hexdigest()
+    if key not in _data_gate_memo:
+        _data_gate_memo.clear()
+        _data_gate_memo[key] = _validated_manifest(before, after, removed_ids, removed_hashes, settings)
+    result, validation = _data_gate_memo[key]
+    return result.model_copy(deep=True), copy.deepcopy(validation)
+
+
+def _validated_manifest(
+    before: pd.DataFrame, after: pd.DataFrame, removed_ids: list[str], removed_hashes: list[str], settings: GateSettings
+) -> tuple[GateResult, dict]:
     import great_expectations as gx  # slow import (2-6 s): only when the gate runs
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig

@@ -4,7 +4,11 @@ step runs it after every rung of its ladder."""
 
 from __future__ import annotations
 
+import copy
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,34 +23,69 @@ from unlearnops.report import SCORES_FILE
 from unlearnops.workspace import Workspace
 
 
+#: Set by :func:`ladder_evidence` for one climb of a batch's ladder: what every rung's gates share (the parent's
+#: evaluations, both manifests), computed by the first rung's gates.
+_shared_by_rungs: ContextVar[dict | None] = ContextVar("shared_by_rungs", default=None)
+
+
+@contextmanager
+def ladder_evidence() -> Iterator[None]:
+    """While active, the gates of a batch's rungs compute the parent's side of their evidence once."""
+    token = _shared_by_rungs.set({})
+    try:
+        yield
+    finally:
+        _shared_by_rungs.reset(token)
+
+
+def _parent_side(ws: Workspace, batch: Batch, forget, holdout, test) -> dict:
+    """The parent model's evaluations of the forget, held-out and test samples, and the manifests before and
+    after the deletion: the same for every rung of one batch."""
+    import dvc.api
+
+    from unlearnops.model import evaluate
+
+    key = (str(ws.root), batch.run_id, batch.parent_version, json.dumps(batch.dataset_before, sort_keys=True),
+           json.dumps(batch.dataset_after, sort_keys=True), tuple(batch.forget_ids))
+    shared = _shared_by_rungs.get()
+    if shared is not None and shared.get("key") == key:
+        return shared
+    parent = model_registry.load_model(ws, batch.parent_version)
+    with dvc.api.open(f"data/{data.MANIFEST_FILE}", repo=str(ws.root), rev=batch.dataset_before["git_rev"],
+                      mode="rb") as fh:
+        manifest_before = pd.read_parquet(fh)
+    side = {"key": key, "manifest_before": manifest_before,
+            "manifest_after": pd.read_parquet(ws.data_dir / data.MANIFEST_FILE),
+            "before": {name: evaluate(parent, s.features, s.labels)
+                       for name, s in (("forget", forget), ("holdout", holdout), ("test", test))}}
+    if shared is not None:
+        shared.clear()
+        shared.update(side)
+    return side
+
+
 def gates(ws: Workspace, batch: Batch) -> Batch:
     """Run every registered gate on the parent and the rung's model; sets the batch's metrics, gate
     results, status and caveats."""
-    import dvc.api
-
     from unlearnops.model import evaluate
     from unlearnops.plugin_manager import load_plugins
 
     with batch.timed(ws, "gates"):
         settings = ws.settings.gates
-        parent = model_registry.load_model(ws, batch.parent_version)
         unlearned = unlearned_model(ws, batch)
         forget = forget_samples(ws, batch)
         holdout = split_samples(ws, "holdout", part="gate")  # disjoint from the methods' calibration part
         test = split_samples(ws, "test")
         batch.samples_used["gates"] = {"forget": len(forget), "nonmembers": len(holdout), "test": len(test)}
 
-        with dvc.api.open(f"data/{data.MANIFEST_FILE}", repo=str(ws.root), rev=batch.dataset_before["git_rev"],
-                          mode="rb") as fh:
-            manifest_before = pd.read_parquet(fh)
-        manifest_after = pd.read_parquet(ws.data_dir / data.MANIFEST_FILE)
+        side = copy.deepcopy(_parent_side(ws, batch, forget, holdout, test))  # a gate may alter its evidence
+        manifest_before, manifest_after = side["manifest_before"], side["manifest_after"]
 
         metrics: dict[str, float] = {}
-        evaluations = {}
-        for tag, model in (("before", parent), ("after", unlearned)):
-            ev = {name: evaluate(model, s.features, s.labels) for name, s in
-                  (("forget", forget), ("holdout", holdout), ("test", test))}
-            evaluations[tag] = ev
+        evaluations = {"before": side["before"],
+                       "after": {name: evaluate(unlearned, s.features, s.labels)
+                                 for name, s in (("forget", forget), ("holdout", holdout), ("test", test))}}
+        for tag, ev in evaluations.items():
             for name, e in ev.items():
                 metrics[f"{name}_accuracy_{tag}"] = e.accuracy
                 metrics[f"{name}_loss_{tag}"] = float(np.mean(e.loss)) if len(e.loss) else float("nan")

@@ -13,7 +13,7 @@ import numpy as np
 
 from unlearnops import model_registry
 from unlearnops.flow.batch import PASS, Batch, UnlearnRecord
-from unlearnops.flow.gates import gates
+from unlearnops.flow.gates import gates, ladder_evidence
 from unlearnops.flow.samples import forget_samples, split_samples
 from unlearnops.method_runner import UnlearnInputs
 from unlearnops.workspace import Workspace
@@ -89,7 +89,7 @@ def unlearn(ws: Workspace, batch: Batch) -> Batch:
     from unlearnops.progress import step_progress
 
     batch.rungs = []
-    with step_progress(len(batch.ladder), "ladder", "rungs") as done:
+    with step_progress(len(batch.ladder), "ladder", "rungs") as done, ladder_evidence():
         for index, name in enumerate(batch.ladder):
             batch.method = name
             batch.method_config = rung_config(ws, name, batch.requested_config if index == 0 else None)
