@@ -194,13 +194,14 @@ def _total(spans) -> float:
     return sum(b - a for a, b in spans)
 
 
-def _union_within(spans, start: float, end: float) -> float:
-    """Seconds covered by the (possibly nested) spans inside ``[start, end]``."""
+def _union_within(spans, start: float, end: float, outside=()) -> float:
+    """Seconds covered by the (possibly nested) spans inside ``[start, end]`` and not inside any span of
+    ``outside``."""
     covered, reached = 0.0, start
     for a, b in sorted(spans):
         a, b = max(a, reached), min(b, end)
         if b > a:
-            covered += b - a
+            covered += b - a - sum(max(0.0, min(b, y) - max(a, x)) for x, y in outside)
             reached = b
     return covered
 
@@ -225,10 +226,10 @@ def breakdown(marks: list[tuple[str, float]], spawned: float, exited: float, bat
         steps[name] = _total(_spans(marks, f"step:{name}"))
     method = sum(float(r.get("method_seconds", 0.0)) for r in batch["rungs"])
     gates = float(batch["step_seconds"].get("gates", 0.0))
-    # Prefect is imported by the flow's module, or earlier by the CLI when it configures Prefect's settings
-    # for its own server: either way it is counted as Prefect's import, not as the phase it fell in.
+    # Prefect is imported by the flow's module, or earlier by the CLI: counted as Prefect's import, not as
+    # the phase it fell in, unless it was imported ahead while the server booted (counted there).
     prefect_spans = _spans(marks, "import:unlearnops.pipelines.deletion") + _spans(marks, "import:prefect")
-    prefect_import_in_cli = _union_within(prefect_spans, interpreter, run_in)
+    prefect_import_in_cli = _union_within(prefect_spans, interpreter, run_in, outside=_spans(marks, "import_ahead"))
     prefect_import_in_run = _union_within(prefect_spans, run_in, pending_in)
     prefect_import = prefect_import_in_cli + prefect_import_in_run
     ladder_check_in_cli = sum(b - a for a, b in _spans(marks, "validated_ladder") if b <= run_in)

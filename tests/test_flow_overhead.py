@@ -65,6 +65,18 @@ def test_prefect_imported_by_the_cli_before_the_run_counts_as_prefects_import():
     assert parts["prefect_server_start"] == pytest.approx(reference["prefect_server_start"] - 0.5)
     assert parts["flow_run_start"] == pytest.approx(reference["flow_run_start"] + 0.8)
 
+
+def test_prefect_imported_ahead_counts_once_among_the_imports_ahead():
+    marks = [m for m in NEW_PATH if not m[0].startswith("import:unlearnops.pipelines.deletion")]
+    marks += _marks([("import:prefect:start", 2.2), ("import:prefect:end", 2.9),  # inside import_ahead 1.0-3.0
+                     ("import:unlearnops.pipelines.deletion:start", 2.0),
+                     ("import:unlearnops.pipelines.deletion:end", 3.0)])
+    parts = breakdown(sorted(marks, key=lambda m: m[1]), spawned=0.0, exited=26.5, batch=BATCH)["parts"]
+    reference = breakdown(NEW_PATH, spawned=0.0, exited=26.5, batch=BATCH)["parts"]
+    assert sum(parts.values()) == pytest.approx(26.5, abs=0.05)
+    assert parts["prefect_and_flow_import"] == 0 and parts["imports_ahead"] == reference["imports_ahead"]
+    assert parts["flow_run_start"] == pytest.approx(reference["flow_run_start"] + 1.0)
+
 def test_prefects_own_server_start_is_accounted_as_waiting():
     old = _marks([
         ("interpreter", 0.1), ("api.run:enter", 1.0), ("validated_ladder:enter", 1.0), ("validated_ladder:exit", 1.2),
@@ -136,11 +148,11 @@ def test_temporary_server_answers_and_keeps_prefects_timeout_error(tmp_path, mon
 def test_heartbeats_are_off_under_the_commands_own_server_unless_the_user_set_a_frequency():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
-    from unlearnops.cli import _no_heartbeats_unless_asked
+    from unlearnops.cli import _prefect_settings_for_own_server as own_server
 
-    default = get_current_settings().flows.heartbeat_frequency
-    with _no_heartbeats_unless_asked():
-        assert get_current_settings().flows.heartbeat_frequency is None
+    default, url = get_current_settings().flows.heartbeat_frequency, "http://127.0.0.1:4999/api"
+    with own_server(url):
+        assert get_current_settings().flows.heartbeat_frequency is None and get_current_settings().api.url == url
     assert get_current_settings().flows.heartbeat_frequency == default
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}), _no_heartbeats_unless_asked():
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 45}), own_server(url):
         assert get_current_settings().flows.heartbeat_frequency == 45

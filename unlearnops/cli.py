@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager, redirect_stdout
+from contextlib import ExitStack, contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Optional
 
@@ -484,7 +484,6 @@ def schedule(cron: Optional[str] = typer.Option(None, help='Cron schedule, e.g. 
     if os.environ.get("PREFECT_API_URL"):
         scheduling.serve(ws, cron=cron, interval=interval)
         return
-    from contextlib import ExitStack
 
     with ExitStack() as stack:
         try:
@@ -579,7 +578,11 @@ def _freeze_heap_at_exit() -> None:
 
 #: Modules a batch imports anyway, imported while Prefect's temporary server boots in its own process (each
 #: only while the server is not up yet, so none of them delays the flow by more than its own import).
-IMPORT_AHEAD = ("torch", "mlflow", "great_expectations", "scipy.stats", "onnx")
+#: MLflow's SQL store is the workspace's own registry (0.6-1 s). Great Expectations is not among them: the data
+#: gate's own process imports it once the server is up (so that it does not slow the server's boot), on the
+#: core the server no longer needs.
+IMPORT_AHEAD = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "scipy.stats", "onnx", "dvc.api",
+                "matplotlib.backends.backend_agg", "prefect", "unlearnops.pipelines.deletion")
 
 
 def _import_ahead(module: str) -> None:
@@ -596,7 +599,8 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
     ``PREFECT_API_URL`` (this process only, removed after) and the server stops at exit, after Prefect's
     workers flushed their logs and events to it, as Prefect's own temporary server does. A bad method or
     config is refused before waiting for the server (stopped at once then); a server that does not answer
-    within the start-up budget is Prefect's own error (see :func:`orchestration_errors`)."""
+    within the start-up budget is Prefect's own error (see :func:`orchestration_errors`). With a batch
+    waiting, the data gate validates in its own process meanwhile (:func:`unlearnops.gates.data_gate_side_process`)."""
     from unlearnops import servers
 
     if not prefect or not servers.temporary_prefect_wanted():
@@ -604,37 +608,44 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
         return
     from unlearnops.flow.locate import batch_waiting
     from unlearnops.flow.unlearn import validated_ladder
+    from unlearnops.gates import data_gate_side_process
 
     server = servers.TemporaryPrefectServer()
     server.start()
-    try:
-        validated_ladder(ws, None, method, overrides or None)
-        # With no batch to run, the batch's stack is not imported ahead: it would only hold up the server's
-        # boot on the other core (a request submitted meanwhile is still run, its imports then done in turn).
-        ahead = IMPORT_AHEAD if batch_waiting(ws, method) else ()
-        server.wait_ready(prefect_startup_seconds(), meanwhile=[lambda m=m: _import_ahead(m) for m in ahead])
-    except BaseException:
-        server.stop()
-        raise
-    os.environ["PREFECT_API_URL"] = server.api_url
-    try:
-        with _no_heartbeats_unless_asked():
-            yield
-    finally:
-        os.environ.pop("PREFECT_API_URL", None)
+    with ExitStack() as side:
+        # Set before Prefect is imported (ahead, below), which reads its settings once, at import.
+        os.environ["PREFECT_API_URL"] = server.api_url
+        side.callback(os.environ.pop, "PREFECT_API_URL", None)
+        try:
+            validated_ladder(ws, None, method, overrides or None)
+            # With no batch to run, the batch's stack is not imported ahead: it would only hold up the server's
+            # boot on the other core (a request submitted meanwhile is still run, its imports then done in turn).
+            waiting = batch_waiting(ws, method)
+            ahead = IMPORT_AHEAD if waiting else ()
+            server.wait_ready(prefect_startup_seconds(), meanwhile=[lambda m=m: _import_ahead(m) for m in ahead])
+            if waiting:
+                side.enter_context(data_gate_side_process())
+        except BaseException:
+            server.stop()
+            raise
+        os.environ["PREFECT_API_URL"] = server.api_url  # a server restarted on another port has another
+        side.enter_context(_prefect_settings_for_own_server(server.api_url))
+        yield
 
 
 @contextmanager
-def _no_heartbeats_unless_asked():
-    """Flow-run heartbeats off while the flow reports to this command's own temporary server, unless the
-    user configured a frequency: that server lives and dies with the process, so no automation can watch
-    for missed beats, and joining the heartbeat thread at the flow's end costs about half a second."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+def _prefect_settings_for_own_server(api_url: str):
+    """Prefect's settings while the flow reports to this command's temporary server: its API URL, and
+    flow-run heartbeats off unless the user configured a frequency (that server lives and dies with the
+    process, so no automation can watch for missed beats; joining the heartbeat thread at the flow's end
+    costs about half a second)."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings,
+                                  temporary_settings)
 
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:  # environment, profile or toml
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    updates = {PREFECT_API_URL: api_url}
+    if "heartbeat_frequency" not in get_current_settings().flows.model_fields_set:  # environment, profile, toml
+        updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+    with temporary_settings(updates=updates):
         yield
 
 
