@@ -201,28 +201,6 @@ def test_data_gate_validates_the_same_inputs_once_and_hands_out_copies(monkeypat
     assert runs == [1, 1, 1]
 
 
-def test_data_gate_side_process_validates_elsewhere_and_survives_its_loss(caplog):
-    import os
-
-    before = _manifest(90)
-    removed = before.iloc[:5]
-    after = before.iloc[5:].reset_index(drop=True)
-    ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()
-    here, _ = gates._validated_manifest(before, after, ids, hashes, SETTINGS)
-    with gates.data_gate_side_process():
-        side = gates._side_process
-        assert side.call(os.getpid) not in (os.getpid(), None)
-        with pytest.raises(ZeroDivisionError):  # the validation's own errors are raised as they would be here
-            side.call(divmod, 1, 0)
-        elsewhere, validation = gates.data_gate(before, after, ids, hashes, SETTINGS)
-        assert elsewhere.model_dump() == here.model_dump() and validation["success"] is True
-        side.process.kill()
-        side.process.join(10)
-        leaked = pd.concat([after, removed.iloc[:1]], ignore_index=True)
-        bad, _ = gates.data_gate(before, leaked, ids, hashes, SETTINGS)  # validated here instead
-        assert bad.status == "fail" and "side process ended" in caplog.text
-    assert gates._side_process is None and not side.process.is_alive()
-
 def test_atypical_forget_sets_are_inconclusive_not_over_forgotten():
     """Samples the parent never fit (e.g. labels no other sample supports) sit below unseen data before
     any unlearning: that is no evidence of over-forgetting, and no evidence of forgetting either."""

@@ -578,11 +578,11 @@ def _freeze_heap_at_exit() -> None:
 
 #: Modules a batch imports anyway, imported while Prefect's temporary server boots in its own process (each
 #: only while the server is not up yet, so none of them delays the flow by more than its own import).
-#: MLflow's SQL store is the workspace's own registry (0.6-1 s). Great Expectations is not among them: the data
-#: gate's own process imports it once the server is up (so that it does not slow the server's boot), on the
-#: core the server no longer needs.
+#: MLflow's SQL store is the workspace's own registry (0.6-1 s). Great Expectations and matplotlib are not among
+#: them: the command's side process (:mod:`unlearnops.side_process`), started once the server is up so that it
+#: does not slow the server's boot, imports them on the core the server no longer needs.
 IMPORT_AHEAD = ("torch", "mlflow", "mlflow.store.tracking.sqlalchemy_store", "scipy.stats", "onnx", "dvc.api",
-                "matplotlib.backends.backend_agg", "prefect", "unlearnops.pipelines.deletion")
+                "prefect", "unlearnops.pipelines.deletion")
 
 
 def _import_ahead(module: str) -> None:
@@ -600,7 +600,8 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
     workers flushed their logs and events to it, as Prefect's own temporary server does. A bad method or
     config is refused before waiting for the server (stopped at once then); a server that does not answer
     within the start-up budget is Prefect's own error (see :func:`orchestration_errors`). With a batch
-    waiting, the data gate validates in its own process meanwhile (:func:`unlearnops.gates.data_gate_side_process`)."""
+    waiting, a side process for the data gate and the report starts once the server answers
+    (:mod:`unlearnops.side_process`)."""
     from unlearnops import servers
 
     if not prefect or not servers.temporary_prefect_wanted():
@@ -608,7 +609,7 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
         return
     from unlearnops.flow.locate import batch_waiting
     from unlearnops.flow.unlearn import validated_ladder
-    from unlearnops.gates import data_gate_side_process
+    from unlearnops import side_process
 
     server = servers.TemporaryPrefectServer()
     server.start()
@@ -624,7 +625,7 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
             ahead = IMPORT_AHEAD if waiting else ()
             server.wait_ready(prefect_startup_seconds(), meanwhile=[lambda m=m: _import_ahead(m) for m in ahead])
             if waiting:
-                side.enter_context(data_gate_side_process())
+                side.enter_context(side_process.started())
         except BaseException:
             server.stop()
             raise

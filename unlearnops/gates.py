@@ -14,13 +14,13 @@ A gate judges a :class:`GateEvidence` and answers a :class:`GateResult` (see ``r
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
+from unlearnops import side_process
 from unlearnops.workspace import GateSettings
 
 if TYPE_CHECKING:  # pandas, scipy and the manifest schema are imported where a gate runs (fast start-up)
@@ -314,7 +314,8 @@ def data_gate(
     before: pd.DataFrame, after: pd.DataFrame, removed_ids: list[str], removed_hashes: list[str], settings: GateSettings
 ) -> tuple[GateResult, dict]:
     """Validate the new manifest with a GX suite; returns the gate result and GX's full validation JSON.
-    The same inputs (compared by content) get a copy of the same answer without running GX again."""
+    The same inputs (compared by content) get a copy of the same answer without running GX again; GX runs in
+    the command's side process when there is one (:mod:`unlearnops.side_process`)."""
     import copy
     import hashlib
 
@@ -329,96 +330,10 @@ def data_gate(
     key = digest.hexdigest()
     if key not in _data_gate_memo:
         _data_gate_memo.clear()
-        _data_gate_memo[key] = _in_side_process_if_started(
-            _validated_manifest, before, after, removed_ids, removed_hashes, settings)
+        _data_gate_memo[key] = side_process.run(_validated_manifest, before, after, removed_ids, removed_hashes,
+                                                settings)
     result, validation = _data_gate_memo[key]
     return result.model_copy(deep=True), copy.deepcopy(validation)
-
-
-_side_process: "_DataGateProcess | None" = None  # while data_gate_side_process() is active
-
-
-@contextmanager
-def data_gate_side_process() -> Iterator[None]:
-    """While active, the data gate validates in a separate process that starts now and imports Great
-    Expectations there (2-4 s), so this process never imports it: on a machine with a second core the
-    import overlaps whatever this process does until its gates run. A side process that died is reported
-    and the validation runs here instead; an error of the validation itself is raised as it would be here."""
-    global _side_process
-    if _side_process is not None:  # nested: the outer one serves
-        yield
-        return
-    _side_process = _DataGateProcess()
-    try:
-        yield
-    finally:
-        process, _side_process = _side_process, None
-        process.close()
-
-
-class _DataGateProcess:
-    """One spawned process that imports Great Expectations, then runs the functions it is sent, one at a time."""
-
-    def __init__(self):
-        import multiprocessing
-        import threading
-
-        context = multiprocessing.get_context("spawn")  # not fork: this process may hold torch's threads
-        self.connection, child_end = context.Pipe()
-        self.process = context.Process(target=_serve_data_gates, args=(child_end,), daemon=True,
-                                       name="unlearnops-data-gate")
-        self.process.start()
-        child_end.close()
-        self.lock = threading.Lock()
-
-    def call(self, function, *args):
-        """``function(*args)`` in the side process; raises :class:`ConnectionError` when the process is gone."""
-        with self.lock:
-            try:
-                self.connection.send((function, args))
-                succeeded, value = self.connection.recv()
-            except (EOFError, OSError) as exc:
-                raise ConnectionError(f"the data gate's side process ended ({exc!r})") from exc
-        if succeeded:
-            return value
-        raise value
-
-    def close(self) -> None:
-        """Stop the process, also in the middle of its import (nothing it holds needs to be kept)."""
-        self.connection.close()
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(10)
-
-
-def _serve_data_gates(connection) -> None:
-    try:
-        import great_expectations  # noqa: F401
-        import great_expectations.expectations  # noqa: F401
-    except Exception:  # noqa: BLE001 - the validation that needs it raises the same error, sent back then
-        pass
-    while True:
-        try:
-            function, args = connection.recv()
-        except EOFError:
-            return
-        try:
-            answer = (True, function(*args))
-        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
-            answer = (False, exc)
-        connection.send(answer)
-
-
-def _in_side_process_if_started(function, *args):
-    import logging
-
-    process = _side_process
-    if process is not None:
-        try:
-            return process.call(function, *args)
-        except ConnectionError as exc:
-            logging.getLogger(__name__).warning("%s: validating in this process", exc)
-    return function(*args)
 
 
 def _validated_manifest(

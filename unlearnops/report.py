@@ -143,6 +143,16 @@ def _fmt(value: Any) -> str:
 
 def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.ndarray],
                  unlearn_details: dict[str, Any]) -> Path:
+    """Write the version's report page to ``path`` (drawn in the command's side process when there is one:
+    :mod:`unlearnops.side_process`)."""
+    from unlearnops import side_process
+
+    path.write_text(side_process.run(report_page, certificate, scores, unlearn_details), encoding="utf-8")
+    return path
+
+
+def report_page(certificate: dict[str, Any], scores: dict[str, np.ndarray], unlearn_details: dict[str, Any]) -> str:
+    """The self-contained HTML page of one candidate version, its plots embedded."""
     metrics = certificate.get("metrics", {})
     accuracy_rows = [
         [label, metrics.get(f"{key}_before"), metrics.get(f"{key}_after")]
@@ -181,10 +191,8 @@ def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.n
             sections.append(f'<img alt="step search" src="{_data_uri(search)}">')
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>unlearnops report</title>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>unlearnops report</title>"
             f"<style>{style}</style></head><body>{''.join(sections)}</body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 AUDIT_START, AUDIT_END = "<!-- audit:start -->", "<!-- audit:end -->"
