@@ -68,6 +68,18 @@ def heavy_imports(commands: list[list[str]], heavy: tuple[str, ...] = HEAVY_MODU
     return json.loads(done.stdout)
 
 
+def tiny_manifest(n: int = 200):
+    """A manifest of ``n`` random 4-feature samples in 3 classes, 5 samples per subject (data-gate tests)."""
+    import numpy as np
+
+    from unlearnops.datasets import build_manifest
+
+    rng = np.random.default_rng(0)
+    features = rng.random((n, 4), dtype=np.float32)
+    ids = [f"s-{i:04d}" for i in range(n)]
+    return build_manifest(ids, [f"p-{i // 5}" for i in range(n)], np.arange(n) % 3, features)
+
+
 def make_workspace(root: Path, limit: int = TEST_LIMIT, epochs: int = TEST_EPOCHS):
     from unlearnops.project import init_workspace
     from unlearnops.workspace import Params, Workspace

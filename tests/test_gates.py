@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from conftest import tiny_manifest
 from unlearnops import gates
 from unlearnops.workspace import GateSettings
 
@@ -142,17 +143,8 @@ def test_powerless_mia_is_a_caveat_only_when_forget_accuracy_passed_with_power()
     assert gates.overall_status([wide, _result("forget_accuracy", "pass")], PROXY)[0] == "inconclusive"
 
 
-def _manifest(n=200):
-    from unlearnops.datasets import build_manifest
-
-    rng = np.random.default_rng(0)
-    features = rng.random((n, 4), dtype=np.float32)
-    ids = [f"s-{i:04d}" for i in range(n)]
-    return build_manifest(ids, [f"p-{i // 5}" for i in range(n)], np.arange(n) % 3, features)
-
-
 def test_data_gate_with_great_expectations():
-    before = _manifest()
+    before = tiny_manifest()
     removed = before.iloc[:10]
     after = before.iloc[10:].reset_index(drop=True)
     ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()
@@ -181,7 +173,7 @@ def test_data_gate_with_great_expectations():
 
 
 def test_data_gate_validates_the_same_inputs_once_and_hands_out_copies(monkeypatch):
-    before = _manifest(120)
+    before = tiny_manifest(120)
     removed = before.iloc[:6]
     after = before.iloc[6:].reset_index(drop=True)
     ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()

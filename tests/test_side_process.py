@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import tiny_manifest
 from unlearnops import gates, side_process
 from unlearnops.report import report_page
 from unlearnops.workspace import GateSettings
@@ -17,17 +18,8 @@ from unlearnops.workspace import GateSettings
 SETTINGS = GateSettings(bootstrap=200)
 
 
-def _manifest(n):
-    from unlearnops.datasets import build_manifest
-
-    rng = np.random.default_rng(0)
-    features = rng.random((n, 4), dtype=np.float32)
-    return build_manifest([f"s-{i:04d}" for i in range(n)], [f"p-{i // 5}" for i in range(n)], np.arange(n) % 3,
-                          features)
-
-
 def test_data_gate_and_report_in_the_side_process_match_this_process_and_survive_its_loss(caplog):
-    before = _manifest(90)
+    before = tiny_manifest(90)
     removed = before.iloc[:5]
     after = before.iloc[5:].reset_index(drop=True)
     ids, hashes = removed.sample_id.tolist(), removed.content_sha256.tolist()
