@@ -602,14 +602,13 @@ def temporary_prefect(prefect: bool, ws: Workspace, method: Optional[str], overr
     within the start-up budget is Prefect's own error (see :func:`orchestration_errors`). With a batch
     waiting, a side process for the data gate and the report starts once the server answers
     (:mod:`unlearnops.side_process`)."""
-    from unlearnops import servers
+    from unlearnops import servers, side_process
 
     if not prefect or not servers.temporary_prefect_wanted():
         yield
         return
     from unlearnops.flow.locate import batch_waiting
     from unlearnops.flow.unlearn import validated_ladder
-    from unlearnops import side_process
 
     server = servers.TemporaryPrefectServer()
     server.start()

@@ -24,7 +24,7 @@ from unlearnops.workspace import Workspace
 
 
 #: Set by :func:`ladder_evidence` for one climb of a batch's ladder: what every rung's gates share (the parent's
-#: evaluations, both manifests), computed by the first rung's gates.
+#: evaluations, both manifests) by what it was computed from, computed by the first rung's gates.
 _shared_by_rungs: ContextVar[dict | None] = ContextVar("shared_by_rungs", default=None)
 
 
@@ -48,19 +48,18 @@ def _parent_side(ws: Workspace, batch: Batch, forget, holdout, test) -> dict:
     key = (str(ws.root), batch.run_id, batch.parent_version, json.dumps(batch.dataset_before, sort_keys=True),
            json.dumps(batch.dataset_after, sort_keys=True), tuple(batch.forget_ids))
     shared = _shared_by_rungs.get()
-    if shared is not None and shared.get("key") == key:
-        return shared
+    if shared is not None and key in shared:
+        return shared[key]
     parent = model_registry.load_model(ws, batch.parent_version)
     with dvc.api.open(f"data/{data.MANIFEST_FILE}", repo=str(ws.root), rev=batch.dataset_before["git_rev"],
                       mode="rb") as fh:
         manifest_before = pd.read_parquet(fh)
-    side = {"key": key, "manifest_before": manifest_before,
+    side = {"manifest_before": manifest_before,
             "manifest_after": pd.read_parquet(ws.data_dir / data.MANIFEST_FILE),
             "before": {name: evaluate(parent, s.features, s.labels)
                        for name, s in (("forget", forget), ("holdout", holdout), ("test", test))}}
     if shared is not None:
-        shared.clear()
-        shared.update(side)
+        shared[key] = side
     return side
 
 
