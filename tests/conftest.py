@@ -80,6 +80,22 @@ def tiny_manifest(n: int = 200):
     return build_manifest(ids, [f"p-{i // 5}" for i in range(n)], np.arange(n) % 3, features)
 
 
+def pin_subject_key(ws, seed: str = "unlearnops-tests") -> None:
+    """Replace the workspace's random subject key with one derived from ``seed``.
+
+    Reference parts are a keyed hash of each subject (``audit.sample_parts``), so with the random key that
+    ``init`` writes, every run of a test trains its references on different halves of the data and a gate
+    outcome measured once cannot be reproduced. Call it right after ``init``, before anything is hashed.
+    """
+    import hashlib
+
+    from unlearnops.keys import SUBJECT_KEY_FILE, write_secret
+
+    path = ws.keys_dir / SUBJECT_KEY_FILE
+    path.unlink()
+    write_secret(path, hashlib.sha256(seed.encode()).digest())
+
+
 def make_workspace(root: Path, limit: int = TEST_LIMIT, epochs: int = TEST_EPOCHS):
     from unlearnops.project import init_workspace
     from unlearnops.workspace import Params, Workspace

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import pin_subject_key
 
 from unlearnops import api, audit
 from unlearnops.datasets import SourceData, mnist_5k
@@ -36,6 +37,7 @@ def pool_ws(tmp_path_factory):
     ws = api.init(tmp_path_factory.mktemp("pool") / "ws", epochs=8, arrays=SourceData(
         features, labels, manifest["sample_id"].tolist(), manifest["subject_id"].tolist(),
         manifest["split"].tolist()))
+    pin_subject_key(ws)
     settings = ws.settings.model_copy(update={
         "gates": ws.settings.gates.model_copy(update={"references": K})})
     ws.write_settings(settings, ws.params)

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import pin_subject_key
 
 from unlearnops import api
 from unlearnops.datasets import SourceData, mnist_5k
@@ -25,6 +26,7 @@ def mislabeled_workspace(tmp_path_factory):
     ws = api.init(tmp_path_factory.mktemp("mislabeled") / "ws", epochs=8, arrays=SourceData(
         features, labels, manifest["sample_id"].tolist(), manifest["subject_id"].tolist(),
         manifest["split"].tolist()))
+    pin_subject_key(ws)
     api.train(ws)
     return ws, manifest["sample_id"].to_numpy()[flipped].tolist()
 
