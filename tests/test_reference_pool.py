@@ -16,8 +16,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import pin_subject_key
 
+from conftest import pin_subject_key
 from unlearnops import api, audit
 from unlearnops.datasets import SourceData, mnist_5k
 

@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import pin_subject_key
 
+from conftest import pin_subject_key
 from unlearnops import api
 from unlearnops.datasets import SourceData, mnist_5k
 
