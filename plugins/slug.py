@@ -97,7 +97,9 @@ class SlugConfig(MethodConfig):
         "cannot beat the best candidate so far (assumes, as 'double-bisect' does, that the criteria grow with "
         "λ; the chosen layer and step are the same as without it then).",
     )
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(
+        256, ge=1, description="Samples per gradient pass (forward-only passes use chunks of at most "
+        "FORWARD_CHUNK): on a CPU, much larger batches of image activations outgrow the caches.")
 
 
 def pareto_front(importance: dict[str, float], alignment: dict[str, float]) -> list[str]:
@@ -315,14 +317,14 @@ class _Tail:
             x = self.cache[key][position[source]]
             if x is None:
                 continue
-            along = []
-            for start in range(0, len(x), batch_size):
-                chunk = x[start : start + batch_size]
+            along = _Stacked(len(x))
+            for start in range(0, len(x), _forward_chunk(batch_size)):
+                chunk = x[start : start + _forward_chunk(batch_size)]
                 if isinstance(self.layer, nn.Linear):
-                    along.append(F.linear(chunk, direction))
+                    along.put(start, F.linear(chunk, direction))
                 else:
-                    along.append(self.layer._conv_forward(chunk, direction, None))
-            self.direction_cache[key] = (self.layer_output[key], _fast_layout(_joined(along)))
+                    along.put(start, self.layer._conv_forward(chunk, direction, None))
+            self.direction_cache[key] = (self.layer_output[key], along.value)
 
     def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
         values = [value[start:stop] for value in self.cache[id(data)]]
@@ -344,23 +346,52 @@ def _fast_layout(value):
 def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
     """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
     output node), concatenated over batches."""
-    chunks: dict[torch.fx.Node, list[torch.Tensor]] = {n: [] for n in wanted}
+    stacked = {n: _Stacked(len(data)) for n in wanted}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, n):
             value = super().run_node(n)
-            if n in chunks:
-                chunks[n].append(value)
+            if n in stacked:
+                stacked[n].put(start, value)
             return value
 
     output = next(n for n in traced.graph.nodes if n.op == "output")
-    outputs = []
-    for start in range(0, len(data), batch_size):
-        outputs.append(Recorder(traced).run(data.x[start : start + batch_size]))
-    recorded = {n: _joined(c) for n, c in chunks.items() if c}
-    if outputs and isinstance(outputs[0], torch.Tensor):
-        recorded[output] = _joined(outputs)
+    outputs = _Stacked(len(data))
+    chunk = _forward_chunk(batch_size)
+    for start in range(0, len(data), chunk):
+        result = Recorder(traced).run(data.x[start : start + chunk])
+        if isinstance(result, torch.Tensor):
+            outputs.put(start, result)
+    recorded = {n: s.value for n, s in stacked.items() if s.value is not None}
+    if outputs.value is not None:
+        recorded[output] = outputs.value
     return recorded
+
+
+#: Samples per chunk of the forward-only passes (recording, the step direction's image): on a CPU, larger
+#: chunks of image activations outgrow the caches and cost several times more per sample.
+FORWARD_CHUNK = 128
+
+
+def _forward_chunk(batch_size: int) -> int:
+    return min(batch_size, FORWARD_CHUNK)
+
+
+class _Stacked:
+    """Per-chunk tensors written into one preallocated tensor of ``n`` rows (channels-last for image-shaped
+    values, see :func:`_fast_layout`), instead of concatenated and converted afterwards."""
+
+    def __init__(self, n: int):
+        self.n, self.value = n, None
+
+    def put(self, start: int, chunk) -> None:
+        if not isinstance(chunk, torch.Tensor):
+            return
+        if self.value is None:
+            layout = torch.channels_last if chunk.dim() == 4 else torch.contiguous_format
+            self.value = torch.empty((self.n, *chunk.shape[1:]), dtype=chunk.dtype, device=chunk.device,
+                                     memory_format=layout)
+        self.value[start : start + len(chunk)] = chunk
 
 
 def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors], batch_size: int,
@@ -477,7 +508,7 @@ class _Judge:
     def __call__(self, complete: bool = False) -> dict:
         """The step's utility drop and whether it reached the target. A step that breaks utility is not
         measured against the target unless ``complete`` (then every score is computed)."""
-        size, c = self.config.batch_size, self.coefficient
+        size, c = _forward_chunk(self.config.batch_size), self.coefficient
         utility_phi, drop, cut_short = self._utility(complete)
         result = {"utility_drop": drop, "utility_ok": drop <= self.budget}
         if not result["utility_ok"] and not complete:
@@ -511,7 +542,7 @@ class _Judge:
         alone, which is added to ``result``: the class's held-out accuracy (class mode: the target itself),
         or the forget set's accuracy against the held-out level (sample mode; the attack AUC would need
         every utility score)."""
-        size, c = self.config.batch_size, self.coefficient
+        size, c = _forward_chunk(self.config.batch_size), self.coefficient
         if self.mode == "class":
             data = self.target_set if len(self.target_set) else self.forget
             _, correct = _scores(self.forward, data, size, c)
