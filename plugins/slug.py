@@ -296,9 +296,9 @@ class _Tail:
         if recorded is None:
             recorded = _record(self.traced, self.recorded_nodes, data, batch_size)
         # an empty group (no held-out sample of a class) records nothing and is never evaluated
-        self.cache[id(data)] = [_fast_layout(recorded.get(n)) for n in self.boundary]
+        self.cache[id(data)] = [recorded.get(n) for n in self.boundary]
         if self.linear is not None and self.layer_node in recorded:
-            self.layer_output[id(data)] = _fast_layout(recorded[self.layer_node])
+            self.layer_output[id(data)] = recorded[self.layer_node]
         self.direction_cache.pop(id(data), None)
 
     @no_grad
@@ -317,9 +317,9 @@ class _Tail:
             x = self.cache[key][position[source]]
             if x is None:
                 continue
-            along = _Stacked(len(x))
-            for start in range(0, len(x), _forward_chunk(batch_size)):
-                chunk = x[start : start + _forward_chunk(batch_size)]
+            along, size = _Stacked(len(x)), _forward_chunk(batch_size)
+            for start in range(0, len(x), size):
+                chunk = x[start : start + size]
                 if isinstance(self.layer, nn.Linear):
                     along.put(start, F.linear(chunk, direction))
                 else:
@@ -334,18 +334,10 @@ class _Tail:
         return self.module(*values)
 
 
-def _fast_layout(value):
-    """Image-shaped activations in channels-last memory order: the same values, but CPU pooling and
-    element-wise kernels on them run several times faster than on the default NCHW order."""
-    if isinstance(value, torch.Tensor) and value.dim() == 4:
-        return value.contiguous(memory_format=torch.channels_last)
-    return value
-
-
 @no_grad
 def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
     """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
-    output node), concatenated over batches."""
+    output node), each stacked over the chunks into one tensor (:class:`_Stacked`)."""
     stacked = {n: _Stacked(len(data)) for n in wanted}
 
     class Recorder(torch.fx.Interpreter):
@@ -378,8 +370,9 @@ def _forward_chunk(batch_size: int) -> int:
 
 
 class _Stacked:
-    """Per-chunk tensors written into one preallocated tensor of ``n`` rows (channels-last for image-shaped
-    values, see :func:`_fast_layout`), instead of concatenated and converted afterwards."""
+    """Per-chunk tensors written into one preallocated tensor of ``n`` rows, instead of concatenated
+    afterwards. Image-shaped values are kept in channels-last memory order: the same values, but CPU pooling
+    and element-wise kernels on them run several times faster than on the default NCHW order."""
 
     def __init__(self, n: int):
         self.n, self.value = n, None
