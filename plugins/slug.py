@@ -136,15 +136,39 @@ class _Tensors:
         return view
 
 
-def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter], batch_size: int):
-    """Gradient of the mean cross-entropy over ``data`` for each eligible tensor (nothing else is kept)."""
+#: The most a gradient pass may keep of the values the search reads (bytes; see :func:`_gradients`).
+RECORDING_BYTES = 512 * 2**20
+
+
+def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter], batch_size: int,
+               traced: torch.fx.GraphModule | None = None, wanted: set = frozenset()):
+    """Gradient of the mean cross-entropy over ``data`` for each eligible tensor; and, when ``traced`` (the
+    model's graph) is given, the values of its ``wanted`` nodes and its outputs over ``data``, kept from the
+    same forward pass as :func:`_record` keeps them (None when they would take more than
+    :data:`RECORDING_BYTES`; then nothing is kept)."""
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
+    recording: dict | None = None
+    if traced is not None:
+        recorder, order = _recording_module(traced, wanted)
+        nodes = [next(n for n in traced.graph.nodes if n.op == "output"), *order]
+        recording = {n: _Stacked(len(data)) for n in nodes}
     for start in range(0, len(data), batch_size):
         x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
-        loss = F.cross_entropy(model(x), y, reduction="sum") / len(data)
+        if recording is None:
+            logits, values = model(x), ()
+        else:
+            logits, *values = recorder(x)
+        loss = F.cross_entropy(logits, y, reduction="sum") / len(data)
         for name, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
             grads[name] += g
-    return grads
+        if recording is not None:
+            kept = [v.detach() if isinstance(v, torch.Tensor) else v for v in (logits, *values)]
+            if start == 0 and sum(v.nbytes for v in kept if isinstance(v, torch.Tensor)) * len(data) / len(x) > RECORDING_BYTES:
+                recording = None
+                continue
+            for node, value in zip(recording, kept):
+                recording[node].put(start, value)
+    return grads, (None if recording is None else {n: s.value for n, s in recording.items() if s.value is not None})
 
 
 def _logit_scores(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,6 +242,27 @@ def _linear_ops() -> tuple[type, ...]:
     return (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _tail_nodes(traced: torch.fx.GraphModule, parameter: str):
+    """The nodes of ``traced`` that (transitively) use ``parameter`` (in graph order), the values they read
+    from outside, and the call of the linear layer or convolution whose weight it is (None when it is not
+    such a weight, or the layer is called more than once)."""
+    graph = traced.graph
+    owner, _, attr = parameter.rpartition(".")
+    seeds = {n for n in graph.nodes if (n.op == "call_module" and n.target == owner)
+             or (n.op == "get_attr" and n.target == parameter)}
+    if not seeds:
+        raise ValueError(f"{parameter} is not used by a traced call")
+    dirty: set[torch.fx.Node] = set()
+    for node in graph.nodes:  # topological order
+        if node in seeds or any(isinstance(a, torch.fx.Node) and a in dirty for a in node.all_input_nodes):
+            dirty.add(node)
+    boundary = [n for n in graph.nodes if n not in dirty and n.op != "get_attr" and any(u in dirty for u in n.users)]
+    (seed,) = seeds if len(seeds) == 1 else (None,)
+    linear = (seed is not None and seed.op == "call_module" and attr == "weight"
+              and isinstance(traced.get_submodule(owner), _linear_ops()) and len(seed.args) == 1 and not seed.kwargs)
+    return dirty, boundary, seed if linear else None
+
+
 class _Tail:
     """The part of a traced model that depends on one parameter, fed with cached activations.
 
@@ -233,32 +278,21 @@ class _Tail:
     """
 
     def __init__(self, traced: torch.fx.GraphModule, parameter: str):
-        graph = traced.graph
-        owner, _, attr = parameter.rpartition(".")
-        seeds = {n for n in graph.nodes if (n.op == "call_module" and n.target == owner)
-                 or (n.op == "get_attr" and n.target == parameter)}
-        if not seeds:
-            raise ValueError(f"{parameter} is not used by a traced call")
-        dirty: set[torch.fx.Node] = set()
-        for node in graph.nodes:  # topological order
-            if node in seeds or any(isinstance(a, torch.fx.Node) and a in dirty for a in node.all_input_nodes):
-                dirty.add(node)
-        self.output_node = next(n for n in graph.nodes if n.op == "output")
-        self.boundary = [n for n in graph.nodes if n not in dirty and n.op != "get_attr"
-                         and any(user in dirty for user in n.users)]
+        dirty, self.boundary, layer_node = _tail_nodes(traced, parameter)
+        self.output_node = next(n for n in traced.graph.nodes if n.op == "output")
         self.traced = traced
         self.module = self._graph_module(traced, dirty, replaced=None)
         self.layer, self.linear = None, None
-        (seed,) = seeds if len(seeds) == 1 else (None,)
-        if (seed is not None and seed.op == "call_module" and attr == "weight"
-                and isinstance(traced.get_submodule(owner), _linear_ops()) and len(seed.args) == 1 and not seed.kwargs):
-            self.layer, self.layer_node = traced.get_submodule(owner), seed
-            self.linear = self._graph_module(traced, dirty - {seed}, replaced=seed)
+        if layer_node is not None:
+            self.layer, self.layer_node = traced.get_submodule(layer_node.target), layer_node
+            self.linear = self._graph_module(traced, dirty - {layer_node}, replaced=layer_node)
         self.cache: dict[int, list[torch.Tensor]] = {}
         #: The edited layer's output at W₀ per non-empty group (linear tails), kept by the recording pass.
         self.layer_output: dict[int, torch.Tensor] = {}
         self.sample_multiply_adds = 0  # of one sample through the tail (counted by _tails_for)
+        #: Along a direction: per group, the edited layer's recorded output and its recorded input.
         self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.along_chunks: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
         """A module of ``nodes`` (in graph order) reading the boundary values, plus the output of
@@ -305,59 +339,95 @@ class _Tail:
     def use_direction(self, direction: torch.Tensor | None, batch_size: int,
                       datasets: list[_Tensors] | None = None) -> None:
         """Steps are W₀ + c·``direction`` from now on, on ``datasets`` (default: every prepared group; linear
-        layers only; None: back to the general path). Must be called while the parameter holds W₀."""
+        layers only; None: back to the general path). Must be called while the parameter holds W₀. The
+        layer's image of the direction is computed per chunk when a step first reads it: a search stopped
+        after a few chunks does not pay for the rest."""
         self.direction = direction
         self.direction_cache.clear()
+        self.along_chunks: dict[tuple[int, int, int], torch.Tensor] = {}
         if direction is None or self.linear is None:
             return
         position = {n: i for i, n in enumerate(self.boundary)}
         (source,) = self.layer_node.args
         keys = [id(d) for d in datasets] if datasets is not None else list(self.cache)
         for key in keys:
-            x = self.cache[key][position[source]]
-            if x is None:
-                continue
-            along, size = _Stacked(len(x)), _forward_chunk(batch_size)
-            for start in range(0, len(x), size):
-                chunk = x[start : start + size]
-                if isinstance(self.layer, nn.Linear):
-                    along.put(start, F.linear(chunk, direction))
-                else:
-                    along.put(start, self.layer._conv_forward(chunk, direction, None))
-            self.direction_cache[key] = (self.layer_output[key], along.value)
+            if self.cache[key][position[source]] is not None:
+                self.direction_cache[key] = (self.layer_output[key], self.cache[key][position[source]])
+
+    def _along(self, key: int, start: int, stop: int) -> torch.Tensor:
+        """The layer's output for the direction D (no bias) on rows [start, stop) of group ``key``."""
+        chunk = self.along_chunks.get((key, start, stop))
+        if chunk is None:
+            x = self.direction_cache[key][1][start:stop]
+            if isinstance(self.layer, nn.Linear):
+                chunk = F.linear(x, self.direction)
+            else:
+                chunk = self.layer._conv_forward(x, self.direction, None)
+                if chunk.dim() == 4:  # the layout of the recorded output it is added to (see _Stacked)
+                    chunk = chunk.contiguous(memory_format=torch.channels_last)
+            self.along_chunks[(key, start, stop)] = chunk
+        return chunk
 
     def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
         values = [value[start:stop] for value in self.cache[id(data)]]
         if coefficient is not None and id(data) in self.direction_cache:
-            base, along = self.direction_cache[id(data)]
-            return self.linear(*values, torch.add(base[start:stop], along[start:stop], alpha=coefficient))
+            base = self.direction_cache[id(data)][0][start:stop]
+            along = self._along(id(data), start, stop)
+            return self.linear(*values, torch.add(base, along, alpha=coefficient))
         return self.module(*values)
+
+
+def _recording_module(traced: torch.fx.GraphModule, wanted) -> tuple[torch.fx.GraphModule, list]:
+    """A module computing ``traced``'s outputs and, after them, the values of the ``wanted`` nodes (in the
+    order of the returned list): compiled code like ``traced`` itself, without an interpreter's per-node
+    cost."""
+    graph, env, kept = torch.fx.Graph(), {}, {}
+    order = [n for n in traced.graph.nodes if n in wanted and n.op != "output"]
+    copy_when_kept = _writes_in_place(traced)  # a later in-place operation would change a kept value
+    output = None
+    for node in traced.graph.nodes:
+        if node.op == "output":
+            output = torch.fx.map_arg(node.args[0], lambda n: env[n])
+            continue
+        env[node] = kept[node] = graph.node_copy(node, lambda n: env[n])
+        if node in wanted and copy_when_kept:
+            kept[node] = graph.call_function(_copied, (env[node],))
+    graph.output((output, *(kept[n] for n in order)))
+    return torch.fx.GraphModule(traced, graph), order
+
+
+def _copied(value):
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def _writes_in_place(traced: torch.fx.GraphModule) -> bool:
+    """Whether a node of ``traced`` may overwrite its input (``inplace=True`` modules or arguments,
+    ``x.add_()``-style methods and functions, ``+=``)."""
+    import operator
+
+    augmented = {getattr(operator, name) for name in dir(operator) if name.startswith("i") and name != "index"}
+    for node in traced.graph.nodes:
+        if node.op == "call_module" and getattr(traced.get_submodule(node.target), "inplace", False):
+            return True
+        if node.op in ("call_function", "call_method"):
+            name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+            if node.kwargs.get("inplace") or name.endswith("_") and not name.endswith("__") or node.target in augmented:
+                return True
+    return False
 
 
 @no_grad
 def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
     """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
     output node), each stacked over the chunks into one tensor (:class:`_Stacked`)."""
-    stacked = {n: _Stacked(len(data)) for n in wanted}
-
-    class Recorder(torch.fx.Interpreter):
-        def run_node(self, n):
-            value = super().run_node(n)
-            if n in stacked:
-                stacked[n].put(start, value)
-            return value
-
+    recorder, order = _recording_module(traced, wanted)
     output = next(n for n in traced.graph.nodes if n.op == "output")
-    outputs = _Stacked(len(data))
+    stacked = {n: _Stacked(len(data)) for n in [output, *order]}
     chunk = _forward_chunk(batch_size)
     for start in range(0, len(data), chunk):
-        result = Recorder(traced).run(data.x[start : start + chunk])
-        if isinstance(result, torch.Tensor):
-            outputs.put(start, result)
-    recorded = {n: s.value for n, s in stacked.items() if s.value is not None}
-    if outputs.value is not None:
-        recorded[output] = outputs.value
-    return recorded
+        for node, value in zip(stacked, recorder(data.x[start : start + chunk])):
+            stacked[node].put(start, value)
+    return {n: s.value for n, s in stacked.items() if s.value is not None}
 
 
 #: Samples per chunk of the forward-only passes (recording, the step direction's image): on a CPU, larger
@@ -387,15 +457,40 @@ class _Stacked:
         self.value[start : start + len(chunk)] = chunk
 
 
-def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors], batch_size: int,
-               probe_size: int = 64) -> tuple[dict[str, "_Tail | None"], dict[int, torch.Tensor]]:
-    """A prepared :class:`_Tail` per parameter (None where the model cannot be traced or the tail does not
-    reproduce the model's outputs on a probe of the first group), from one traced graph and one recording
-    pass per group for all of them; and the model's outputs per group (``id(data)``) from that same pass."""
+def _trace(model: nn.Module) -> "torch.fx.GraphModule | None":
+    """The model's graph (torch.fx), sharing its modules and parameters; None for models it cannot trace
+    (data-dependent control flow, ...), which the search evaluates by whole forward passes."""
     try:
-        traced = torch.fx.symbolic_trace(model)
-    except Exception:  # untraceable models (data-dependent control flow, ...) use whole forward passes
+        return torch.fx.symbolic_trace(model)
+    except Exception:
+        return None
+
+
+def _search_reads(traced: torch.fx.GraphModule, parameters) -> set:
+    """The values a recording pass keeps so that any of ``parameters`` can be searched on cached activations
+    (:attr:`_Tail.recorded_nodes` of each)."""
+    wanted = set()
+    for name in parameters:
+        try:
+            _, boundary, layer_node = _tail_nodes(traced, name)
+        except Exception:
+            continue
+        wanted.update(boundary, [layer_node] if layer_node is not None else [])
+    return wanted
+
+
+def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors], batch_size: int,
+               probe_size: int = 64, traced: "torch.fx.GraphModule | None" = None,
+               recordings: dict[int, dict] | None = None) -> tuple[dict[str, "_Tail | None"], dict[int, torch.Tensor]]:
+    """A prepared :class:`_Tail` per parameter (None where the model cannot be traced or the tail does not
+    reproduce the model's outputs on a probe of the first group), from one traced graph (``traced``, else
+    traced here) and one recording pass per group for all of them — none for a group whose values
+    ``recordings`` (``id(data)`` → what :func:`_record` returns) already holds; and the model's outputs per
+    group (``id(data)``) from those passes."""
+    traced = traced if traced is not None else _trace(model)
+    if traced is None:
         return {name: None for name in parameters}, {}
+    recordings = recordings or {}
     tails: dict[str, _Tail | None] = {}
     for name in parameters:
         try:
@@ -407,7 +502,7 @@ def _tails_for(model: nn.Module, parameters: list[str], datasets: list[_Tensors]
     outputs: dict[int, torch.Tensor] = {}
     for data in datasets:
         try:
-            recorded = _record(traced, wanted, data, batch_size)
+            recorded = recordings.get(id(data)) or _record(traced, wanted, data, batch_size)
         except Exception:
             return {name: None for name in parameters}, {}
         if output in recorded:
@@ -607,6 +702,18 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     def beyond_reach(result: dict) -> bool:
         return bar is not None and not result["utility_ok"] and bar.out_of_reach(result)
 
+    must_reach = bar is not None and bar.rank[0] == 0
+
+    def score(step: float) -> dict:
+        """A step scored for the bar: completely, except that against a bar that reached the target a step
+        that breaks utility (seen early) and misses the target's cheap part is known to be out of reach."""
+        if not must_reach:
+            return try_step(step, complete=True)
+        result = try_step(step)
+        if result["utility_ok"] or judge.short_of_target(result):
+            return result
+        return try_step(step, complete=True)
+
     if config.search == "log-grid":
         return _grid_search(try_step, param, original, config), trace, False
     grid, step = [], config.initial_step
@@ -618,15 +725,15 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     first, checked, pruned = 0, None, False
     if bar is not None and grid:
         checked = len(grid) // 2
-        probed[checked] = try_step(grid[checked], complete=True)
+        probed[checked] = score(grid[checked])
         pruned = beyond_reach(probed[checked])
         if not stops(probed[checked]):
             first = checked + 1
     k = first
     while not pruned and k < len(grid):
-        # Against a bar every doubling step is scored completely: a step that keeps utility is anyway, and
-        # the one that breaks it is what the bar is checked against (scored once, not twice).
-        probed[k] = probed.get(k) or try_step(grid[k], complete=bar is not None)
+        # Against a bar every doubling step is scored for it: a step that keeps utility is scored completely
+        # anyway, and the one that breaks it is what the bar is checked against (scored once, not twice).
+        probed[k] = probed.get(k) or (score(grid[k]) if bar is not None else try_step(grid[k]))
         if stops(probed[k]):
             break
         k += 1
@@ -638,7 +745,6 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
             best = probed[k]
         elif bar is not None:
             pruned = beyond_reach(probed[k])
-    must_reach = bar is not None and bar.rank[0] == 0
     if high is not None and not pruned:
         for _ in range(config.bisect_steps):
             mid = (low + high) / 2
@@ -715,7 +821,9 @@ class Slug(Method):
         mode = self._mode(inputs, config)
         with torch.no_grad():
             n_classes = int(model(holdout.x[:1]).shape[1])
-        g_retain = _gradients(model, retain, params, config.batch_size)
+        g_retain, _ = _gradients(model, retain, params, config.batch_size)
+        # one graph for every group; the forget set's gradient pass also records what the search reads
+        traced = _trace(model) if config.cache_activations else None
 
         groups = list(inputs.forget_groups or [])
         if not (config.joint and len(groups) > 1):
@@ -725,7 +833,7 @@ class Slug(Method):
         for group_mask in groups:
             group = forget.subset(np.asarray(group_mask, dtype=bool))
             report, update = self._one_group(model, params, group, holdout, g_retain, mode, config, inputs,
-                                             n_classes)
+                                             n_classes, traced)
             group_reports.append(report)
             if update is not None:
                 name, delta = update
@@ -776,8 +884,11 @@ class Slug(Method):
         return "class" if one_class_missing_from_retain else "sample"
 
     def _one_group(self, model, params, group: _Tensors, holdout: _Tensors, g_retain, mode, config, inputs,
-                   n_classes):
-        g_forget = _gradients(model, group, params, config.batch_size)
+                   n_classes, traced):
+        # Every eligible layer's inputs over the forget set are kept from its gradient pass (the candidates
+        # are known only after it), so the recording pass covers the held-out samples alone.
+        wanted = _search_reads(traced, params) if traced is not None else set()
+        g_forget, forget_recording = _gradients(model, group, params, config.batch_size, traced, wanted)
         importance, alignment = {}, {}
         for name, p in params.items():
             gf, gr = g_forget[name].flatten(), g_retain[name].flatten()
@@ -789,8 +900,10 @@ class Slug(Method):
                           key=lambda n: -importance[n] * (1 - alignment[n]))
         names = front[: config.max_candidates] + combined[: config.extra_candidates]
         tails, outputs = ({n: None for n in names}, {})
-        if config.cache_activations:  # one trace and one recording pass for every candidate
-            tails, outputs = _tails_for(model, names, judge.datasets, config.batch_size)
+        if traced is not None:  # one recording pass for every candidate
+            recordings = {id(group): forget_recording} if forget_recording is not None else {}
+            tails, outputs = _tails_for(model, names, judge.datasets, config.batch_size, traced=traced,
+                                        recordings=recordings)
         judge.calibrate(outputs)
         searched, leader = {}, None  # leader: (rank, position in ``names``) of the best layer so far
         for name in _cheapest_first(names, tails) if config.prune_candidates else names:

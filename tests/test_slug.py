@@ -71,8 +71,8 @@ def test_step_search_is_bounded_and_doubles_then_narrows(class_task):
         assert all(0 < s <= config.max_step for s in steps)
         on_grid = [s for s in steps if np.isclose(np.log2(s / config.initial_step) % 1, 0)]
         middle = config.initial_step * 2 ** (grid_points // 2)
+        on_grid = [s for i, s in enumerate(on_grid) if i == 0 or s != on_grid[i - 1]]  # a re-scored step once
         doubling = on_grid[1:] if on_grid and np.isclose(on_grid[0], middle) else on_grid
-        doubling = [s for i, s in enumerate(doubling) if i == 0 or s != doubling[i - 1]]  # a re-scored step once
         assert doubling == sorted(doubling)
         assert len(steps) <= grid_points + 2 + config.bisect_steps
         chosen = candidate["chosen"]
@@ -286,3 +286,45 @@ def test_candidates_that_cannot_win_stop_early_without_changing_the_choice(task,
     assert not any(c["stopped_early"] for g in results["full"].details["groups"] for c in g["candidates"])
     if task == "class_task":  # the first layer is out of reach after one completely scored step
         assert any(c["stopped_early"] for g in results["pruned"].details["groups"] for c in g["candidates"])
+
+
+@pytest.mark.parametrize("factory", ["SmallCNN", "ResNetSmall", "inplace"])
+def test_gradient_pass_records_what_a_recording_pass_would(factory, monkeypatch):
+    """The forget set's gradient pass keeps the values the search reads (so that no second pass over the
+    forget set is needed): the same values as a recording pass of their own, also when a later in-place
+    operation (``ReLU(inplace=True)``) overwrites a kept value; past ``RECORDING_BYTES`` nothing is kept."""
+    import unlearnops.model as models
+    from unlearnops.plugins import slug
+
+    seed_everything(0)
+    model = (torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(inplace=True), torch.nn.Flatten(),
+                                 torch.nn.Linear(4 * 26 * 26, 10))
+             if factory == "inplace" else getattr(models, factory)()).eval()
+    rng = np.random.default_rng(0)
+    data = slug._Tensors(Samples(rng.random((40, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 40)), "cpu")
+    params = {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+    traced = slug._trace(model)
+    assert slug._writes_in_place(traced) is (factory == "inplace")
+    wanted = slug._search_reads(traced, params)
+    grads, kept = slug._gradients(model, data, params, 16, traced, wanted)
+    plain, nothing = slug._gradients(model, data, params, 16)
+    assert nothing is None and all(torch.equal(grads[n], plain[n]) for n in params)
+    recorded = slug._record(traced, wanted, data, 16)
+    assert kept.keys() == recorded.keys() and len(kept) > len(params)
+
+    class Copying(torch.fx.Interpreter):  # each value copied as soon as it is computed
+        def run_node(self, n):
+            value = super().run_node(n)
+            seen[n] = value.clone() if isinstance(value, torch.Tensor) else value
+            return value
+
+    seen = {}
+    with torch.no_grad():
+        Copying(traced).run(data.x)
+    output = next(n for n in traced.graph.nodes if n.op == "output")
+    for node in kept:
+        expected = seen[output if node is output else node]
+        torch.testing.assert_close(kept[node], expected, msg=node.name, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(recorded[node], expected, msg=node.name, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(slug, "RECORDING_BYTES", 1024)
+    assert slug._gradients(model, data, params, 16, traced, wanted)[1] is None
