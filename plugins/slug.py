@@ -273,8 +273,8 @@ class _Tail:
 
     When the parameter is the weight of a linear layer or convolution called once, the search's steps
     W₀ + c·D along one direction D are cheaper still (:meth:`use_direction`): the layer's output is linear in
-    W, z(c) = z(W₀) + c·op(x, D), so both terms are computed once and a step runs only the layers *above*
-    the edited one.
+    W, z(c) = z(W₀) + c·op(x, D), so both terms are computed once per chunk of samples (when a step first
+    reads it) and a step runs only the layers *above* the edited one.
     """
 
     def __init__(self, traced: torch.fx.GraphModule, parameter: str):
@@ -287,12 +287,11 @@ class _Tail:
             self.layer, self.layer_node = traced.get_submodule(layer_node.target), layer_node
             self.linear = self._graph_module(traced, dirty - {layer_node}, replaced=layer_node)
         self.cache: dict[int, list[torch.Tensor]] = {}
-        #: The edited layer's output at W₀ per non-empty group (linear tails), kept by the recording pass.
-        self.layer_output: dict[int, torch.Tensor] = {}
         self.sample_multiply_adds = 0  # of one sample through the tail (counted by _tails_for)
-        #: Along a direction: per group, the edited layer's recorded output and its recorded input.
-        self.direction_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.along_chunks: dict[tuple[int, int, int], torch.Tensor] = {}
+        #: Along a direction: the edited layer's recorded input per group, and per chunk of it the layer's
+        #: output at W₀ and its image of the direction (:meth:`_terms`).
+        self.direction_source: dict[int, torch.Tensor] = {}
+        self.terms: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _graph_module(self, traced, nodes: set, replaced) -> torch.fx.GraphModule:
         """A module of ``nodes`` (in graph order) reading the boundary values, plus the output of
@@ -318,8 +317,8 @@ class _Tail:
 
     @property
     def recorded_nodes(self) -> set:
-        """The values a recording pass keeps for this tail: its boundary, and the edited layer's output."""
-        return set(self.boundary) | ({self.layer_node} if self.linear is not None else set())
+        """The values a recording pass keeps for this tail: its boundary."""
+        return set(self.boundary)
 
     @no_grad
     def prepare(self, data: _Tensors, batch_size: int, recorded: dict | None = None) -> None:
@@ -331,48 +330,51 @@ class _Tail:
             recorded = _record(self.traced, self.recorded_nodes, data, batch_size)
         # an empty group (no held-out sample of a class) records nothing and is never evaluated
         self.cache[id(data)] = [recorded.get(n) for n in self.boundary]
-        if self.linear is not None and self.layer_node in recorded:
-            self.layer_output[id(data)] = recorded[self.layer_node]
-        self.direction_cache.pop(id(data), None)
+        self.direction_source.pop(id(data), None)
 
     @no_grad
     def use_direction(self, direction: torch.Tensor | None, batch_size: int,
                       datasets: list[_Tensors] | None = None) -> None:
         """Steps are W₀ + c·``direction`` from now on, on ``datasets`` (default: every prepared group; linear
-        layers only; None: back to the general path). Must be called while the parameter holds W₀. The
-        layer's image of the direction is computed per chunk when a step first reads it: a search stopped
+        layers only; None: back to the general path). Must be called while the parameter holds W₀. The two
+        terms of the layer's output are computed per chunk when a step first reads it: a search stopped
         after a few chunks does not pay for the rest."""
-        self.direction = direction
-        self.direction_cache.clear()
-        self.along_chunks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.direction_source.clear()
+        self.terms.clear()
         if direction is None or self.linear is None:
             return
+        # The terms are computed in channels-last order (that of the recorded values, see _Stacked), so that
+        # the layers above run on it too; for a convolution the weights are given that order.
+        layout = torch.channels_last if direction.dim() == 4 else torch.contiguous_format
+        self.weights = (self.layer.weight.detach().clone(memory_format=layout), direction.contiguous(memory_format=layout))
+        self.bias = None if self.layer.bias is None else self.layer.bias.detach().clone()
         position = {n: i for i, n in enumerate(self.boundary)}
         (source,) = self.layer_node.args
         keys = [id(d) for d in datasets] if datasets is not None else list(self.cache)
         for key in keys:
             if self.cache[key][position[source]] is not None:
-                self.direction_cache[key] = (self.layer_output[key], self.cache[key][position[source]])
+                self.direction_source[key] = self.cache[key][position[source]]
 
-    def _along(self, key: int, start: int, stop: int) -> torch.Tensor:
-        """The layer's output for the direction D (no bias) on rows [start, stop) of group ``key``."""
-        chunk = self.along_chunks.get((key, start, stop))
-        if chunk is None:
-            x = self.direction_cache[key][1][start:stop]
-            if isinstance(self.layer, nn.Linear):
-                chunk = F.linear(x, self.direction)
+    def _terms(self, key: int, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """On rows [start, stop) of group ``key``: the layer's output at W₀, and its image of the direction
+        (without the bias)."""
+        terms = self.terms.get((key, start, stop))
+        if terms is None:
+            x = self.direction_source[key][start:stop]
+            (w0, direction), layer = self.weights, self.layer
+            if isinstance(layer, nn.Linear):
+                terms = (F.linear(x, w0, self.bias), F.linear(x, direction))
             else:
-                chunk = self.layer._conv_forward(x, self.direction, None)
-                if chunk.dim() == 4:  # the layout of the recorded output it is added to (see _Stacked)
-                    chunk = chunk.contiguous(memory_format=torch.channels_last)
-            self.along_chunks[(key, start, stop)] = chunk
-        return chunk
+                if x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                terms = (layer._conv_forward(x, w0, self.bias), layer._conv_forward(x, direction, None))
+            self.terms[(key, start, stop)] = terms
+        return terms
 
     def __call__(self, data: _Tensors, start: int, stop: int, coefficient: float | None = None) -> torch.Tensor:
         values = [value[start:stop] for value in self.cache[id(data)]]
-        if coefficient is not None and id(data) in self.direction_cache:
-            base = self.direction_cache[id(data)][0][start:stop]
-            along = self._along(id(data), start, stop)
+        if coefficient is not None and id(data) in self.direction_source:
+            base, along = self._terms(id(data), start, stop)
             return self.linear(*values, torch.add(base, along, alpha=coefficient))
         return self.module(*values)
 
@@ -472,10 +474,10 @@ def _search_reads(traced: torch.fx.GraphModule, parameters) -> set:
     wanted = set()
     for name in parameters:
         try:
-            _, boundary, layer_node = _tail_nodes(traced, name)
+            _, boundary, _ = _tail_nodes(traced, name)
         except Exception:
             continue
-        wanted.update(boundary, [layer_node] if layer_node is not None else [])
+        wanted.update(boundary)
     return wanted
 
 
@@ -679,12 +681,14 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     utility intact, else the largest λ with utility intact), the whole trace, and whether the search stopped
     because the layer cannot beat ``bar``. Leaves W at W₀.
 
-    Against a bar the middle of the doubling grid is scored completely first: where it breaks utility
-    without reaching the target, what the layer can achieve below it is bounded, and the search stops there
-    if that cannot beat the bar; otherwise it tells on which side of it the doubling has to go. Every
-    doubling step is then scored completely, and against a bar that reached the target a bisection step that
-    breaks utility short of the target's cheap part (:meth:`_Judge.short_of_target`) stops the search
-    (criteria that grow with λ assumed, as by the bisection)."""
+    Against a bar the middle of the doubling grid (its first point when the bar gained utility) is scored
+    for the bar first: where it breaks utility without reaching the target, what the layer can achieve
+    below it is bounded, and the search stops there if that cannot beat the bar; otherwise it tells on which
+    side of it the doubling has to go. Every doubling step is then scored for the bar (completely, except
+    that against a bar that reached the target a step that breaks utility short of the target's cheap part,
+    :meth:`_Judge.short_of_target`, needs no more), and against such a bar a bisection step that breaks
+    utility short of the target's cheap part stops the search (criteria that grow with λ assumed, as by the
+    bisection)."""
     scale = original.norm()
     trace: list[dict] = []
 
@@ -724,7 +728,9 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     probed: dict[int, dict] = {}
     first, checked, pruned = 0, None, False
     if bar is not None and grid:
-        checked = len(grid) // 2
+        # Against a bar that gained utility nearly every step breaks it, and the smallest step is the one
+        # most likely to miss the target too, which rules the layer out at once.
+        checked = 0 if judge.budget < 0 else len(grid) // 2
         probed[checked] = score(grid[checked])
         pruned = beyond_reach(probed[checked])
         if not stops(probed[checked]):
