@@ -122,6 +122,8 @@ def test_rows_compare_each_method_with_retraining_in_the_same_run(rows):
         # once per scenario and every row's ratio is its own seconds over it.
         assert row["floor_seconds"] > 0
         assert row["floor_ratio"] == pytest.approx(row["wall_seconds"] / row["floor_seconds"])
+        if row["method"] in ("slug", "sisa"):  # timed as the median of three runs, the first one kept beside
+            assert row["timed_runs"] == 3 and row["first_run_seconds"] > 0 and row["wall_seconds"] > 0
     by = {(r["scenario"], r["method"]): r for r in rows}
     for scenario in BENCHED:
         assert len({by[(scenario, m)]["floor_seconds"] for m in ("retrain", "noop", "slug", "sisa")}) == 1
