@@ -552,6 +552,7 @@ class _Judge:
         self.model, self.forget, self.config = model, forget, config
         self.forward = model  # the network, or a _Tail while a candidate layer is searched
         self.coefficient = None  # with a _Tail along a direction: the current step's c = λ·‖W₀‖
+        self.memo: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}  # the current step's scores (see scores)
         self.mode = mode
         self.allowed_drop = utility_max_drop * config.utility_budget
         self.budget = self.allowed_drop  # the drop a step may cost; tightened while a candidate must beat a bar
@@ -562,6 +563,21 @@ class _Judge:
             self.chance = 1.0 / n_classes
         else:
             self.target_set = self.utility_set = holdout
+
+    def at_step(self, coefficient: float | None) -> None:
+        """The model (or tail) now holds a new step (``coefficient``: its c along the tail's direction);
+        scores of the previous one are forgotten."""
+        self.coefficient = coefficient
+        self.memo = {}
+
+    def scores(self, data, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`_scores` of the current step on ``data`` (a group or a :class:`_Slice` of one), computed
+        once per step: scoring a step completely after a cheap look reuses what the look computed."""
+        base, offset = (data.data, data.start) if isinstance(data, _Slice) else (data, 0)
+        key = (id(base), offset, len(data), size)
+        if key not in self.memo:
+            self.memo[key] = _scores(self.forward, data, size, self.coefficient)
+        return self.memo[key]
 
     def calibrate(self, outputs: dict[int, torch.Tensor] | None = None) -> None:
         """The original model's utility (and held-out accuracy), from ``outputs`` (logits per group, as
@@ -581,12 +597,12 @@ class _Judge:
         """Scores on the utility set in chunks, stopping as soon as enough samples are wrong that the step
         cannot keep utility whatever the rest give (then the drop returned is that lower bound): the
         decision is the same as after a full pass. ``complete``: never stop early."""
-        data, n, c = self.utility_set, len(self.utility_set), self.coefficient
+        data, n = self.utility_set, len(self.utility_set)
         chunk = min(self.config.batch_size, UTILITY_CHUNK)
         phis, wrong = [], 0
         for start in range(0, n, chunk):
             view = _Slice(data, start, start + chunk)
-            phi, correct = _scores(self.forward, view, chunk, c)
+            phi, correct = self.scores(view, chunk)
             phis.append(phi)
             wrong += int((~correct).sum())
             best_possible = (n - wrong) / n
@@ -598,7 +614,7 @@ class _Judge:
     def __call__(self, complete: bool = False) -> dict:
         """The step's utility drop and whether it reached the target. A step that breaks utility is not
         measured against the target unless ``complete`` (then every score is computed)."""
-        size, c = _forward_chunk(self.config.batch_size), self.coefficient
+        size = _forward_chunk(self.config.batch_size)
         utility_phi, drop, cut_short = self._utility(complete)
         result = {"utility_drop": drop, "utility_ok": drop <= self.budget}
         if not result["utility_ok"] and not complete:
@@ -611,15 +627,15 @@ class _Judge:
         if self.mode == "class":
             # The target is the class's held-out accuracy; the forget set itself is scored once, for the
             # chosen step only (see Slug._one_group).
-            _, class_correct = _scores(self.forward, self.target_set, size, c)
+            _, class_correct = self.scores(self.target_set, size)
             if not len(class_correct):  # no held-out sample of the class: judge the forget set
-                _, class_correct = _scores(self.forward, self.forget, size, c)
+                _, class_correct = self.scores(self.forget, size)
             class_accuracy = float(class_correct.mean())
             result["class_accuracy"] = class_accuracy
             result["reached"] = class_accuracy <= self.chance + self.config.class_tolerance
         else:
             # The held-out scores are taken again: the edit moves non-members as well.
-            forget_phi, forget_correct = _scores(self.forward, self.forget, size, c)
+            forget_phi, forget_correct = self.scores(self.forget, size)
             result["forget_accuracy"] = float(forget_correct.mean())
             auc = _auc(forget_phi, utility_phi)
             result["auc"] = auc
@@ -632,13 +648,13 @@ class _Judge:
         alone, which is added to ``result``: the class's held-out accuracy (class mode: the target itself),
         or the forget set's accuracy against the held-out level (sample mode; the attack AUC would need
         every utility score)."""
-        size, c = _forward_chunk(self.config.batch_size), self.coefficient
+        size = _forward_chunk(self.config.batch_size)
         if self.mode == "class":
             data = self.target_set if len(self.target_set) else self.forget
-            _, correct = _scores(self.forward, data, size, c)
+            _, correct = self.scores(data, size)
             result["class_accuracy"] = float(correct.mean())
             return result["class_accuracy"] > self.chance + self.config.class_tolerance
-        _, correct = _scores(self.forward, self.forget, size, c)
+        _, correct = self.scores(self.forget, size)
         result["forget_accuracy"] = float(correct.mean())
         return result["forget_accuracy"] > self.holdout_accuracy + self.config.accuracy_tolerance
 
@@ -692,10 +708,12 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     scale = original.norm()
     trace: list[dict] = []
 
-    def try_step(step: float, complete: bool = False) -> dict:
-        with torch.no_grad():
-            param.copy_(original + step * scale * direction)
-        judge.coefficient = float(step * scale)
+    def try_step(step: float, complete: bool = False, again: bool = False) -> dict:
+        """Score ``step`` (``again``: the step just scored, now completely, reusing its scores)."""
+        if not again:
+            with torch.no_grad():
+                param.copy_(original + step * scale * direction)
+            judge.at_step(float(step * scale))
         result = {"step": step, **judge(complete)}
         trace.append(result)
         return result
@@ -716,7 +734,7 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
         result = try_step(step)
         if result["utility_ok"] or judge.short_of_target(result):
             return result
-        return try_step(step, complete=True)
+        return try_step(step, complete=True, again=True)
 
     if config.search == "log-grid":
         return _grid_search(try_step, param, original, config), trace, False
@@ -873,7 +891,8 @@ class Slug(Method):
             tail.use_direction(direction, config.batch_size, judge.datasets)
         judge.forward = tail or model
         chosen, trace, pruned = _search_step(params[name], original, direction, judge, config, bar)
-        judge.forward, judge.coefficient = model, None
+        judge.forward = model
+        judge.at_step(None)
         if tail is not None:
             tail.use_direction(None, config.batch_size)
         return {"layer": name, "evaluations": len(trace), "cached_activations": tail is not None,
