@@ -328,3 +328,36 @@ def test_gradient_pass_records_what_a_recording_pass_would(factory, monkeypatch)
         torch.testing.assert_close(recorded[node], expected, msg=node.name, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(slug, "RECORDING_BYTES", 1024)
     assert slug._gradients(model, data, params, 16, traced, wanted)[1] is None
+
+
+@pytest.mark.parametrize("factory", ["SmallCNN", "ResNetSmall"])
+def test_steps_along_a_direction_reproduce_the_edited_model(factory):
+    """Along a direction D a linear layer's or convolution's output is z(W₀) + c·op(x, D), both terms
+    computed per chunk on first use: a step's outputs equal a whole forward pass with W₀ + c·D."""
+    import unlearnops.model as models
+    from unlearnops.plugins.slug import _Tensors, _tail_for
+
+    seed_everything(0)
+    model = getattr(models, factory)().eval()
+    rng = np.random.default_rng(0)
+    data = _Tensors(Samples(rng.random((70, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 70)), "cpu")
+    linear_tails = 0
+    for name, param in model.named_parameters():
+        if param.dim() < 2:
+            continue
+        tail = _tail_for(model, name, [data], batch_size=32)
+        if tail.linear is None:
+            continue
+        linear_tails += 1
+        direction = torch.randn_like(param)
+        direction /= direction.norm()
+        tail.use_direction(direction, 32)
+        with torch.no_grad():
+            original = param.detach().clone()
+            for c in (0.0, 0.5 * float(original.norm()), 0.1):
+                param.copy_(original + c * direction)
+                stepped = torch.cat([tail(data, start, start + 32, c) for start in range(0, 70, 32)])
+                assert torch.allclose(stepped, model(data.x), atol=1e-4), (name, c)
+            param.copy_(original)
+        tail.use_direction(None, 32)
+    assert linear_tails >= 2
