@@ -7,12 +7,13 @@ W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, al
 a forward-only search: λ doubles until the target is reached or utility breaks, then bisects.
 
 Cost: the two gradients are the method's floor (one forward + backward pass over the forget set and the
-retain sample). The search then runs on cached activations: the model is traced once (torch.fx), one
-recording pass over the forget and held-out sets keeps every candidate layer's inputs (and the model's
-outputs, which give the baseline utility), and for a linear layer or convolution the edited layer's output
-is linear in the step, z(λ) = z(W₀) + λ‖W₀‖·op(x, D) (z(W₀) kept from the recording pass, op(x, D) computed
-once per candidate), so each evaluation runs only the layers above it (image-shaped activations are kept
-channels-last, where CPU pooling is several times faster). Candidates
+retain sample). The search then runs on cached activations: the model is traced once (torch.fx); the
+gradient pass over the forget set keeps every eligible layer's inputs on its way, and one recording pass over
+the held-out set those of every candidate layer (and the model's outputs, which give the baseline utility);
+for a linear layer or convolution the edited layer's output is linear in the step,
+z(λ) = z(W₀) + λ‖W₀‖·op(x, D) (both terms computed once per chunk, when a step first reads it), so each
+evaluation runs only the layers above it (image-shaped activations are kept channels-last, where CPU pooling
+is several times faster). Candidates
 are searched cheapest tail first (multiply-adds per sample), and once one has a result the others must beat it: a
 candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
 breaks utility without reaching the target shows it cannot; against a bar that reached the target, a
