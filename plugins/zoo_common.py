@@ -118,9 +118,12 @@ def batches(n: int, batch_size: int, generator: torch.Generator, device) -> list
 
 
 @no_grad
-def accuracy(model: nn.Module, data: Data, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, data: Data, batch_size: int | None = None) -> float:
     if len(data) == 0:
         return float("nan")
+    from unlearnops.plugin import inference_batch_size  # here: the name imports torch, which loading plugins must not
+
+    batch_size = batch_size or inference_batch_size(data.x.device)
     was_training = model.training
     model.eval()
     correct = sum(int((model(data.x[i : i + batch_size]).argmax(1) == data.y[i : i + batch_size]).sum())

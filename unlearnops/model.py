@@ -99,9 +99,18 @@ def train_model(
     return model.eval()
 
 
+def inference_batch_size(device) -> int:
+    """Samples per batch of a forward-only pass on ``device``. On a CPU, batches of image activations much
+    beyond a few hundred samples outgrow the caches (the CNN over 749 held-out digits: 0.23 s in one batch,
+    0.12 s in 256-sample ones); a GPU wants large batches."""
+    return 1024 if torch.device(device).type == "cuda" else 256
+
+
 @torch.no_grad()
-def predict_logits(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> torch.Tensor:
+def predict_logits(model: nn.Module, features: np.ndarray, batch_size: int | None = None) -> torch.Tensor:
+    """The model's outputs for ``features``, on the CPU (batches of :func:`inference_batch_size` by default)."""
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch_size(device)
     model.eval()
     x = torch.as_tensor(np.asarray(features), dtype=torch.float32)
     if len(x) == 0:
@@ -266,10 +275,11 @@ def multiply_adds(model: nn.Module, *inputs) -> int:
 
 
 @torch.no_grad()
-def penultimate_features(model: nn.Module, features: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+def penultimate_features(model: nn.Module, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
     """The representation the model's classifier sees: the input of its last ``nn.Linear`` layer (or what
     ``model.penultimate(x)`` returns, when the model defines it), one float32 row per sample."""
     device = next(model.parameters()).device
+    batch_size = batch_size or inference_batch_size(device)
     model.eval()
     own = getattr(model, "penultimate", None)
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]

@@ -62,7 +62,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
         run_method,
         training_params,
     )
-    from unlearnops.model import Evaluation, multiply_adds, penultimate_features
+    from unlearnops.model import Evaluation, inference_batch_size, multiply_adds, penultimate_features
     from unlearnops.neardup import HASH_SIZE, as_images, cosine_search, hamming_search, normalize, phash
     from unlearnops.plugin_manager import PluginError, PluginSet, load_plugins
     from unlearnops.requests import DeletionRequest
@@ -120,6 +120,7 @@ _DEFINED_IN = {
     "Evaluation": "unlearnops.model",
     "penultimate_features": "unlearnops.model",
     "multiply_adds": "unlearnops.model",
+    "inference_batch_size": "unlearnops.model",
     "HASH_SIZE": "unlearnops.neardup",
     "as_images": "unlearnops.neardup",
     "cosine_search": "unlearnops.neardup",
@@ -178,6 +179,7 @@ __all__ = [
     "fresh_model",
     "penultimate_features",
     "multiply_adds",
+    "inference_batch_size",
     # methods built on other methods
     "PluginSet",
     "load_plugins",
