@@ -88,9 +88,10 @@ class SlugConfig(MethodConfig):
     cache_activations: bool = Field(
         True,
         description="Evaluate each step on cached activations: everything that does not depend on the edited "
-        "layer is computed once, in one recording pass for all candidates (torch.fx), and a linear or "
-        "convolutional layer's output along the step direction once per candidate, so a step costs only the "
-        "layers above the edited one. Falls back to whole forward passes for models torch.fx cannot trace.",
+        "layer is computed once for all candidates (torch.fx; kept by the forget set's gradient pass and one "
+        "recording pass over the held-out set), and a linear or convolutional layer's output and its image of "
+        "the step direction once per chunk of samples, so a step costs only the layers above the edited one. "
+        "Falls back to whole forward passes for models torch.fx cannot trace.",
     )
     prune_candidates: bool = Field(
         True,
