@@ -151,8 +151,7 @@ def _gradients(model: nn.Module, data: _Tensors, params: dict[str, nn.Parameter]
     grads = {name: torch.zeros_like(p) for name, p in params.items()}
     recording: dict | None = None
     if traced is not None:
-        recorder, order = _recording_module(traced, wanted)
-        nodes = [next(n for n in traced.graph.nodes if n.op == "output"), *order]
+        recorder, nodes = _recording_module(traced, wanted)
         recording = {n: _Stacked(len(data)) for n in nodes}
     for start in range(0, len(data), batch_size):
         x, y = data.x[start : start + batch_size], data.y[start : start + batch_size]
@@ -335,8 +334,7 @@ class _Tail:
         self.direction_source.pop(id(data), None)
 
     @no_grad
-    def use_direction(self, direction: torch.Tensor | None, batch_size: int,
-                      datasets: list[_Tensors] | None = None) -> None:
+    def use_direction(self, direction: torch.Tensor | None, datasets: list[_Tensors] | None = None) -> None:
         """Steps are W₀ + c·``direction`` from now on, on ``datasets`` (default: every prepared group; linear
         layers only; None: back to the general path). Must be called while the parameter holds W₀. The two
         terms of the layer's output are computed per chunk when a step first reads it: a search stopped
@@ -382,11 +380,12 @@ class _Tail:
 
 
 def _recording_module(traced: torch.fx.GraphModule, wanted) -> tuple[torch.fx.GraphModule, list]:
-    """A module computing ``traced``'s outputs and, after them, the values of the ``wanted`` nodes (in the
-    order of the returned list): compiled code like ``traced`` itself, without an interpreter's per-node
-    cost."""
+    """A module computing ``traced``'s outputs and, after them, the values of the ``wanted`` nodes; and the
+    nodes whose values it returns, in its order (the output node first). Compiled code like ``traced``
+    itself, without an interpreter's per-node cost."""
     graph, env, kept = torch.fx.Graph(), {}, {}
     order = [n for n in traced.graph.nodes if n in wanted and n.op != "output"]
+    output_node = next(n for n in traced.graph.nodes if n.op == "output")
     copy_when_kept = _writes_in_place(traced)  # a later in-place operation would change a kept value
     output = None
     for node in traced.graph.nodes:
@@ -397,7 +396,7 @@ def _recording_module(traced: torch.fx.GraphModule, wanted) -> tuple[torch.fx.Gr
         if node in wanted and copy_when_kept:
             kept[node] = graph.call_function(_copied, (env[node],))
     graph.output((output, *(kept[n] for n in order)))
-    return torch.fx.GraphModule(traced, graph), order
+    return torch.fx.GraphModule(traced, graph), [output_node, *order]
 
 
 def _copied(value):
@@ -424,9 +423,8 @@ def _writes_in_place(traced: torch.fx.GraphModule) -> bool:
 def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_size: int) -> dict:
     """One forward pass of ``traced`` over ``data`` keeping the values of the ``wanted`` nodes (and of the
     output node), each stacked over the chunks into one tensor (:class:`_Stacked`)."""
-    recorder, order = _recording_module(traced, wanted)
-    output = next(n for n in traced.graph.nodes if n.op == "output")
-    stacked = {n: _Stacked(len(data)) for n in [output, *order]}
+    recorder, nodes = _recording_module(traced, wanted)
+    stacked = {n: _Stacked(len(data)) for n in nodes}
     chunk = _forward_chunk(batch_size)
     for start in range(0, len(data), chunk):
         for node, value in zip(stacked, recorder(data.x[start : start + chunk])):
@@ -890,13 +888,13 @@ class Slug(Method):
         direction = g_forget[name] / g_forget[name].norm().clamp_min(1e-12)
         tail = tails[name]
         if tail is not None:
-            tail.use_direction(direction, config.batch_size, judge.datasets)
+            tail.use_direction(direction, judge.datasets)
         judge.forward = tail or model
         chosen, trace, pruned = _search_step(params[name], original, direction, judge, config, bar)
         judge.forward = model
         judge.at_step(None)
         if tail is not None:
-            tail.use_direction(None, config.batch_size)
+            tail.use_direction(None)
         return {"layer": name, "evaluations": len(trace), "cached_activations": tail is not None,
                 "linear_in_step": bool(tail is not None and tail.linear is not None),
                 "seconds": round(time.perf_counter() - started, 4), "chosen": chosen, "trace": trace,
@@ -954,7 +952,7 @@ class Slug(Method):
                     w0 = w0.clone()
                     params[best["layer"]].add_(update[1])
                     if tail is not None:  # on the cached activations, along the chosen layer's direction
-                        tail.use_direction(direction, config.batch_size, [group])
+                        tail.use_direction(direction, [group])
                     coefficient = float(best["chosen"]["step"] * w0.norm())
                     _, correct = _scores(tail or model, group, config.batch_size, coefficient)
                     params[best["layer"]].copy_(w0)

@@ -253,7 +253,7 @@ def test_steps_along_a_direction_reproduce_the_edited_model(factory):
             assert tail is not None, name
             direction = torch.randn_like(param)
             direction /= direction.norm()
-            tail.use_direction(direction, batch_size=16)
+            tail.use_direction(direction)
             linear += tail.linear is not None
             original = param.detach().clone()
             c = 0.2 * float(original.norm())
@@ -261,7 +261,7 @@ def test_steps_along_a_direction_reproduce_the_edited_model(factory):
             cached = torch.cat([tail(data, s, s + 16, c) for s in range(0, 40, 16)])
             assert torch.allclose(cached, model(data.x), atol=1e-4), name
             param.copy_(original)
-            tail.use_direction(None, batch_size=16)
+            tail.use_direction(None)
         assert linear == len(names)  # every weight here is a conv or linear layer called once
 
 
@@ -351,7 +351,7 @@ def test_steps_along_a_direction_reproduce_the_edited_model(factory):
         linear_tails += 1
         direction = torch.randn_like(param)
         direction /= direction.norm()
-        tail.use_direction(direction, 32)
+        tail.use_direction(direction)
         with torch.no_grad():
             original = param.detach().clone()
             for c in (0.0, 0.5 * float(original.norm()), 0.1):
@@ -359,5 +359,5 @@ def test_steps_along_a_direction_reproduce_the_edited_model(factory):
                 stepped = torch.cat([tail(data, start, start + 32, c) for start in range(0, 70, 32)])
                 assert torch.allclose(stepped, model(data.x), atol=1e-4), (name, c)
             param.copy_(original)
-        tail.use_direction(None, 32)
+        tail.use_direction(None)
     assert linear_tails >= 2
