@@ -4,7 +4,8 @@ One pass computes the gradients of the forget loss and of the retain loss for ev
 optimizer steps. Layers are ranked by forget importance ‖g_f‖/‖W‖ and retain alignment |cos(g_r, g_f)|;
 the Pareto front (high importance, low alignment) are the candidates. For a candidate the step
 W = W₀ + λ·‖W₀‖·g_f/‖g_f‖ (gradient ascent on the forget loss, always from the original weights) is sized by
-a forward-only search: λ doubles until the target is reached or utility breaks, then bisects.
+a forward-only search: λ doubles until the target is reached or utility breaks, then bisects. A model that
+already meets the target (judged on the outputs the passes below record anyway) is left unchanged.
 
 Cost: the two gradients are the method's floor (one forward + backward pass over the forget set and the
 retain sample). The search then runs on cached activations: the model is traced once (torch.fx); the
@@ -630,18 +631,39 @@ class _Judge:
             _, class_correct = self.scores(self.target_set, size)
             if not len(class_correct):  # no held-out sample of the class: judge the forget set
                 _, class_correct = self.scores(self.forget, size)
-            class_accuracy = float(class_correct.mean())
-            result["class_accuracy"] = class_accuracy
-            result["reached"] = class_accuracy <= self.chance + self.config.class_tolerance
+            result.update(self._class_target(class_correct))
         else:
             # The held-out scores are taken again: the edit moves non-members as well.
-            forget_phi, forget_correct = self.scores(self.forget, size)
-            result["forget_accuracy"] = float(forget_correct.mean())
-            auc = _auc(forget_phi, utility_phi)
-            result["auc"] = auc
-            result["reached"] = (auc <= 0.5 + self.config.auc_tolerance
-                                 and result["forget_accuracy"] <= self.holdout_accuracy + self.config.accuracy_tolerance)
+            result.update(self._sample_target(self.scores(self.forget, size), utility_phi))
         return result
+
+    def _class_target(self, class_correct: np.ndarray) -> dict:
+        class_accuracy = float(class_correct.mean())
+        return {"class_accuracy": class_accuracy,
+                "reached": class_accuracy <= self.chance + self.config.class_tolerance}
+
+    def _sample_target(self, forget_scores: tuple[np.ndarray, np.ndarray], utility_phi: np.ndarray) -> dict:
+        forget_phi, forget_correct = forget_scores
+        forget_accuracy, auc = float(forget_correct.mean()), _auc(forget_phi, utility_phi)
+        return {"forget_accuracy": forget_accuracy, "auc": auc,
+                "reached": (auc <= 0.5 + self.config.auc_tolerance
+                            and forget_accuracy <= self.holdout_accuracy + self.config.accuracy_tolerance)}
+
+    def unedited(self, outputs: dict[int, torch.Tensor] | None = None) -> dict:
+        """The original model judged against the target (a step of 0), from ``outputs`` (logits per group, as
+        :func:`_tails_for` returns them) where given, else from forward passes."""
+        outputs = outputs or {}
+        size = _forward_chunk(self.config.batch_size)
+
+        def scored(data: _Tensors) -> tuple[np.ndarray, np.ndarray]:
+            return _scores(self.model, data, size, logits=outputs.get(id(data)))
+
+        result = {"step": 0.0, "utility_drop": 0.0, "utility_ok": True}
+        if self.mode == "class":
+            _, class_correct = scored(self.target_set if len(self.target_set) else self.forget)
+            return {**result, **self._class_target(class_correct)}
+        utility_phi, _ = scored(self.utility_set)
+        return {**result, **self._sample_target(scored(self.forget), utility_phi)}
 
     def short_of_target(self, result: dict) -> bool:
         """Whether the current step (judged in ``result``) certainly misses the target, from its cheap part
@@ -875,7 +897,7 @@ class Slug(Method):
             "target_reached": all(g["target_reached"] for g in group_reports),
         }
         if len(group_reports) == 1:  # the single-group view the report's explanation plot reads
-            details.update({k: group_reports[0][k] for k in ("candidates", "chosen_layer")})
+            details.update({k: group_reports[0][k] for k in ("candidates", "chosen_layer", "already_at_target")})
         return UnlearnResult(model=model, method=self.name, changed_parameters=changed,
                              seconds=time.perf_counter() - started, details=details)
 
@@ -930,6 +952,14 @@ class Slug(Method):
             tails, outputs = _tails_for(model, names, judge.datasets, config.batch_size, traced=traced,
                                         recordings=recordings)
         judge.calibrate(outputs)
+        report = {"n_forget": len(group), "front": front,
+                  "layers": {n: {"importance": importance[n], "alignment": alignment[n]} for n in params}}
+        unedited = judge.unedited(outputs)
+        if unedited["reached"]:
+            # The smallest step that reaches the target is no step: the model is left as it is (the gates
+            # judge it like any other result).
+            return {**report, "candidates": [], "chosen_layer": None, "target_reached": True,
+                    "already_at_target": unedited}, None
         searched, leader = {}, None  # leader: (rank, position in ``names``) of the best layer so far
         for name in _cheapest_first(names, tails) if config.prune_candidates else names:
             position = names.index(name)
@@ -957,14 +987,12 @@ class Slug(Method):
                     _, correct = _scores(tail or model, group, config.batch_size, coefficient)
                     params[best["layer"]].copy_(w0)
                 best["chosen"]["forget_accuracy"] = float(correct.mean()) if len(correct) else 0.0
-        report = {
-            "n_forget": len(group),
-            "front": front,
-            "layers": {n: {"importance": importance[n], "alignment": alignment[n]} for n in params},
+        report.update({
             "candidates": tried,
             "chosen_layer": best["layer"] if update else None,
             "target_reached": bool(best and best["chosen"] and best["chosen"]["reached"]),
-        }
+            "already_at_target": None,
+        })
         return report, update
 
 

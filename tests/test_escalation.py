@@ -88,9 +88,12 @@ def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_work
     assert [r["method"] for r in story["rungs"]] == ["slug", "retrain"]
     assert "class_forgetting: inconclusive" in story["rungs"][0]["why"]
     assert story["rungs"][1]["why"].startswith("passed every gate")
-    candidates = story["rungs"][0]["candidates"]
-    assert candidates and all(c["cached_activations"] for c in candidates)
-    assert story["rungs"][0]["plots"] and all((tmp_path / p.split("/")[-1]).is_file() for p in story["rungs"][0]["plots"])
+    # the parent never fit them: the fast path has nothing to search for their request and says so (the
+    # batch also carries the subjects the identity test left open, which it does search)
+    groups = first["details"]["groups"]
+    (odd_group,) = [g for g in groups if g["n_forget"] == len(odd_ids)]
+    assert odd_group["already_at_target"]["reached"] and odd_group["candidates"] == []
+    assert story["rungs"][0]["already_at_target"] is (len(groups) == 1)
 
     # one nested MLflow run per rung under the version's run
     from unlearnops import model_registry
@@ -104,7 +107,7 @@ def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_work
     assert refused.exit_code == 1 and "no version 999" in refused.output
 
 
-def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_workspace):
+def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_workspace, tmp_path):
     ws, _, _ = odd_workspace
     from unlearnops.data import load_dataset
 
@@ -119,3 +122,13 @@ def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_wo
     gates = {g["name"]: g for g in _certificate(ws, summary["run_id"])["gates"]}
     assert gates["class_forgetting"]["status"] == "pass" and gates["class_forgetting"]["metrics"]["power"]
     assert gates["forget_accuracy"]["metrics"]["applicable"] is False
+
+    # explain: the fast path's candidates, searched on cached activations, and their plots
+    result = CliRunner().invoke(app, ["explain", summary["registered_version"], "--out", str(tmp_path),
+                                      "--workspace", str(ws.root), "--json"])
+    assert result.exit_code == 0, result.output
+    (rung,) = json.loads(result.stdout)["rungs"]
+    assert not rung["already_at_target"]
+    assert rung["candidates"] and all(c["cached_activations"] for c in rung["candidates"])
+    assert sum(c["chosen"] for c in rung["candidates"]) == 1
+    assert rung["plots"] and all((tmp_path / p.split("/")[-1]).is_file() for p in rung["plots"])

@@ -90,6 +90,25 @@ def test_original_model_is_left_untouched(class_task):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_a_model_already_at_the_target_is_left_as_it_is(class_task):
+    """Training points given labels the model never learned (a mislabeled request the model did not fit):
+    forget accuracy and confidence are already below the held-out level, so the smallest step reaching
+    the target is no step — nothing is searched and no weight changes."""
+    model, inputs = class_task
+    x, y = inputs.retain.features, inputs.retain.labels
+    wrong = (y[:20] + 1) % 2  # the retain data holds classes 0 and 1 only: one of them, not the true one
+    request = UnlearnInputs(Samples(x[:20], wrong), Samples(x[20:], y[20:]), inputs.holdout,
+                            utility_max_drop=0.1)
+    method, config = _slug()
+    result = run_method(method, copy.deepcopy(model), request, config, torch.device("cpu"))
+    (group,) = result.details["groups"]
+    assert result.details["mode"] == "sample" and result.details["target_reached"]
+    assert group["already_at_target"]["reached"] and group["already_at_target"]["forget_accuracy"] == 0.0
+    assert group["candidates"] == [] and group["chosen_layer"] is None
+    assert result.changed_parameters == {}
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), result.model.state_dict().values()))
+
+
 @pytest.fixture(scope="module")
 def two_requests():
     """Two requests, each a group of memorized label-flipped points in a different cluster."""

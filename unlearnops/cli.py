@@ -924,6 +924,8 @@ def explain(
     for rung in story["rungs"]:
         console.print(f"rung {rung['rung']} [bold]{rung['method']}[/bold]: {rung['status']} in "
                       f"{rung['seconds']} s — {rung['why']}", highlight=False)
+        if rung["already_at_target"]:
+            console.print("  the model already met the fast path's target: no layer searched, no weight changed")
         if rung["candidates"]:
             table = Table("layer", "importance", "alignment", "evaluations", "cached", "step", "target", "utility drop")
             for c in rung["candidates"]:

@@ -71,6 +71,9 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
     rungs = []
     for index, rung in enumerate(signed.get("rungs") or [], start=1):
         details = rung.get("details") or {}
+        # the fast path found the model already at its target for every request: nothing searched or changed
+        groups = details.get("groups") or [details]
+        already_at_target = all(bool(g.get("already_at_target")) for g in groups)
         if not details.get("candidates") and details.get("groups"):  # a joint update (several requests, e.g.
             details = details["groups"][0]  # a carried one): the first request's search tells the story
         entry = {
@@ -83,6 +86,7 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
             "changed_parameters": rung.get("changed_parameters"),
             "candidates": _candidates(details),
             "chosen_layer": details.get("chosen_layer"),
+            "already_at_target": already_at_target,
             "plots": [],
         }
         if plots_dir is not None:
