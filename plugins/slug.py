@@ -800,6 +800,17 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
                 # target nowhere within its utility budget, so it cannot beat a bar that reached it.
                 result["short_of_target"] = pruned = True
                 break
+            if bar is not None and not must_reach and not result["utility_ok"]:
+                # Against a bar that missed the target: what the layer achieves below this step is at best
+                # this step's attack AUC / class accuracy (criteria that grow with λ). The class accuracy
+                # needs the class's held-out samples only; the AUC every utility score.
+                if judge.mode == "class":
+                    judge.short_of_target(result)
+                else:
+                    result = try_step(mid, complete=True, again=True)
+                if bar.out_of_reach(result):
+                    result["out_of_reach"] = pruned = True
+                    break
             if result["reached"] and result["utility_ok"]:
                 high, best = mid, result
             elif result["reached"] or not result["utility_ok"]:
