@@ -674,8 +674,8 @@ class _Judge:
         if self.mode == "class":
             data = self.target_set if len(self.target_set) else self.forget
             _, correct = self.scores(data, size)
-            result["class_accuracy"] = float(correct.mean())
-            return result["class_accuracy"] > self.chance + self.config.class_tolerance
+            result.update(self._class_target(correct))  # the class target is measured completely
+            return not result["reached"]
         _, correct = self.scores(self.forget, size)
         result["forget_accuracy"] = float(correct.mean())
         return result["forget_accuracy"] > self.holdout_accuracy + self.config.accuracy_tolerance
@@ -751,6 +751,12 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
     def score(step: float) -> dict:
         """A step scored for the bar: completely, except that against a bar that reached the target a step
         that breaks utility (seen early) and misses the target's cheap part is known to be out of reach."""
+        if not must_reach and judge.mode == "class":
+            # what the bar is checked against is the class's accuracy, from its held-out samples alone
+            result = try_step(step)
+            if not result["utility_ok"]:
+                judge.short_of_target(result)
+            return result
         if not must_reach:
             return try_step(step, complete=True)
         result = try_step(step)
