@@ -19,7 +19,8 @@ are searched cheapest tail first (multiply-adds per sample), and once one has a 
 candidate's search scores the middle of the doubling grid completely first and stops as soon as a step that
 breaks utility without reaching the target shows it cannot; against a bar that reached the target, a
 bisection step that breaks utility while the cheap part of the target (forget-set accuracy, or the class's
-held-out accuracy) is still missed ends it too (criteria that grow with λ assumed, as by the
+held-out accuracy) is still missed ends it too, and against a bar that missed the target so does one whose
+attack AUC / class accuracy cannot beat the bar's (criteria that grow with λ assumed, as by the
 bisection; ``prune_candidates = false`` searches every candidate in full, for the same choice).
 
 Targets:
