@@ -585,8 +585,8 @@ class _Judge:
         """The original model's utility (and held-out accuracy), from ``outputs`` (logits per group, as
         :func:`_tails_for` returns them) where given, else from forward passes."""
         outputs = outputs or {}
-        _, correct = _scores(self.model, self.utility_set, self.config.batch_size,
-                             logits=outputs.get(id(self.utility_set)))
+        self.base_utility_phi, correct = _scores(self.model, self.utility_set, self.config.batch_size,
+                                                 logits=outputs.get(id(self.utility_set)))
         self.base_utility = float(correct.mean())
         self.holdout_accuracy = self.base_utility  # sample mode: the utility set is the held-out set
 
@@ -652,7 +652,8 @@ class _Judge:
 
     def unedited(self, outputs: dict[int, torch.Tensor] | None = None) -> dict:
         """The original model judged against the target (a step of 0), from ``outputs`` (logits per group, as
-        :func:`_tails_for` returns them) where given, else from forward passes."""
+        :func:`_tails_for` returns them) where given, else from forward passes; after :meth:`calibrate`, whose
+        utility scores it reuses."""
         outputs = outputs or {}
         size = _forward_chunk(self.config.batch_size)
 
@@ -663,8 +664,7 @@ class _Judge:
         if self.mode == "class":
             _, class_correct = scored(self.target_set if len(self.target_set) else self.forget)
             return {**result, **self._class_target(class_correct)}
-        utility_phi, _ = scored(self.utility_set)
-        return {**result, **self._sample_target(scored(self.forget), utility_phi)}
+        return {**result, **self._sample_target(scored(self.forget), self.base_utility_phi)}
 
     def short_of_target(self, result: dict) -> bool:
         """Whether the current step (judged in ``result``) certainly misses the target, from its cheap part
@@ -749,15 +749,22 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
 
     must_reach = bar is not None and bar.rank[0] == 0
 
-    def score(step: float) -> dict:
-        """A step scored for the bar: completely, except that against a bar that reached the target a step
-        that breaks utility (seen early) and misses the target's cheap part is known to be out of reach."""
-        if not must_reach and judge.mode == "class":
-            # what the bar is checked against is the class's accuracy, from its held-out samples alone
-            result = try_step(step)
-            if not result["utility_ok"]:
-                judge.short_of_target(result)
+    def bounded(step: float, result: dict) -> dict:
+        """``result`` of a step that broke utility, with what a bar that missed the target is checked
+        against: the class's accuracy (from its held-out samples alone) or the attack AUC (every utility
+        score)."""
+        if judge.mode == "class":
+            judge.short_of_target(result)
             return result
+        return try_step(step, complete=True, again=True)
+
+    def score(step: float) -> dict:
+        """A step scored for the bar: completely (in class mode a step that breaks utility needs only
+        :func:`bounded`), except that against a bar that reached the target a step that breaks utility
+        (seen early) and misses the target's cheap part is known to be out of reach."""
+        if not must_reach and judge.mode == "class":
+            result = try_step(step)
+            return result if result["utility_ok"] else bounded(step, result)
         if not must_reach:
             return try_step(step, complete=True)
         result = try_step(step)
@@ -809,12 +816,8 @@ def _search_step(param: nn.Parameter, original: torch.Tensor, direction: torch.T
                 break
             if bar is not None and not must_reach and not result["utility_ok"]:
                 # Against a bar that missed the target: what the layer achieves below this step is at best
-                # this step's attack AUC / class accuracy (criteria that grow with λ). The class accuracy
-                # needs the class's held-out samples only; the AUC every utility score.
-                if judge.mode == "class":
-                    judge.short_of_target(result)
-                else:
-                    result = try_step(mid, complete=True, again=True)
+                # this step's attack AUC / class accuracy (criteria that grow with λ).
+                result = bounded(mid, result)
                 if bar.out_of_reach(result):
                     result["out_of_reach"] = pruned = True
                     break
