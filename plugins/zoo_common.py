@@ -132,6 +132,11 @@ def accuracy(model: nn.Module, data: Data, batch_size: int | None = None) -> flo
     return correct / len(data)
 
 
+def _same_state(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    current = model.state_dict()
+    return current.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in current.items())
+
+
 def n_classes(model: nn.Module, data: Data) -> int:
     with torch.no_grad():
         was_training = model.training
@@ -163,21 +168,45 @@ class Target:
         self.holdout = Data(holdout, device)
         self.forget, self.config = forget, config
         self.max_drop = inputs.utility_max_drop * config.utility_budget
-        self.holdout_accuracy_before = accuracy(model, self.holdout)
-        self.forget_accuracy_before = accuracy(model, forget)
+        #: The last measured state: (its weights, held-out accuracy, forget accuracy or None if not taken).
+        self._measured: tuple[dict[str, torch.Tensor], float, float | None] | None = None
+        self.holdout_accuracy_before = self._measure(model)
+        self.forget_accuracy_before = self._forget_accuracy(model)
         self.reached_at: int | None = None
         self.guard_at: int | None = None
         #: Epoch-level checking (:meth:`checkpoint`): the state within the utility budget with the lowest
-        #: forget accuracy so far (forget accuracy, state, step), and the step restored by :meth:`finish`.
-        self._best: tuple[float, dict, int] | None = None
+        #: forget accuracy so far (forget accuracy, its measurement, step), and the step restored by :meth:`finish`.
+        self._best: tuple[float, tuple, int] | None = None
         self.selected_at: int | None = None
         self.over_budget_checks = 0
         self.checks = 0
-        self._last_good = self._state(model) if config.utility_guard else None
+        #: The measurement of the last state that passed the guard (what a failed check restores).
+        self._last_good = self._measured if config.utility_guard else None
 
     @staticmethod
     def _state(model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _measure(self, model: nn.Module) -> float:
+        """Held-out accuracy of the model's current state. A state equal to the last measured one (every
+        weight and buffer compared exactly) reuses its numbers: the check before the first step and the
+        report after the last check would otherwise repeat a pass over the same weights."""
+        if self._measured is not None and _same_state(model, self._measured[0]):
+            return self._measured[1]
+        self._measured = (self._state(model), accuracy(model, self.holdout), None)
+        return self._measured[1]
+
+    def _forget_accuracy(self, model: nn.Module) -> float:
+        """Forget-set accuracy of the state :meth:`_measure` just measured (the model unchanged since)."""
+        state, holdout_accuracy, forget_accuracy = self._measured
+        if forget_accuracy is None:
+            forget_accuracy = accuracy(model, self.forget)
+            self._measured = (state, holdout_accuracy, forget_accuracy)
+        return forget_accuracy
+
+    def _restore(self, model: nn.Module, measurement: tuple) -> None:
+        model.load_state_dict(measurement[0])
+        self._measured = measurement
 
     def target(self, holdout_accuracy: float) -> float:
         return 0.0 if self.mode == "class" else holdout_accuracy
@@ -188,15 +217,16 @@ class Target:
         if not (self.config.stop_at_target or self.config.utility_guard):
             return False
         self.checks += 1
-        holdout_accuracy = accuracy(model, self.holdout)
+        holdout_accuracy = self._measure(model)
         if self.config.utility_guard and self.holdout_accuracy_before - holdout_accuracy > self.max_drop:
-            model.load_state_dict(self._last_good)
+            self._restore(model, self._last_good)
             self.guard_at = step
             return True
+        reached = self.config.stop_at_target and (
+            self._forget_accuracy(model) <= self.target(holdout_accuracy) + self.config.target_tolerance)
         if self.config.utility_guard:
-            self._last_good = self._state(model)
-        if self.config.stop_at_target and (accuracy(model, self.forget)
-                                           <= self.target(holdout_accuracy) + self.config.target_tolerance):
+            self._last_good = self._measured
+        if reached:
             self.reached_at = step
             return True
         return False
@@ -207,13 +237,14 @@ class Target:
         within the utility budget. A state over the budget does not stop training; each state within it is a
         candidate for :meth:`finish`."""
         self.checks += 1
-        holdout_accuracy, forget_accuracy = accuracy(model, self.holdout), accuracy(model, self.forget)
+        holdout_accuracy = self._measure(model)
+        forget_accuracy = self._forget_accuracy(model)
         within = not self.config.utility_guard or self.holdout_accuracy_before - holdout_accuracy <= self.max_drop
         if not within:
             self.over_budget_checks += 1
             return False
         if self._best is None or forget_accuracy < self._best[0]:
-            self._best = (forget_accuracy, self._state(model), step)
+            self._best = (forget_accuracy, self._measured, step)
         tolerance = self.config.target_tolerance
         if self.config.stop_at_target and forget_accuracy <= self.target(holdout_accuracy) + tolerance:
             self.reached_at = step
@@ -227,14 +258,14 @@ class Target:
             return
         if self._best is None:
             self._best = (self.forget_accuracy_before, self._last_good, 0)
-        model.load_state_dict(self._best[1])
+        self._restore(model, self._best[1])
         self.selected_at = self._best[2]
 
     def details(self, model: nn.Module) -> dict:
-        holdout_accuracy = accuracy(model, self.holdout)
+        holdout_accuracy = self._measure(model)
         return {"target_mode": self.mode,
                 "forget_accuracy_before": self.forget_accuracy_before,
-                "forget_accuracy_after": accuracy(model, self.forget),
+                "forget_accuracy_after": self._forget_accuracy(model),
                 "holdout_accuracy_before": self.holdout_accuracy_before,
                 "holdout_accuracy_after": holdout_accuracy,
                 "target_forget_accuracy": self.target(holdout_accuracy),

@@ -207,3 +207,36 @@ def test_guard_checked_every_k_steps_rolls_back_to_the_last_passing_check(every)
     assert d["holdout_accuracy_before"] - d["holdout_accuracy_after"] <= 0.1 * 0.8 + 1e-9
     kept = result.model.state_dict()
     assert passed and all(torch.equal(kept[k], passed[-1][k]) for k in kept)
+
+
+def test_a_state_already_measured_is_not_measured_again_and_any_edit_is_seen():
+    """The check before the first step and the report after the last check reuse the numbers of an equal
+    state (weights compared exactly), so a run takes two held-out and two forget-set passes fewer; an edit the
+    autograd version counter does not see (through ``.data``) is still a new state, measured afresh."""
+    import unlearnops.plugins.zoo_common as zoo
+
+    task = tiny_task()
+    calls = []
+    accuracy = zoo.accuracy
+
+    def counting(model, data, *args, **kwargs):
+        calls.append(data)
+        return accuracy(model, data, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(zoo, "accuracy", counting)
+        config = parse_config(GA(), {})
+        forget = zoo.Data(task.inputs.forget, torch.device("cpu"))
+        target = zoo.Target(task.model, task.inputs, forget, config, torch.device("cpu"))
+        assert len(calls) == 2  # held-out and forget set, once
+        target.stop(task.model, 0)
+        assert len(calls) == 2 and target.details(task.model)["forget_accuracy_after"] == target.forget_accuracy_before
+        assert len(calls) == 2
+        with torch.no_grad():
+            for p in task.model.parameters():
+                p.data.mul_(0.0)  # every output equal: the argmax is class 0 for every sample
+        after = target.details(task.model)
+    assert len(calls) == 4
+    expected = float(np.mean(np.asarray(task.inputs.forget.labels) == 0))
+    assert after["forget_accuracy_after"] == pytest.approx(expected)
+    assert after["forget_accuracy_after"] != target.forget_accuracy_before
