@@ -2,11 +2,15 @@
 
 After Warnecke et al. / Golatkar et al. as used in Jia et al. 2023 ("Model Sparsity Can Simplify Machine
 Unlearning"): epochs of SGD (momentum 0.9) on the retain set. The paper uses 10 epochs at lr 0.01-0.1 with
-weight decay 5e-4 on CIFAR-10. Scaled here: 30 epochs at lr 0.05 with weight decay 1e-2 — on a model that
-already fits its retain data the retain gradients are near zero and plain fine-tuning changes nothing
-(measured on the conformance task: forget accuracy stays 1.0 at the paper's settings); the stronger weight
-decay erodes the weights the memorized forget samples rely on while the retain loss holds the rest. Stops early once forget accuracy is
-at the held-out level (see ``zoo_common``).
+weight decay 5e-4 on CIFAR-10. Tuned here: batches of 256 (the paper's) at lr 0.15 with weight decay 0.1, at
+most 30 epochs — on a model that already fits its retain data the retain gradients are near zero and plain
+fine-tuning changes nothing (measured on the conformance task: forget accuracy stays 1.0 at the paper's
+settings); the strong weight decay erodes the weights the memorized forget samples rely on while the retain
+loss holds the rest. Stops early once forget accuracy is at the held-out level, or when the utility guard
+trips (see ``zoo_common``). Measured against the former defaults (batches of 64, lr 0.05, weight decay 1e-2)
+and the paper preset on the benchmark's MLP (3 seeds) and CNN (2 seeds), seven scenarios each: faster than
+the paper preset in every cell of both, average gap to retraining 0.058 / 0.038 against the paper preset's
+0.080 / 0.072 and the former defaults' 0.061 / 0.069 (README, "Paper presets against the tuned defaults").
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ class FTConfig(ClassicConfig):
 
     epochs: int = Field(30, ge=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.15, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-2, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    batch_size: int = Field(256, ge=1)
 
 
 def finetune(model, retain: Data, target: Target, clock: Clock, config, device, penalty=None) -> dict:
