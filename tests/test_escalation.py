@@ -94,6 +94,15 @@ def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_work
     (odd_group,) = [g for g in groups if g["n_forget"] == len(odd_ids)]
     assert odd_group["already_at_target"]["reached"] and odd_group["candidates"] == []
     assert story["rungs"][0]["already_at_target"] is (len(groups) == 1)
+    # every request group's search is told, not only the first one's
+    told = story["rungs"][0]["groups"]
+    assert [g["n_forget"] for g in told] == [g["n_forget"] for g in groups]
+    (odd_told,) = [g for g in told if g["n_forget"] == len(odd_ids)]
+    assert odd_told["already_at_target"] and odd_told["candidates"] == []
+    if len(groups) > 1:
+        assert story["rungs"][0]["candidates"] == [] and any(g["candidates"] for g in told)
+        text = CliRunner().invoke(app, ["explain", summary["registered_version"], "--workspace", str(ws.root)])
+        assert text.exit_code == 0 and text.output.count("request group") == len(groups), text.output
 
     # one nested MLflow run per rung under the version's run
     from unlearnops import model_registry

@@ -926,15 +926,23 @@ def explain(
                       f"{rung['seconds']} s — {rung['why']}", highlight=False)
         if rung["already_at_target"]:
             console.print("  the model already met the fast path's target: no layer searched, no weight changed")
-        if rung["candidates"]:
-            table = Table("layer", "importance", "alignment", "evaluations", "cached", "step", "target", "utility drop")
-            for c in rung["candidates"]:
-                mark = " ★" if c["chosen"] else ""
-                table.add_row(c["layer"] + mark, f"{c['importance']:.3g}", f"{c['alignment']:.3f}",
-                              str(c["evaluations"]), str(c["cached_activations"]),
-                              "" if c["step"] is None else f"{c['step']:.4g}", str(c["reached_target"]),
-                              "" if c["utility_drop"] is None else f"{c['utility_drop']:+.4f}")
-            console.print(table)
+        searches = [(None, rung)] if not rung["groups"] else [(g, g) for g in rung["groups"]]
+        for group, search in searches:
+            if group is not None:
+                console.print(f"  request group {group['group']} ({group['n_forget']} samples): " + (
+                    "already at the target, nothing searched" if group["already_at_target"] else
+                    f"layer {group['chosen_layer'] or 'none'}, target "
+                    f"{'reached' if group['target_reached'] else 'not reached'}"), highlight=False)
+            if search["candidates"]:
+                table = Table("layer", "importance", "alignment", "evaluations", "cached", "step", "target",
+                              "utility drop")
+                for c in search["candidates"]:
+                    mark = " ★" if c["chosen"] else ""
+                    table.add_row(c["layer"] + mark, f"{c['importance']:.3g}", f"{c['alignment']:.3f}",
+                                  str(c["evaluations"]), str(c["cached_activations"]),
+                                  "" if c["step"] is None else f"{c['step']:.4g}", str(c["reached_target"]),
+                                  "" if c["utility_drop"] is None else f"{c['utility_drop']:+.4f}")
+                console.print(table)
         for plot in rung["plots"]:
             console.print(f"  plot: {plot}")
     for caveat in story["caveats"]:

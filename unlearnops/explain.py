@@ -64,18 +64,18 @@ def certificate_of(ws: Workspace, version: str) -> dict[str, Any]:
 
 def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[str, Any]:
     """The story of ``version``: one entry per rung tried (method, verdict, why, seconds, the fast path's
-    candidates); with ``plots_dir``, the candidates and step-search plots of each rung as PNG files."""
+    candidates — per request group, ``groups``, where a joint update searched several); with ``plots_dir``,
+    the candidates and step-search plots of each rung (and group) as PNG files."""
     from unlearnops.report import candidates_png, search_png
 
     signed = certificate_of(ws, version)
     rungs = []
     for index, rung in enumerate(signed.get("rungs") or [], start=1):
         details = rung.get("details") or {}
-        # the fast path found the model already at its target for every request: nothing searched or changed
+        # A joint update (several requests in one batch, e.g. a carried one) searched each request group on
+        # its own: every group's search is told; the top-level view is the single group's, if there is one.
         groups = details.get("groups") or [details]
-        already_at_target = all(bool(g.get("already_at_target")) for g in groups)
-        if not details.get("candidates") and details.get("groups"):  # a joint update (several requests, e.g.
-            details = details["groups"][0]  # a carried one): the first request's search tells the story
+        single = details if len(groups) == 1 else {}
         entry = {
             "rung": index,
             "method": rung["method"],
@@ -84,19 +84,26 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
             "seconds": rung.get("seconds"),
             "gates": rung.get("gates"),
             "changed_parameters": rung.get("changed_parameters"),
-            "candidates": _candidates(details),
-            "chosen_layer": details.get("chosen_layer"),
-            "already_at_target": already_at_target,
+            "candidates": _candidates(single),
+            "chosen_layer": single.get("chosen_layer"),
+            # the fast path found the model already at its target for every request: nothing searched or changed
+            "already_at_target": all(bool(g.get("already_at_target")) for g in groups),
+            "groups": [{"group": number, "n_forget": g.get("n_forget"), "chosen_layer": g.get("chosen_layer"),
+                        "target_reached": g.get("target_reached"),
+                        "already_at_target": bool(g.get("already_at_target")), "candidates": _candidates(g)}
+                       for number, g in enumerate(groups, start=1)] if details.get("groups") else [],
             "plots": [],
         }
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
-            for kind, plot in (("candidates", candidates_png), ("search", search_png)):
-                png = plot(details) if details.get("candidates") else None
-                if png:
-                    path = plots_dir / f"v{version}-rung{index}-{rung['method']}-{kind}.png"
-                    path.write_bytes(png)
-                    entry["plots"].append(str(path))
+            for number, group in enumerate(groups, start=1):
+                suffix = f"-group{number}" if len(groups) > 1 else ""
+                for kind, plot in (("candidates", candidates_png), ("search", search_png)):
+                    png = plot(group) if group.get("candidates") else None
+                    if png:
+                        path = plots_dir / f"v{version}-rung{index}-{rung['method']}{suffix}-{kind}.png"
+                        path.write_bytes(png)
+                        entry["plots"].append(str(path))
         rungs.append(entry)
     return {
         "version": version,
