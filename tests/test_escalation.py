@@ -103,6 +103,11 @@ def test_unprovable_forget_set_escalates_and_is_certified_by_retraining(odd_work
         assert story["rungs"][0]["candidates"] == [] and any(g["candidates"] for g in told)
         text = CliRunner().invoke(app, ["explain", summary["registered_version"], "--workspace", str(ws.root)])
         assert text.exit_code == 0 and text.output.count("request group") == len(groups), text.output
+        # the report explains the group that searched, by its number; the one at its target searched nothing
+        page = (ws.runs_dir / summary["run_id"] / "report.html").read_text()
+        searched = [n for n, g in enumerate(told, start=1) if g["candidates"]]
+        assert all(f"request group {n} (" in page for n in searched)
+        assert f"request group {told.index(odd_told) + 1} (" not in page
 
     # one nested MLflow run per rung under the version's run
     from unlearnops import model_registry

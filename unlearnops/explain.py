@@ -66,7 +66,7 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
     """The story of ``version``: one entry per rung tried (method, verdict, why, seconds, the fast path's
     candidates — per request group, ``groups``, where a joint update searched several); with ``plots_dir``,
     the candidates and step-search plots of each rung (and group) as PNG files."""
-    from unlearnops.report import candidates_png, search_png
+    from unlearnops.report import candidates_png, search_png, searched_groups
 
     signed = certificate_of(ws, version)
     rungs = []
@@ -96,10 +96,10 @@ def explain(ws: Workspace, version: str, plots_dir: Path | None = None) -> dict[
         }
         if plots_dir is not None:
             plots_dir.mkdir(parents=True, exist_ok=True)
-            for number, group in enumerate(groups, start=1):
+            for number, group in searched_groups(details):
                 suffix = f"-group{number}" if len(groups) > 1 else ""
                 for kind, plot in (("candidates", candidates_png), ("search", search_png)):
-                    png = plot(group) if group.get("candidates") else None
+                    png = plot(group)
                     if png:
                         path = plots_dir / f"v{version}-rung{index}-{rung['method']}{suffix}-{kind}.png"
                         path.write_bytes(png)

@@ -141,6 +141,13 @@ def _fmt(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def searched_groups(details: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The fast path's searches in a rung's ``details``: (request group number, its details) for every group
+    that searched candidate layers — one for a single forget set, one per group of a joint update."""
+    groups = details.get("groups") or [details]
+    return [(number, group) for number, group in enumerate(groups, start=1) if group.get("candidates")]
+
+
 def write_report(path: Path, certificate: dict[str, Any], scores: dict[str, np.ndarray],
                  unlearn_details: dict[str, Any]) -> Path:
     """Write the version's report page to ``path`` (drawn in the command's side process when there is one:
@@ -183,10 +190,16 @@ def report_page(certificate: dict[str, Any], scores: dict[str, np.ndarray], unle
     roc = _roc_plot(scores)
     if roc:
         sections += ["<h2>Membership attack</h2>", f'<img alt="ROC curves" src="{roc}">']
-    explanation = candidates_png(unlearn_details)
-    if explanation:
-        sections += ["<h2>Method explanation</h2>", f'<img alt="layer candidates" src="{_data_uri(explanation)}">']
-        search = search_png(unlearn_details)
+    joint = len(unlearn_details.get("groups") or []) > 1
+    for number, group in searched_groups(unlearn_details):
+        explanation = candidates_png(group)
+        if not explanation:
+            continue
+        heading = "Method explanation" + (f" — request group {number} ({group.get('n_forget')} samples)"
+                                          if joint else "")
+        sections += [f"<h2>{html.escape(heading)}</h2>",
+                     f'<img alt="layer candidates" src="{_data_uri(explanation)}">']
+        search = search_png(group)
         if search:
             sections.append(f'<img alt="step search" src="{_data_uri(search)}">')
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"

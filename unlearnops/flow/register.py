@@ -13,7 +13,7 @@ from unlearnops import faults, model_registry, run_metrics
 from unlearnops.clock import utc_now
 from unlearnops.flow.batch import Batch, certificate_status
 from unlearnops.flow.locate import located_summary
-from unlearnops.report import SCORES_FILE, write_report
+from unlearnops.report import SCORES_FILE, searched_groups, write_report
 from unlearnops.workspace import Workspace
 
 HOLDOUT_RULE = ("held-out split halved by a salted sha256 of the sample id: 'calibration' given to methods, "
@@ -144,7 +144,7 @@ def register(ws: Workspace, batch: Batch) -> Batch:
                 json.dumps(batch.unlearn.model_dump() if batch.unlearn else None, indent=2, default=str))
             with np.load(run_dir / SCORES_FILE) as arrays:
                 scores = {k: arrays[k] for k in arrays.files}
-            explained = next((r["details"] for r in batch.rungs if (r.get("details") or {}).get("candidates")), {})
+            explained = next((r["details"] for r in batch.rungs if searched_groups(r.get("details") or {})), {})
             write_report(run_dir / "report.html", signed, scores, explained)
             version = model_registry.register_model(
                 ws,
