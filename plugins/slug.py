@@ -429,9 +429,15 @@ def _record(traced: torch.fx.GraphModule, wanted: set, data: _Tensors, batch_siz
     stacked = {n: _Stacked(len(data)) for n in nodes}
     chunk = _forward_chunk(batch_size)
     for start in range(0, len(data), chunk):
-        for node, value in zip(stacked, recorder(data.x[start : start + chunk])):
+        for node, value in zip(stacked, recorder(_channels_last(data.x[start : start + chunk]))):
             stacked[node].put(start, value)
     return {n: s.value for n, s in stacked.items() if s.value is not None}
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Image batches in channels-last memory order (the same values): a convolution then returns its output
+    in that order too, and CPU pooling on it runs several times faster than on the default NCHW order."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 #: Samples per chunk of the forward-only passes (recording, the step direction's image): on a CPU, larger
