@@ -146,3 +146,5 @@ def test_whole_class_forgetting_is_certified_by_the_fast_path_in_one_rung(odd_wo
     assert rung["candidates"] and all(c["cached_activations"] for c in rung["candidates"])
     assert sum(c["chosen"] for c in rung["candidates"]) == 1
     assert rung["plots"] and all((tmp_path / p.split("/")[-1]).is_file() for p in rung["plots"])
+    text = CliRunner().invoke(app, ["explain", summary["registered_version"], "--workspace", str(ws.root)])
+    assert text.exit_code == 0 and "★" in text.output and "request group" not in text.output, text.output

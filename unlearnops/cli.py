@@ -926,7 +926,8 @@ def explain(
                       f"{rung['seconds']} s — {rung['why']}", highlight=False)
         if rung["already_at_target"]:
             console.print("  the model already met the fast path's target: no layer searched, no weight changed")
-        searches = [(None, rung)] if not rung["groups"] else [(g, g) for g in rung["groups"]]
+        joint = len(rung["groups"]) > 1  # several request groups, each searched on its own
+        searches = [(g, g) for g in rung["groups"]] if joint else [(None, rung)]
         for group, search in searches:
             if group is not None:
                 console.print(f"  request group {group['group']} ({group['n_forget']} samples): " + (
