@@ -367,8 +367,7 @@ class _Tail:
             if isinstance(layer, nn.Linear):
                 terms = (F.linear(x, w0, self.bias), F.linear(x, direction))
             else:
-                if x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+                x = _channels_last(x)
                 terms = (layer._conv_forward(x, w0, self.bias), layer._conv_forward(x, direction, None))
             self.terms[(key, start, stop)] = terms
         return terms
