@@ -927,13 +927,12 @@ def explain(
         if rung["already_at_target"]:
             console.print("  the model already met the fast path's target: no layer searched, no weight changed")
         joint = len(rung["groups"]) > 1  # several request groups, each searched on its own
-        searches = [(g, g) for g in rung["groups"]] if joint else [(None, rung)]
-        for group, search in searches:
-            if group is not None:
-                console.print(f"  request group {group['group']} ({group['n_forget']} samples): " + (
-                    "already at the target, nothing searched" if group["already_at_target"] else
-                    f"layer {group['chosen_layer'] or 'none'}, target "
-                    f"{'reached' if group['target_reached'] else 'not reached'}"), highlight=False)
+        for search in rung["groups"] if joint else [rung]:
+            if joint:
+                console.print(f"  request group {search['group']} ({search['n_forget']} samples): " + (
+                    "already at the target, nothing searched" if search["already_at_target"] else
+                    f"layer {search['chosen_layer'] or 'none'}, target "
+                    f"{'reached' if search['target_reached'] else 'not reached'}"), highlight=False)
             if search["candidates"]:
                 table = Table("layer", "importance", "alignment", "evaluations", "cached", "step", "target",
                               "utility drop")
